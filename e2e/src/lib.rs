@@ -1,0 +1,3 @@
+//! Support for the integration tests: SIPp runs, free ports, process cleanup.
+
+pub mod sipp;
