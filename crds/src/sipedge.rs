@@ -46,7 +46,7 @@ pub struct SipEdgeSpec {
     #[schemars(length(min = 1, max = 16))]
     pub listen: Vec<Listener>,
 
-    /// Certificate for `tls` listeners. Required when a listener uses TLS.
+    /// Certificate for `tls` listeners (TLS 1.2 and newer). Required when a listener uses TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 
@@ -160,9 +160,6 @@ pub struct TlsSpec {
     #[serde(default = "default_tls_private_key")]
     #[schemars(pattern(val::PATH_PATTERN))]
     pub private_key_file: String,
-    /// Lowest TLS version accepted.
-    #[serde(default)]
-    pub min_version: TlsVersion,
     /// Ask clients for a certificate and refuse those that present none signed by `caFile`.
     #[serde(default)]
     pub verify_clients: bool,
@@ -170,16 +167,6 @@ pub struct TlsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(val::PATH_PATTERN))]
     pub ca_file: Option<String>,
-}
-
-/// Lowest accepted TLS protocol version.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum TlsVersion {
-    #[serde(rename = "1.2")]
-    #[default]
-    Tls12,
-    #[serde(rename = "1.3")]
-    Tls13,
 }
 
 /// Registrar settings.
@@ -218,7 +205,8 @@ pub enum Algorithm {
     RoundRobin,
     /// The Call-ID picks the member: a dialog's requests stay on one node.
     CallIdHash,
-    /// Calls are spread in proportion to each member's weight.
+    /// Calls are spread in proportion to each member's weight; the shares of the
+    /// remaining members are recomputed when one becomes inactive.
     Weighted,
     /// All calls go to the member with the highest priority until it fails, then to the next.
     ActiveFailover,
@@ -231,7 +219,7 @@ impl Algorithm {
             Algorithm::CallIdHash => 0,
             Algorithm::RoundRobin => 4,
             Algorithm::ActiveFailover => 8,
-            Algorithm::Weighted => 9,
+            Algorithm::Weighted => 11,
         }
     }
 }
@@ -271,9 +259,10 @@ pub struct ProbingSpec {
     #[schemars(range(min = 1, max = 100))]
     pub active_threshold: u32,
     /// Replies besides 2xx that count as alive (e.g. 404 or 501 from a node that does not
-    /// implement OPTIONS). 408 and 5xx never count: a node that times out or refuses is not alive.
+    /// implement OPTIONS): 3xx, 4xx other than 408, and 501. A timeout (408) or a refusal
+    /// (503 from a draining node) never counts.
     #[serde(default)]
-    #[schemars(length(max = 16), inner(range(min = 300, max = 499)))]
+    #[schemars(length(max = 16), inner(range(min = 300, max = 501)))]
     pub extra_alive_codes: Vec<u16>,
 }
 
@@ -672,8 +661,10 @@ impl SipEdgeSpec {
             let path = format!("spec.dispatcher.probing.extraAliveCodes[{i}]");
             if *c == 408 {
                 v.error(path, "408 cannot count as alive", "remove it: the proxy's own timeout reply is a 408, so a dead node would look alive");
+            } else if (500..=599).contains(c) && *c != 501 {
+                v.error(path, format!("{c} cannot count as alive"), "remove it: a node that refuses calls with 5xx is not usable (501 is the only 5xx allowed)");
             } else {
-                v.range(&path, *c, 300, 499);
+                v.range(&path, *c, 300, 501);
             }
         }
 

@@ -1,3 +1,343 @@
-//! The local driver: runs a declared platform as processes on one host.
+//! The local driver: runs a declared platform as processes on one host, from the
+//! same platform file `kubectl apply` takes.
+//!
+//! `up` starts (or finds running) PostgreSQL, applies the schema migrations, writes
+//! the media pools and their members, renders kamailio.cfg for every SipEdge and
+//! starts Kamailio. `down` stops everything and keeps the data; a later `up` finds
+//! the subscribers and registrations again. Everything lives under one state
+//! directory; `state.json` there records what runs where.
 
+pub mod kamailio;
 pub mod postgres;
+pub mod process;
+pub mod standin;
+pub mod state;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use sipstack_crds::{MediaPool, PgCluster, Platform};
+use sipstack_db::dispatcher::Member;
+use sipstack_edgerpc::{EdgeRpc, Reload};
+use sipstack_render::{render_kamailio, KamailioRenderOptions};
+
+use kamailio::{EdgeSecrets, LocalKamailio};
+use postgres::LocalPostgres;
+use state::{EdgeState, LocalState, PostgresState, StandinState};
+
+/// Why the local platform could not be brought up, inspected or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("{program} is not installed; install the Debian package {package} (apt-get install {package})")]
+    Missing { program: String, package: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("cannot start {what}: {detail}")]
+    Start { what: String, detail: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("no local platform in {0}; bring one up with `sipctl local up -f PLATFORM.yaml`")]
+    NotFound(String),
+    #[error(transparent)]
+    Platform(#[from] sipstack_crds::PlatformError),
+    #[error(transparent)]
+    Render(#[from] sipstack_render::RenderError),
+    #[error(transparent)]
+    Db(#[from] sipstack_db::DbError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::PostgresError),
+    #[error(transparent)]
+    Rpc(#[from] sipstack_edgerpc::RpcError),
+}
+
+impl LocalError {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        LocalError::Io { path: path.as_ref().display().to_string(), source }
+    }
+}
+
+/// How `up` runs.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub state_dir: PathBuf,
+    /// Start a SIPp stand-in on every static media member with a loopback address
+    /// (used when FreeSWITCH is not installed).
+    pub standins: bool,
+}
+
+/// What `up` did, line by line, for a person to read.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub lines: Vec<String>,
+    pub notices: Vec<String>,
+}
+
+impl Report {
+    fn line(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        tracing::info!("{s}");
+        self.lines.push(s);
+    }
+    fn notice(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        tracing::info!("{s}");
+        self.notices.push(s);
+    }
+}
+
+/// The default state directory: `/var/lib/sipstack/local` for root (PostgreSQL then
+/// runs as the `postgres` user, which must be able to reach it), else
+/// `$XDG_STATE_HOME/sipstack/local` or `~/.local/state/sipstack/local`.
+pub fn default_state_dir() -> PathBuf {
+    if process::is_root() {
+        return PathBuf::from("/var/lib/sipstack/local");
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("sipstack/local");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/sipstack/local")
+}
+
+/// Brings the platform up. Safe to run again: what runs is kept, what changed is applied.
+pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState, Report), LocalError> {
+    let platform = Platform::from_yaml(platform_text)?;
+    let mut report = Report::default();
+    std::fs::create_dir_all(&options.state_dir).map_err(|e| LocalError::io(&options.state_dir, e))?;
+    let state_dir = options.state_dir.canonicalize().map_err(|e| LocalError::io(&options.state_dir, e))?;
+    let platform_copy = state_dir.join("platform.yaml");
+    std::fs::write(&platform_copy, platform_text).map_err(|e| LocalError::io(&platform_copy, e))?;
+
+    let Some(pg) = platform.pg_clusters.first() else {
+        return Err(LocalError::Unsupported("the platform declares no PgCluster; add one (see examples/platform.yaml)".into()));
+    };
+    if platform.pg_clusters.len() > 1 {
+        return Err(LocalError::Unsupported(format!(
+            "the platform declares {} PgClusters; the local driver runs one",
+            platform.pg_clusters.len()
+        )));
+    }
+    if pg.spec.instances > 1 {
+        return Err(LocalError::Unsupported(format!(
+            "PgCluster/{}: spec.instances is {}; the local driver runs a single PostgreSQL server, set spec.instances: 1",
+            pg.name_any(),
+            pg.spec.instances
+        )));
+    }
+
+    // PostgreSQL and the schema
+    let postgres = local_postgres(&state_dir, pg);
+    postgres.init().await?;
+    postgres.start().await?;
+    let db_url = postgres.ensure_database(&pg.spec.database.owner, &pg.spec.database.name).await?;
+    let mut client = sipstack_db::connect(&db_url, Duration::from_secs(10)).await?;
+    let migrated = sipstack_db::migrate(&mut client).await?;
+    report.line(format!(
+        "postgres   PgCluster/{} on 127.0.0.1:{}, database {} (schema version {}, {} migration(s) applied), log {}",
+        pg.name_any(),
+        pg.spec.port,
+        pg.spec.database.name,
+        migrated.version,
+        migrated.applied.len(),
+        postgres.log_file().display()
+    ));
+
+    // media pools and their members
+    let mut standins = Vec::new();
+    for pool in &platform.media_pools {
+        sync_pool(&client, pool, &mut report).await?;
+        if pool.spec.replicas > 0 {
+            report.notice(format!(
+                "MediaPool/{}: its {} FreeSWITCH replica(s) run on Kubernetes only; locally the pool is its static members",
+                pool.name_any(),
+                pool.spec.replicas
+            ));
+        }
+        if options.standins {
+            for member in &pool.spec.members {
+                if let Some(s) = standin::ensure(&state_dir, &pool.name_any(), &member.uri).await? {
+                    report.line(format!("media      {} answered by a SIPp stand-in (pid {}): OPTIONS and INVITE, no RTP", s.uri, s.pid));
+                    standins.push(s);
+                }
+            }
+        }
+    }
+    if options.standins && !standins.is_empty() {
+        report.notice("FreeSWITCH is not packaged for Debian; the media members are SIP stand-ins that answer calls without media".to_string());
+    }
+
+    // the edges
+    let secrets_dir = state_dir.join("secrets");
+    let mut edges = Vec::new();
+    for edge in &platform.sip_edges {
+        let kam = LocalKamailio::new(&state_dir, &edge.name_any());
+        let options = KamailioRenderOptions { runtime_dir: kam.runtime_dir().display().to_string(), tls_files: None };
+        let rendered = render_kamailio(edge, &platform.pools_of(edge), &options)?;
+        let changed = kam.write_config(&rendered.text)?;
+        let rpc = EdgeRpc::for_socket(&edge.spec.rpc.address, edge.spec.rpc.port);
+        if changed && kam.running_pid().is_some() {
+            report.line(format!("edge       SipEdge/{}: configuration changed, restarting Kamailio", edge.name_any()));
+            kam.stop().await?;
+        }
+        let secrets = EdgeSecrets {
+            db_url: db_url.clone(),
+            auth_secret: state::secret(&secrets_dir, &format!("edge-{}-auth-secret", edge.name_any()))?,
+        };
+        let pid = kam
+            .start(&secrets, edge.spec.process.shared_memory_mb, edge.spec.process.private_memory_mb, &rpc)
+            .await?;
+        // the members written above are in the database; make sure this edge uses them now
+        rpc.reload(Reload::Dispatcher, Duration::from_secs(8)).await?;
+        let sockets: Vec<String> = edge.spec.listen.iter().map(|l| format!("{}:{}:{}", l.transport.as_str(), l.address, l.port)).collect();
+        report.line(format!(
+            "edge       SipEdge/{} (Kamailio pid {pid}) SIP on {}, RPC {}, config {}, log {}",
+            edge.name_any(),
+            sockets.join(" "),
+            rpc.url(),
+            kam.config_path().display(),
+            kam.log_path().display()
+        ));
+        edges.push(EdgeState {
+            name: edge.name_any(),
+            sip: sockets,
+            rpc_url: rpc.url().to_string(),
+            domains: edge.spec.domains.clone(),
+            config: kam.config_path(),
+            log: kam.log_path(),
+        });
+    }
+
+    let state = LocalState {
+        state_dir: state_dir.clone(),
+        platform_file: platform_copy,
+        db_url_file: secrets_dir.join("db-url"),
+        postgres: PostgresState {
+            cluster: pg.name_any(),
+            port: pg.spec.port,
+            database: pg.spec.database.name.clone(),
+            owner: pg.spec.database.owner.clone(),
+            data_dir: postgres.data_dir().to_path_buf(),
+            log: postgres.log_file().to_path_buf(),
+        },
+        edges,
+        standins: standins.iter().map(|s| StandinState { uri: s.uri.clone(), pool: s.pool.clone(), pid: s.pid }).collect(),
+    };
+    state::write_secret(&state.db_url_file, &db_url)?;
+    state.save()?;
+    report.line(format!("state      {}", state_dir.display()));
+    Ok((state, report))
+}
+
+/// Stops every process of the local platform; the data stays for the next `up`.
+pub async fn down(state_dir: &Path) -> Result<Report, LocalError> {
+    let state = LocalState::load(state_dir)?;
+    let mut report = Report::default();
+    for edge in &state.edges {
+        let kam = LocalKamailio::new(&state.state_dir, &edge.name);
+        if kam.stop().await? {
+            report.line(format!("edge       SipEdge/{} stopped", edge.name));
+        }
+    }
+    for s in &state.standins {
+        if standin::stop(&state.state_dir, &s.pool, &s.uri).await? {
+            report.line(format!("media      stand-in {} stopped", s.uri));
+        }
+    }
+    let platform = Platform::from_yaml(&std::fs::read_to_string(&state.platform_file).map_err(|e| LocalError::io(&state.platform_file, e))?)?;
+    if let Some(pg) = platform.pg_clusters.first() {
+        let postgres = local_postgres(&state.state_dir, pg);
+        if postgres.stop().await? {
+            report.line(format!("postgres   PgCluster/{} stopped (data kept in {})", pg.name_any(), postgres.data_dir().display()));
+        }
+    }
+    report.line(format!("state      {} (run `sipctl local up` again to resume)", state.state_dir.display()));
+    Ok(report)
+}
+
+/// What runs of the local platform, checked now.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub state: LocalState,
+    pub postgres_running: bool,
+    pub edges: Vec<EdgeStatus>,
+    pub standins: Vec<(StandinState, bool)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EdgeStatus {
+    pub name: String,
+    pub pid: Option<i32>,
+    pub version: Option<String>,
+    pub destinations: Vec<sipstack_edgerpc::LiveDestination>,
+    pub rpc_error: Option<String>,
+}
+
+pub async fn status(state_dir: &Path) -> Result<Status, LocalError> {
+    let state = LocalState::load(state_dir)?;
+    let platform = Platform::from_yaml(&std::fs::read_to_string(&state.platform_file).map_err(|e| LocalError::io(&state.platform_file, e))?)?;
+    let postgres_running = match platform.pg_clusters.first() {
+        Some(pg) => local_postgres(&state.state_dir, pg).is_running(),
+        None => false,
+    };
+    let mut edges = Vec::new();
+    for e in &state.edges {
+        let kam = LocalKamailio::new(&state.state_dir, &e.name);
+        let pid = kam.running_pid();
+        let rpc = EdgeRpc::new(&e.rpc_url);
+        let (version, destinations, rpc_error) = match pid {
+            Some(_) => match (rpc.version().await, rpc.dispatcher_list().await) {
+                (Ok(v), Ok(d)) => (Some(v), d, None),
+                (Err(e), _) | (_, Err(e)) => (None, Vec::new(), Some(e.to_string())),
+            },
+            None => (None, Vec::new(), None),
+        };
+        edges.push(EdgeStatus { name: e.name.clone(), pid, version, destinations, rpc_error });
+    }
+    let standins = state
+        .standins
+        .iter()
+        .map(|s| (s.clone(), process::is_alive(s.pid)))
+        .collect();
+    Ok(Status { state, postgres_running, edges, standins })
+}
+
+fn local_postgres(state_dir: &Path, pg: &PgCluster) -> LocalPostgres {
+    LocalPostgres::new(state_dir.join(format!("pg-{}", pg.name_any())), pg.spec.port, pg.spec.postgres_version.major())
+}
+
+/// Writes a pool and its static members to the database.
+async fn sync_pool(client: &tokio_postgres::Client, pool: &MediaPool, report: &mut Report) -> Result<(), LocalError> {
+    let name = pool.name_any();
+    sipstack_db::media_pool::upsert(client, &name, pool.spec.set_id, algorithm_name(pool)).await?;
+    let members: Vec<Member> = pool
+        .spec
+        .members
+        .iter()
+        .map(|m| Member { destination: m.uri.clone(), weight: m.weight as i32, priority: m.priority, description: name.clone() })
+        .collect();
+    let change = sipstack_db::dispatcher::replace_set(client, pool.spec.set_id, &members).await?;
+    report.line(format!(
+        "media      MediaPool/{name}: dispatcher set {} with {} member(s) ({} added, {} removed)",
+        pool.spec.set_id,
+        members.len(),
+        change.added.len(),
+        change.removed.len()
+    ));
+    Ok(())
+}
+
+fn algorithm_name(pool: &MediaPool) -> &'static str {
+    match pool.spec.algorithm {
+        sipstack_crds::Algorithm::RoundRobin => "roundRobin",
+        sipstack_crds::Algorithm::CallIdHash => "callIdHash",
+        sipstack_crds::Algorithm::Weighted => "weighted",
+        sipstack_crds::Algorithm::ActiveFailover => "activeFailover",
+    }
+}
+
+/// Whether an address is on this host's loopback (a stand-in can bind it).
+pub(crate) fn is_loopback(host: &str) -> bool {
+    host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}

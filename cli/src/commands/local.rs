@@ -1,0 +1,105 @@
+//! `sipctl local`: the platform as processes on this host.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use sipstack_local::{default_state_dir, UpOptions};
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Bring a platform file up on this host: PostgreSQL, the schema, the media pools'
+    /// members and Kamailio. Running it again applies what changed.
+    #[command(after_help = "Examples:\n  sipctl local up -f examples/platform.yaml\n  sipctl local up -f platform.yaml --state-dir /srv/sipstack --no-standins")]
+    Up(UpArgs),
+    /// Stop every process of the local platform; the data stays for the next `up`.
+    #[command(after_help = "Example:\n  sipctl local down")]
+    Down(StateArgs),
+    /// Show what runs, where, and the media members as the edge sees them.
+    #[command(after_help = "Example:\n  sipctl local status")]
+    Status(StateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// State directory (default: /var/lib/sipstack/local as root, else ~/.local/state/sipstack/local).
+    #[arg(long, env = "SIPSTACK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(default_state_dir)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Platform file: PgCluster, MediaPool(s) and SipEdge(s) in one multi-document YAML.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Do not start SIP stand-ins for static media members on loopback addresses.
+    #[arg(long)]
+    pub no_standins: bool,
+}
+
+pub async fn run(cmd: LocalCommand) -> anyhow::Result<()> {
+    match cmd {
+        LocalCommand::Up(args) => {
+            let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+            let options = UpOptions { state_dir: args.state.dir(), standins: !args.no_standins };
+            let (state, report) = sipstack_local::up(&text, &options).await?;
+            for line in &report.lines {
+                println!("{line}");
+            }
+            for notice in &report.notices {
+                println!("note       {notice}");
+            }
+            println!();
+            println!("The platform is up. Next steps:");
+            println!("  sipctl local status");
+            if let Some(edge) = state.edges.first() {
+                println!("  register a SIP phone at {} (domain {})", edge.sip.first().cloned().unwrap_or_default(), edge.domains.join(", "));
+            }
+            println!("  sipctl local down");
+            Ok(())
+        }
+        LocalCommand::Down(args) => {
+            let report = sipstack_local::down(&args.dir()).await?;
+            for line in &report.lines {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        LocalCommand::Status(args) => {
+            let status = sipstack_local::status(&args.dir()).await?;
+            let s = &status.state;
+            println!("STATE DIR  {}", s.state_dir.display());
+            println!(
+                "postgres   PgCluster/{} 127.0.0.1:{} database {}  {}",
+                s.postgres.cluster,
+                s.postgres.port,
+                s.postgres.database,
+                if status.postgres_running { "running" } else { "stopped" }
+            );
+            for e in &status.edges {
+                let state = match (e.pid, &e.rpc_error) {
+                    (Some(pid), None) => format!("running (pid {pid}, {})", e.version.clone().unwrap_or_default()),
+                    (Some(pid), Some(err)) => format!("running (pid {pid}) but RPC fails: {err}"),
+                    (None, _) => "stopped".to_string(),
+                };
+                println!("edge       SipEdge/{}  {state}", e.name);
+                for d in &e.destinations {
+                    let health = if d.is_active() { "active" } else { "inactive" };
+                    println!("  set {:<4} {:<32} {:<8} flags {}", d.set_id, d.uri, health, d.flags);
+                }
+            }
+            for (s, alive) in &status.standins {
+                println!("media      {} (pool {}) stand-in {}", s.uri, s.pool, if *alive { "running" } else { "stopped" });
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Dispatcher destinations (Kamailio's `dispatcher` table): the members of each
+//! media pool's set.
+
+use std::collections::BTreeSet;
+
+use tokio_postgres::GenericClient;
+
+use crate::validate::{self, invalid, shown};
+use crate::DbError;
+
+/// A member a set should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// `sip:host[:port][;transport=udp|tcp|tls]`.
+    pub destination: String,
+    /// Share of calls with the weighted algorithm, 1 to 100.
+    pub weight: i32,
+    /// Order with the active-failover algorithm.
+    pub priority: i32,
+    pub description: String,
+}
+
+/// A row of the dispatcher table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub id: i32,
+    pub set_id: i32,
+    pub destination: String,
+    /// Bits: 1 inactive, 2 trying, 4 disabled, 8 probing.
+    pub flags: i32,
+    pub priority: i32,
+    pub attrs: String,
+    pub description: String,
+}
+
+/// What [`replace_set`] changed, as destinations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Members that stayed; their flags (state) are untouched, their weight,
+    /// priority and description are brought up to date.
+    pub kept: Vec<String>,
+}
+
+impl SetChange {
+    pub fn is_unchanged(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Dispatcher set ids sipstack uses, matching MediaPool's setId.
+pub fn validate_set_id(set_id: i32) -> Result<(), DbError> {
+    if !(1..=9999).contains(&set_id) {
+        return Err(invalid("setId", format!("{set_id} is out of range"), "use a set id from 1 to 9999"));
+    }
+    Ok(())
+}
+
+/// Checks one member.
+pub fn validate_member(index: usize, member: &Member) -> Result<(), DbError> {
+    let field = |name: &str| format!("members[{index}].{name}");
+    if member.destination.len() > 192 || !validate::DESTINATION.is_match(&member.destination) {
+        return Err(invalid(
+            &field("destination"),
+            format!("{} is not a dispatcher destination", shown(&member.destination)),
+            "use sip:host[:port][;transport=udp|tcp|tls], at most 192 characters, e.g. sip:10.0.0.5:5080",
+        ));
+    }
+    if !(1..=100).contains(&member.weight) {
+        return Err(invalid(
+            &field("weight"),
+            format!("{} is out of range", member.weight),
+            "use a weight from 1 to 100",
+        ));
+    }
+    validate::one_line_text(&field("description"), &member.description, 64)?;
+    Ok(())
+}
+
+fn weight_attrs(weight: i32) -> String {
+    format!("weight={weight}")
+}
+
+/// Makes set `set_id` hold exactly `members`, atomically (one statement).
+///
+/// Rows of members that stay are kept with their flags, so a member's probing
+/// state survives; new members are inserted active (flags 0); the rest are deleted.
+/// Kamailio sees the change on its next `dispatcher.reload`.
+pub async fn replace_set(client: &impl GenericClient, set_id: i32, members: &[Member]) -> Result<SetChange, DbError> {
+    validate_set_id(set_id)?;
+    let mut seen = BTreeSet::new();
+    for (i, m) in members.iter().enumerate() {
+        validate_member(i, m)?;
+        if !seen.insert(m.destination.as_str()) {
+            return Err(invalid(
+                &format!("members[{i}].destination"),
+                format!("{} is listed twice", shown(&m.destination)),
+                "list each destination once",
+            ));
+        }
+    }
+    let destinations: Vec<&str> = members.iter().map(|m| m.destination.as_str()).collect();
+    let priorities: Vec<i32> = members.iter().map(|m| m.priority).collect();
+    let attrs: Vec<String> = members.iter().map(|m| weight_attrs(m.weight)).collect();
+    let descriptions: Vec<&str> = members.iter().map(|m| m.description.as_str()).collect();
+
+    // All parts see the same snapshot and run even when not selected from; the unique
+    // (setid, destination) index keeps a concurrent writer of the same set from
+    // duplicating a member.
+    let rows = client
+        .query(
+            "WITH desired AS (
+                 SELECT * FROM unnest($2::varchar[], $3::integer[], $4::varchar[], $5::varchar[])
+                     AS d(destination, priority, attrs, description)
+             ),
+             current AS (
+                 SELECT id, destination, priority, attrs, description FROM dispatcher WHERE setid = $1
+             ),
+             removed AS (
+                 DELETE FROM dispatcher AS x USING current AS c
+                 WHERE x.id = c.id AND NOT EXISTS (SELECT 1 FROM desired AS d WHERE d.destination = c.destination)
+                 RETURNING x.destination
+             ),
+             updated AS (
+                 UPDATE dispatcher AS x SET priority = d.priority, attrs = d.attrs, description = d.description
+                 FROM current AS c JOIN desired AS d ON d.destination = c.destination
+                 WHERE x.id = c.id
+                   AND (c.priority, c.attrs, c.description) IS DISTINCT FROM (d.priority, d.attrs, d.description)
+                 RETURNING x.id
+             ),
+             added AS (
+                 INSERT INTO dispatcher (setid, destination, flags, priority, attrs, description)
+                 SELECT $1, d.destination, 0, d.priority, d.attrs, d.description FROM desired AS d
+                 WHERE NOT EXISTS (SELECT 1 FROM current AS c WHERE c.destination = d.destination)
+                 ON CONFLICT (setid, destination) DO NOTHING
+                 RETURNING destination
+             )
+             SELECT 'added', destination::text FROM added
+             UNION ALL SELECT 'removed', destination::text FROM removed
+             UNION ALL SELECT 'kept', c.destination::text FROM current AS c JOIN desired AS d USING (destination)",
+            &[&set_id, &destinations, &priorities, &attrs, &descriptions],
+        )
+        .await
+        .map_err(DbError::query(format!("cannot update dispatcher set {set_id}")))?;
+
+    let mut change = SetChange::default();
+    for row in &rows {
+        let (what, destination): (&str, String) = (row.get(0), row.get(1));
+        match what {
+            "added" => change.added.push(destination),
+            "removed" => change.removed.push(destination),
+            _ => change.kept.push(destination),
+        }
+    }
+    change.added.sort();
+    change.removed.sort();
+    change.kept.sort();
+    tracing::debug!(set_id, added = ?change.added, removed = ?change.removed, "dispatcher set replaced");
+    Ok(change)
+}
+
+/// Every destination, by set and id.
+pub async fn list(client: &impl GenericClient) -> Result<Vec<Destination>, DbError> {
+    let rows = client
+        .query(
+            "SELECT id, setid, destination, flags, priority, attrs, description FROM dispatcher ORDER BY setid, id",
+            &[],
+        )
+        .await
+        .map_err(DbError::query("cannot list dispatcher destinations"))?;
+    Ok(rows
+        .iter()
+        .map(|r| Destination {
+            id: r.get(0),
+            set_id: r.get(1),
+            destination: r.get(2),
+            flags: r.get(3),
+            priority: r.get(4),
+            attrs: r.get(5),
+            description: r.get(6),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(destination: &str) -> Member {
+        Member { destination: destination.into(), weight: 50, priority: 0, description: String::new() }
+    }
+
+    #[test]
+    fn destinations() {
+        for ok in ["sip:10.0.0.5", "sip:fs-0.media:5080", "sip:[fd00::1]:5060;transport=tcp"] {
+            assert!(validate_member(0, &member(ok)).is_ok(), "{ok} refused");
+        }
+        for bad in ["10.0.0.5", "sips:a", "sip:a;transport=sctp", "sip:a b", "sip:a\n", "sip:user@a"] {
+            let err = validate_member(3, &member(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("members[3].destination: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn weights_and_descriptions() {
+        let mut m = member("sip:a");
+        m.weight = 0;
+        assert!(validate_member(0, &m).is_err());
+        m.weight = 101;
+        assert!(validate_member(0, &m).is_err());
+        m.weight = 100;
+        m.description = "x".repeat(65);
+        assert!(validate_member(0, &m).is_err());
+        assert_eq!(weight_attrs(7), "weight=7");
+    }
+
+    #[test]
+    fn set_ids() {
+        assert!(validate_set_id(1).is_ok());
+        assert!(validate_set_id(9999).is_ok());
+        assert!(validate_set_id(0).is_err());
+        assert!(validate_set_id(10000).is_err());
+    }
+}

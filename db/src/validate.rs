@@ -1,0 +1,146 @@
+//! Checks of values before they reach the database. They mirror the CHECK
+//! constraints of the migrations, so a mistake is reported by field with a fix
+//! instead of as a constraint violation.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::DbError;
+
+/// Kubernetes object names: route and media pool names.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A host name: dot-separated labels of letters, digits and inner hyphens.
+pub const DOMAIN_PATTERN: &str =
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
+/// SIP user parts that need no escaping in a URI, a digest header or a config file.
+pub const USERNAME_PATTERN: &str = r"^[A-Za-z0-9._~+-]{1,64}$";
+/// Dialled prefixes and exact numbers.
+pub const DIAL_STRING_PATTERN: &str = r"^[0-9A-Za-z+*#._-]+$";
+/// A route's target URI. No '\', '$' or quotes: it becomes a dialplan replacement string.
+pub const TARGET_URI_PATTERN: &str = r"^sips?:[A-Za-z0-9+*#._~!%:@=;-]+$";
+/// The reason phrase of a reject route.
+pub const REJECT_REASON_PATTERN: &str = r"^[A-Za-z0-9 ]{1,64}$";
+/// A dispatcher destination: `sip:host[:port][;transport=udp|tcp|tls]`.
+pub const DESTINATION_PATTERN: &str =
+    r"^sip:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(;transport=(udp|tcp|tls))?$";
+
+/// Dialplan copies a route's replacement into a 128-byte buffer without a bounds check.
+pub const MAX_TARGET_URI_LEN: usize = 127;
+
+fn builtin(pattern: &str) -> Regex {
+    // The patterns are constants of this module; the unit tests compile each one.
+    Regex::new(pattern).unwrap_or_else(|e| panic!("built-in pattern {pattern} is invalid: {e}"))
+}
+
+pub(crate) static DNS_LABEL: LazyLock<Regex> = LazyLock::new(|| builtin(DNS_LABEL_PATTERN));
+pub(crate) static DOMAIN: LazyLock<Regex> = LazyLock::new(|| builtin(DOMAIN_PATTERN));
+pub(crate) static USERNAME: LazyLock<Regex> = LazyLock::new(|| builtin(USERNAME_PATTERN));
+pub(crate) static DIAL_STRING: LazyLock<Regex> = LazyLock::new(|| builtin(DIAL_STRING_PATTERN));
+pub(crate) static TARGET_URI: LazyLock<Regex> = LazyLock::new(|| builtin(TARGET_URI_PATTERN));
+pub(crate) static REJECT_REASON: LazyLock<Regex> = LazyLock::new(|| builtin(REJECT_REASON_PATTERN));
+pub(crate) static DESTINATION: LazyLock<Regex> = LazyLock::new(|| builtin(DESTINATION_PATTERN));
+
+/// Shows a value so that what is wrong with it is visible: quoted, control
+/// characters escaped, long values cut.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 80;
+    let mut out: String = value.chars().take(MAX).collect::<String>().escape_debug().to_string();
+    if value.chars().count() > MAX {
+        out.push('…');
+    }
+    format!("\"{out}\"")
+}
+
+pub(crate) fn invalid(field: &str, problem: impl Into<String>, fix: impl Into<String>) -> DbError {
+    DbError::Invalid { field: field.to_string(), problem: problem.into(), fix: fix.into() }
+}
+
+/// A route or pool name: a DNS label of at most 63 characters.
+pub fn name(field: &str, value: &str) -> Result<(), DbError> {
+    if value.is_empty() || value.len() > 63 || !DNS_LABEL.is_match(value) {
+        return Err(invalid(
+            field,
+            format!("{} is not a valid name", shown(value)),
+            "use at most 63 lower-case letters, digits and inner '-', e.g. pstn-out",
+        ));
+    }
+    Ok(())
+}
+
+/// A SIP domain of at most 64 characters (the width of Kamailio's domain columns).
+/// Returns it lower-cased: domains compare case-insensitively, the database does not.
+pub fn domain(field: &str, value: &str) -> Result<String, DbError> {
+    if value.is_empty() || value.len() > 64 || !DOMAIN.is_match(value) {
+        return Err(invalid(
+            field,
+            format!("{} is not a valid SIP domain", shown(value)),
+            "use a host name of at most 64 characters, e.g. sip.example.com",
+        ));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
+/// Free text of at most `max` characters on one line.
+pub fn one_line_text(field: &str, value: &str, max: usize) -> Result<(), DbError> {
+    if value.chars().count() > max {
+        return Err(invalid(field, format!("{} is longer than {max} characters", shown(value)), "shorten it"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("{} contains a control character", shown(value)),
+            "use one line of printable text",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pattern_compiles() {
+        for re in [&DNS_LABEL, &DOMAIN, &USERNAME, &DIAL_STRING, &TARGET_URI, &REJECT_REASON, &DESTINATION] {
+            assert!(!re.as_str().is_empty());
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(name("name", "pstn-out").is_ok());
+        assert!(name("name", "a").is_ok());
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64), "a\n"] {
+            assert!(name("name", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn domains_are_lower_cased() {
+        assert_eq!(domain("d", "SIP.Example.com").unwrap(), "sip.example.com");
+        for bad in ["", ".a", "a..b", "a b", "a\nb", "-a.com", &format!("{}.com", "a".repeat(64))] {
+            assert!(domain("d", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn shown_makes_invisible_characters_visible() {
+        assert_eq!(shown("a\nb\"c"), r#""a\nb\"c""#);
+        assert!(shown(&"x".repeat(200)).ends_with("…\""));
+    }
+
+    #[test]
+    fn errors_name_field_problem_and_fix() {
+        let err = name("route.name", "Bad Name").unwrap_err().to_string();
+        assert!(err.starts_with("route.name: \"Bad Name\" is not a valid name; use"), "{err}");
+    }
+
+    #[test]
+    fn one_line_text_rejects_control_characters() {
+        assert!(one_line_text("d", "Calls to the PSTN", 64).is_ok());
+        assert!(one_line_text("d", "a\tb", 64).is_err());
+        assert!(one_line_text("d", "ééé", 3).is_ok());
+        assert!(one_line_text("d", "éééé", 3).is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! `state.json`: what the local driver started and where, so that `status` and
+//! `down` (and sipctl's other commands) find it without the platform file.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::LocalError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalState {
+    pub state_dir: PathBuf,
+    /// The platform file `up` ran last (a copy).
+    pub platform_file: PathBuf,
+    /// File holding the database URL with the owner's password (mode 0600).
+    pub db_url_file: PathBuf,
+    pub postgres: PostgresState,
+    pub edges: Vec<EdgeState>,
+    pub standins: Vec<StandinState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresState {
+    pub cluster: String,
+    pub port: u16,
+    pub database: String,
+    pub owner: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeState {
+    pub name: String,
+    /// `transport:address:port` of each SIP socket.
+    pub sip: Vec<String>,
+    pub rpc_url: String,
+    pub domains: Vec<String>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StandinState {
+    pub uri: String,
+    pub pool: String,
+    pub pid: i32,
+}
+
+impl LocalState {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("state.json")
+    }
+
+    pub fn load(state_dir: &Path) -> Result<Self, LocalError> {
+        let path = Self::path(state_dir);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LocalError::NotFound(state_dir.display().to_string()))
+            }
+            Err(e) => return Err(LocalError::io(&path, e)),
+        };
+        serde_json::from_str(&text)
+            .map_err(|e| LocalError::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    }
+
+    pub fn save(&self) -> Result<(), LocalError> {
+        let path = Self::path(&self.state_dir);
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| LocalError::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        fs::write(&path, text + "\n").map_err(|e| LocalError::io(&path, e))
+    }
+
+    /// The database URL (with password) the platform's components use.
+    pub fn db_url(&self) -> Result<String, LocalError> {
+        fs::read_to_string(&self.db_url_file)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| LocalError::io(&self.db_url_file, e))
+    }
+}
+
+/// A random secret kept in `dir/name` (mode 0600): generated on first use, then reused.
+pub fn secret(dir: &Path, name: &str) -> Result<String, LocalError> {
+    let path = dir.join(name);
+    if let Ok(s) = fs::read_to_string(&path) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().to_string());
+        }
+    }
+    let value = random_token()?;
+    write_secret(&path, &value)?;
+    Ok(value)
+}
+
+/// Writes a secret file readable by its owner only.
+pub fn write_secret(path: &Path, value: &str) -> Result<(), LocalError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, e))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| LocalError::io(path, e))?;
+    f.write_all(value.as_bytes()).map_err(|e| LocalError::io(path, e))?;
+    crate::kamailio::restrict(path)
+}
+
+/// 32 random bytes as hex, from the kernel's generator.
+pub fn random_token() -> Result<String, LocalError> {
+    let mut buf = [0u8; 32];
+    let mut f = fs::File::open("/dev/urandom").map_err(|e| LocalError::io("/dev/urandom", e))?;
+    std::io::Read::read_exact(&mut f, &mut buf).map_err(|e| LocalError::io("/dev/urandom", e))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}

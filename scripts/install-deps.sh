@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what sipstack needs on Debian 12: the programs the platform runs
+# (Kamailio, PostgreSQL), the SIP test peer (SIPp) and the tools the tests use.
+# Run as root. Idempotent.
+set -euo pipefail
+
+packages=(
+  # the SIP edge
+  kamailio kamailio-postgres-modules kamailio-tls-modules kamailio-extra-modules
+  # the database
+  postgresql-15 postgresql-client-15
+  # SIP test peer, Kamailio's own admin tool (interoperability tests)
+  sip-tester kamcli
+  # certificates for TLS tests, network namespaces
+  openssl iproute2 procps
+  # building
+  build-essential pkg-config ca-certificates
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps.sh: run as root (apt-get needs it)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+
+# Debian's packages may leave their own services running on the default ports;
+# the local driver and the tests run their own instances.
+for svc in kamailio postgresql; do
+  if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
+done
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps.sh: cargo is not installed; install a Rust toolchain (1.85 or newer) with rustup" >&2
+  exit 1
+fi
+echo "install-deps.sh: packages installed: ${packages[*]}"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Installs what sipstack needs, builds it, and brings the example platform up on
+# this host: PostgreSQL, the schema, Kamailio and a SIP stand-in for the media node.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+cargo build --locked -p sipctl -p sipstack-operator
+install -m 0755 target/debug/sipctl /usr/local/bin/sipctl
+sipctl local up -f "${1:-examples/platform.yaml}"
