@@ -1,3 +1,4 @@
 //! Support for the integration tests: SIPp runs, free ports, process cleanup.
 
 pub mod sipp;
+pub mod testbed;

@@ -28,7 +28,8 @@ pub enum RpcError {
 impl RpcError {
     /// Kamailio refused a reload because the previous one is less than `reload_delta` old.
     pub fn is_ongoing_reload(&self) -> bool {
-        matches!(self, RpcError::Fault { message, .. } if message.contains("Ongoing reload"))
+        // dispatcher says "Ongoing reload", dialplan "ongoing reload"
+        matches!(self, RpcError::Fault { message, .. } if message.to_ascii_lowercase().contains("ongoing reload"))
     }
 }
 
@@ -97,6 +98,9 @@ impl EdgeRpc {
     /// `url` is the endpoint, e.g. `http://127.0.0.1:5071/RPC`.
     pub fn new(url: impl Into<String>) -> Self {
         let http = reqwest::Client::builder()
+            // Kamailio closes every RPC connection after its reply (set_reply_close);
+            // a pooled connection would be found closed on the next call.
+            .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(3))
             .build()
@@ -133,14 +137,15 @@ impl EdgeRpc {
             .text()
             .await
             .map_err(|e| RpcError::Unreachable { url: self.url.clone(), message: e.to_string() })?;
+        // Kamailio answers a fault with its code as the HTTP status and a JSON-RPC error body.
+        let answer: Option<Answer> = serde_json::from_str(&text).ok();
+        if let Some(Answer { error: Some(f), .. }) = answer {
+            return Err(RpcError::Fault { method: method.into(), code: f.code, message: f.message });
+        }
         if !status.is_success() {
             return Err(RpcError::Http { url: self.url.clone(), status: status.as_u16(), body: text.trim().to_string() });
         }
-        let answer: Answer = serde_json::from_str(&text)
-            .map_err(|e| RpcError::Protocol { method: method.into(), detail: format!("{e}: {}", text.trim()) })?;
-        if let Some(f) = answer.error {
-            return Err(RpcError::Fault { method: method.into(), code: f.code, message: f.message });
-        }
+        let answer = answer.ok_or_else(|| RpcError::Protocol { method: method.into(), detail: text.trim().to_string() })?;
         Ok(answer.result.unwrap_or(Value::Null))
     }
 

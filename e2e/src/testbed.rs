@@ -1,0 +1,306 @@
+//! A whole platform for one test: a platform file written for free ports, brought
+//! up by the local driver in a temporary state directory, and torn down when the
+//! [`Testbed`] is dropped (even when the test fails).
+//!
+//! Addresses: the edge and the test's user agents use 127.0.0.1; media stand-ins
+//! use 127.0.0.2 and up. The edge trusts media nodes by address, so a user agent
+//! must never share an address with a media node.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sipstack_edgerpc::{EdgeRpc, LiveDestination, Reload};
+use sipstack_local::state::LocalState;
+use sipstack_local::UpOptions;
+use tempfile::TempDir;
+use tokio_postgres::Client;
+
+use crate::sipp::{free_udp_port_on, SippCommand, SippProcess};
+
+/// The SIP domain of every testbed.
+pub const DOMAIN: &str = "example.com";
+/// Address of the edge and of the test's user agents.
+pub const EDGE_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// The address of the `n`-th media stand-in host (127.0.0.2, 127.0.0.3, ...).
+pub fn media_ip(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + n))
+}
+
+/// A media pool of the testbed's platform.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub name: String,
+    pub set_id: i32,
+    /// roundRobin, callIdHash, weighted, activeFailover
+    pub algorithm: String,
+    /// (uri, weight, priority)
+    pub members: Vec<(String, u32, i32)>,
+}
+
+impl PoolSpec {
+    pub fn new(name: &str, set_id: i32, algorithm: &str) -> Self {
+        Self { name: name.into(), set_id, algorithm: algorithm.into(), members: Vec::new() }
+    }
+    pub fn member(mut self, addr: SocketAddr, weight: u32, priority: i32) -> Self {
+        self.members.push((format!("sip:{addr}"), weight, priority));
+        self
+    }
+}
+
+/// The platform a test wants; [`TestbedSpec::yaml`] turns it into a platform file.
+#[derive(Debug, Clone)]
+pub struct TestbedSpec {
+    pub pools: Vec<PoolSpec>,
+    pub default_pool: Option<String>,
+    pub probe_interval_seconds: u32,
+    pub inactive_threshold: u32,
+    pub failover_timeout_ms: u32,
+    pub flush_interval_seconds: u32,
+    /// None: flood protection off; Some(n): n requests per 2 s window per source.
+    pub flood_requests_per_window: Option<u32>,
+    pub udp_workers: u32,
+    /// Extra YAML lines appended to the SipEdge spec (two-space indented keys).
+    pub extra_edge_spec: String,
+}
+
+impl Default for TestbedSpec {
+    fn default() -> Self {
+        Self {
+            pools: Vec::new(),
+            default_pool: None,
+            probe_interval_seconds: 1,
+            inactive_threshold: 2,
+            failover_timeout_ms: 1000,
+            flush_interval_seconds: 1,
+            flood_requests_per_window: None,
+            udp_workers: 4,
+            extra_edge_spec: String::new(),
+        }
+    }
+}
+
+/// Ports chosen for one testbed.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub postgres: u16,
+    pub sip: u16,
+    pub rpc: u16,
+}
+
+impl Ports {
+    pub fn free() -> Result<Self> {
+        Ok(Self { postgres: free_tcp_port()?, sip: free_udp_and_tcp_port()?, rpc: free_tcp_port()? })
+    }
+}
+
+impl TestbedSpec {
+    pub fn yaml(&self, ports: Ports) -> String {
+        let mut y = String::new();
+        let _ = write!(
+            y,
+            "apiVersion: sipstack.io/v1alpha1\nkind: PgCluster\nmetadata: {{name: pg}}\nspec: {{instances: 1, port: {}}}\n",
+            ports.postgres
+        );
+        for p in &self.pools {
+            let _ = write!(
+                y,
+                "---\napiVersion: sipstack.io/v1alpha1\nkind: MediaPool\nmetadata: {{name: {}}}\nspec:\n  setId: {}\n  algorithm: {}\n  replicas: 0\n  cdr: {{enabled: false}}\n  members:\n",
+                p.name, p.set_id, p.algorithm
+            );
+            for (uri, weight, priority) in &p.members {
+                let _ = writeln!(y, "    - {{uri: \"{uri}\", weight: {weight}, priority: {priority}}}");
+            }
+            if p.members.is_empty() {
+                y.truncate(y.len() - "  members:\n".len());
+            }
+        }
+        let pools: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
+        let _ = write!(
+            y,
+            "---\napiVersion: sipstack.io/v1alpha1\nkind: SipEdge\nmetadata: {{name: edge}}\nspec:\n  domains: [{DOMAIN}]\n  database: {{pgCluster: pg}}\n  mediaPools: [{}]\n",
+            pools.join(", ")
+        );
+        if let Some(d) = &self.default_pool {
+            let _ = writeln!(y, "  routing: {{defaultMediaPool: {d}}}");
+        }
+        let _ = write!(
+            y,
+            "  listen:\n    - {{transport: udp, address: 127.0.0.1, port: {sip}}}\n    - {{transport: tcp, address: 127.0.0.1, port: {sip}}}\n  rpc: {{address: 127.0.0.1, port: {rpc}}}\n  registrar: {{flushIntervalSeconds: {flush}, minExpires: 10}}\n  dispatcher:\n    failoverTimeoutMs: {fto}\n    probing: {{intervalSeconds: {pi}, inactiveThreshold: {it}}}\n  process: {{udpWorkers: {uw}, tcpWorkers: 2, sharedMemoryMb: 256}}\n",
+            sip = ports.sip,
+            rpc = ports.rpc,
+            flush = self.flush_interval_seconds,
+            fto = self.failover_timeout_ms,
+            pi = self.probe_interval_seconds,
+            it = self.inactive_threshold,
+            uw = self.udp_workers,
+        );
+        match self.flood_requests_per_window {
+            Some(n) => {
+                let _ = writeln!(y, "  floodProtection: {{enabled: true, requestsPerWindow: {n}}}");
+            }
+            None => {
+                let _ = writeln!(y, "  floodProtection: {{enabled: false}}");
+            }
+        }
+        y.push_str(&self.extra_edge_spec);
+        y
+    }
+}
+
+/// A running platform.
+pub struct Testbed {
+    dir: Option<TempDir>,
+    pub ports: Ports,
+    pub yaml: String,
+    pub state: LocalState,
+    pub rpc: EdgeRpc,
+    pub db_url: String,
+}
+
+impl Testbed {
+    /// Brings `spec` up. The media members' stand-ins are the test's business.
+    pub async fn up(spec: &TestbedSpec) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("sipstack-test-").tempdir().context("temporary state dir")?;
+        // PostgreSQL runs as the postgres user when the tests run as root.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let ports = Ports::free()?;
+        let yaml = spec.yaml(ports);
+        let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: false };
+        let (state, _report) = match sipstack_local::up(&yaml, &options).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                // take down what did start before reporting
+                let _ = sipstack_local::down(dir.path()).await;
+                return Err(anyhow::Error::new(e).context(format!("local up of:\n{yaml}")));
+            }
+        };
+        let rpc = EdgeRpc::new(&state.edges[0].rpc_url);
+        let db_url = state.db_url()?;
+        Ok(Self { dir: Some(dir), ports, yaml, state, rpc, db_url })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.state_dir.clone()
+    }
+
+    /// The edge's SIP address.
+    pub fn edge(&self) -> SocketAddr {
+        SocketAddr::new(EDGE_IP, self.ports.sip)
+    }
+
+    pub async fn db(&self) -> Result<Client> {
+        Ok(sipstack_db::connect(&self.db_url, Duration::from_secs(10)).await?)
+    }
+
+    pub async fn add_subscriber(&self, user: &str, password: &str) -> Result<()> {
+        let db = self.db().await?;
+        sipstack_db::subscriber::add(&db, user, DOMAIN, password).await?;
+        Ok(())
+    }
+
+    /// Stops Kamailio and brings the platform up again (it restarts nothing else).
+    pub async fn restart_edge(&self) -> Result<()> {
+        let kam = sipstack_local::kamailio::LocalKamailio::new(&self.state.state_dir, &self.state.edges[0].name);
+        kam.stop().await?;
+        let options = UpOptions { state_dir: self.state.state_dir.clone(), standins: false };
+        sipstack_local::up(&self.yaml, &options).await?;
+        Ok(())
+    }
+
+    /// Reloads the routing rules, waiting out Kamailio's reload rate limit.
+    pub async fn reload_routes(&self) -> Result<()> {
+        Ok(self.rpc.reload(Reload::Routes, Duration::from_secs(10)).await?)
+    }
+
+    pub async fn reload_dispatcher(&self) -> Result<()> {
+        Ok(self.rpc.reload(Reload::Dispatcher, Duration::from_secs(10)).await?)
+    }
+
+    pub async fn destinations(&self) -> Result<Vec<LiveDestination>> {
+        Ok(self.rpc.dispatcher_list().await?)
+    }
+
+    /// Waits until `check` holds for the edge's dispatcher state, up to `limit`;
+    /// returns how long it took.
+    pub async fn wait_for_destinations(
+        &self,
+        limit: Duration,
+        check: impl Fn(&[LiveDestination]) -> bool,
+    ) -> Result<Duration> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let list = self.destinations().await?;
+            if check(&list) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                anyhow::bail!("dispatcher state did not reach the expected state within {limit:?}: {list:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last lines of Kamailio's log, for assertion messages.
+    pub fn edge_log(&self, lines: usize) -> String {
+        sipstack_local::process::log_tail(&self.state.edges[0].log, lines)
+    }
+
+    /// Stops everything now (instead of at drop).
+    pub async fn down(mut self) -> Result<()> {
+        if let Some(dir) = self.dir.take() {
+            sipstack_local::down(dir.path()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        // Drop may run inside the test's runtime: tear down on a thread of its own.
+        let path = dir.path().to_path_buf();
+        let handle = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                if let Err(e) = rt.block_on(sipstack_local::down(&path)) {
+                    eprintln!("testbed teardown of {}: {e}", path.display());
+                }
+            }
+        });
+        let _ = handle.join();
+        drop(dir);
+    }
+}
+
+/// A media stand-in on `media_ip(n)` at a free port.
+pub fn standin(n: u8) -> Result<(SocketAddr, SippProcess)> {
+    let ip = media_ip(n);
+    let port = free_udp_port_on(ip)?;
+    let process = SippCommand::media_standin(ip, port).deadline(Duration::from_secs(600)).spawn()?;
+    Ok((SocketAddr::new(ip, port), process))
+}
+
+/// A TCP port nobody listens on now.
+pub fn free_tcp_port() -> Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 (a SIP listener uses both).
+pub fn free_udp_and_tcp_port() -> Result<u16> {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = udp.local_addr()?.port();
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no port free for both UDP and TCP")
+}
+
+/// Subscribers for SIPp's injection file: (user, domain, password).
+pub fn users<'a>(list: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, &'a str, &'a str)> {
+    list.iter().map(|(u, p)| (*u, DOMAIN, *p)).collect()
+}

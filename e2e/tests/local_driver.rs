@@ -1,0 +1,97 @@
+//! The local driver: `up`, `status`, `down` and `up` again, losing nothing.
+
+use std::time::Duration;
+
+use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand};
+use sipstack_e2e::testbed::{media_ip, users, Ports, PoolSpec, TestbedSpec, DOMAIN, EDGE_IP};
+use sipstack_local::{process, UpOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_and_up_again_keeps_subscribers_and_registrations() {
+    let dir = tempfile::Builder::new().prefix("sipstack-local-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let media_port = free_udp_port_on(media_ip(0)).unwrap();
+    let spec = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(std::net::SocketAddr::new(media_ip(0), media_port), 1, 0)],
+        default_pool: Some("media".into()),
+        ..Default::default()
+    };
+    let ports = Ports::free().unwrap();
+    let yaml = spec.yaml(ports);
+    // the driver starts the stand-in for the loopback member itself
+    let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: true };
+
+    let (state, report) = sipstack_local::up(&yaml, &options).await.unwrap();
+    let text = report.lines.join("\n");
+    assert!(text.contains("stand-in"), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{}", ports.sip)), "{text}");
+    let db = sipstack_db::connect(&state.db_url().unwrap(), Duration::from_secs(5)).await.unwrap();
+    sipstack_db::subscriber::add(&db, "carol", DOMAIN, "carol-pw").await.unwrap();
+
+    let edge = std::net::SocketAddr::new(EDGE_IP, ports.sip);
+    let phone_port = free_udp_port_on(EDGE_IP).unwrap();
+    SippCommand::scenario("register")
+        .remote(edge)
+        .local(EDGE_IP, phone_port)
+        .injection(InjectionFile::users(&users(&[("carol", "carol-pw")])))
+        .key("expires", "600")
+        .max_calls(1)
+        .deadline(Duration::from_secs(15))
+        .run_async()
+        .await
+        .unwrap()
+        .ensure_all_succeeded(1)
+        .unwrap();
+
+    let status = sipstack_local::status(dir.path()).await.unwrap();
+    assert!(status.postgres_running);
+    assert!(status.edges[0].pid.is_some() && status.edges[0].rpc_error.is_none(), "{:?}", status.edges);
+    assert_eq!(status.edges[0].destinations.len(), 1);
+    assert!(status.standins.iter().all(|(_, alive)| *alive));
+    let pids: Vec<i32> = status.edges.iter().filter_map(|e| e.pid).chain(status.standins.iter().map(|(s, _)| s.pid)).collect();
+
+    let report = sipstack_local::down(dir.path()).await.unwrap();
+    assert!(report.lines.iter().any(|l| l.contains("stopped")), "{:?}", report.lines);
+    for pid in &pids {
+        assert!(!process::is_alive(*pid), "pid {pid} still runs after down");
+    }
+    let status = sipstack_local::status(dir.path()).await.unwrap();
+    assert!(!status.postgres_running);
+    assert!(status.edges[0].pid.is_none());
+    drop(db);
+
+    // up again: the subscriber and the registration are still there
+    let (state, _) = sipstack_local::up(&yaml, &options).await.unwrap();
+    let db = sipstack_db::connect(&state.db_url().unwrap(), Duration::from_secs(5)).await.unwrap();
+    let subscribers = sipstack_db::subscriber::list(&db).await.unwrap();
+    assert!(subscribers.iter().any(|s| s.username == "carol"), "{subscribers:?}");
+
+    // carol's phone gets a call without registering again: usrloc reloaded it
+    let phone = SippCommand::scenario("uas_user").local(EDGE_IP, phone_port).deadline(Duration::from_secs(60)).spawn().unwrap();
+    let out = SippCommand::scenario("uac_trusted")
+        .remote(edge)
+        .local_ip(media_ip(0))
+        .service("carol")
+        .injection(InjectionFile::sequential().line(["voicemail", DOMAIN]))
+        .max_calls(1)
+        .deadline(Duration::from_secs(20))
+        .run_async()
+        .await
+        .unwrap();
+    out.ensure_all_succeeded(1).unwrap();
+    assert_eq!(phone.stop().unwrap().lines("RECEIVED").count(), 1);
+
+    sipstack_local::down(dir.path()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_platform_file_starts_nothing_and_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TestbedSpec::default();
+    let yaml = spec.yaml(Ports::free().unwrap()).replace("minExpires: 10", "minExpires: 10, maxExpires: 5");
+    let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: false };
+    let err = sipstack_local::up(&yaml, &options).await.unwrap_err().to_string();
+    assert!(err.contains("spec.registrar.minExpires"), "{err}");
+    assert!(!dir.path().join("state.json").exists());
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing was written");
+}
