@@ -54,6 +54,10 @@ pub struct SipEdgeSpec {
     #[serde(default)]
     pub registrar: RegistrarSpec,
 
+    /// Digest authentication of subscribers.
+    #[serde(default)]
+    pub auth: AuthSpec,
+
     /// Load balancing, OPTIONS probing and failover towards the media pools.
     #[serde(default)]
     pub dispatcher: DispatcherSpec,
@@ -194,6 +198,18 @@ pub struct RegistrarSpec {
     #[serde(default = "default_flush_interval")]
     #[schemars(range(min = 1, max = 300))]
     pub flush_interval_seconds: u32,
+}
+
+/// Digest authentication.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// How long, in seconds, the edge remembers the credentials (ha1) of a subscriber who
+    /// authenticated, to go on authenticating them while PostgreSQL cannot be reached
+    /// (a failover). The database is always asked first. 0 turns the cache off.
+    #[serde(default = "default_auth_cache_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub cache_seconds: u32,
 }
 
 /// How a dispatcher set spreads calls over its members.
@@ -483,6 +499,9 @@ fn default_max_contacts() -> u32 {
 fn default_flush_interval() -> u32 {
     10
 }
+fn default_auth_cache_seconds() -> u32 {
+    3600
+}
 fn default_failover_timeout() -> u32 {
     2000
 }
@@ -542,6 +561,7 @@ macro_rules! default_from_serde {
     )*};
 }
 default_from_serde!(
+    AuthSpec,
     RegistrarSpec,
     DispatcherSpec,
     ProbingSpec,
@@ -650,6 +670,8 @@ impl SipEdgeSpec {
                 "choose a default between minExpires and maxExpires",
             );
         }
+
+        v.range("spec.auth.cacheSeconds", self.auth.cache_seconds, 0, 86400);
 
         let d = &self.dispatcher;
         v.range("spec.dispatcher.failoverTimeoutMs", d.failover_timeout_ms, 200, 30000);

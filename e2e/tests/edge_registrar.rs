@@ -128,3 +128,135 @@ async fn registrations_survive_a_restart_and_calls_reach_them() {
     let received = phone.stop().unwrap();
     assert_eq!(received.lines("RECEIVED").count(), 2, "bob's phone got both calls after the restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_does_not_stop_registrations_or_calls() {
+    let (media, _standin) = standin(0).unwrap();
+    let tb = Testbed::up(&spec_with_pool(media)).await.unwrap();
+    tb.add_subscriber("dave", "dave-pw").await.unwrap();
+    tb.add_subscriber("erin", "erin-pw").await.unwrap();
+    let register = |user: &'static str, password: &'static str, port: u16| {
+        SippCommand::scenario("register")
+            .remote(tb.edge())
+            .local(EDGE_IP, port)
+            .injection(InjectionFile::users(&users(&[(user, password)])))
+            .key("expires", "600")
+            .max_calls(1)
+            .deadline(Duration::from_secs(15))
+    };
+    let dave_port = free_udp_port_on(EDGE_IP).unwrap();
+    register("dave", "dave-pw", dave_port).run_async().await.unwrap().ensure_all_succeeded(1).unwrap();
+    let before = expiry(&tb, "dave").await;
+
+    tb.stop_postgres().await.unwrap();
+
+    // dave authenticated before the outage: he re-registers and calls
+    register("dave", "dave-pw", dave_port)
+        .run_async()
+        .await
+        .unwrap()
+        .ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\nedge log:\n{}", tb.edge_log(20)));
+    let out = SippCommand::scenario("uac_call")
+        .remote(tb.edge())
+        .service("4711")
+        .injection(InjectionFile::users(&users(&[("dave", "dave-pw")])))
+        .max_calls(2)
+        .deadline(Duration::from_secs(20))
+        .run_async()
+        .await
+        .unwrap();
+    out.ensure_all_succeeded(2).unwrap();
+    // a wrong password is still refused, and erin (never seen) cannot be checked: refused
+    for (user, password) in [("dave", "not-daves"), ("erin", "erin-pw")] {
+        SippCommand::scenario("register_expect_reject")
+            .remote(tb.edge())
+            .injection(InjectionFile::users(&users(&[(user, password)])))
+            .key("expires", "600")
+            .max_calls(1)
+            .deadline(Duration::from_secs(15))
+            .run_async()
+            .await
+            .unwrap()
+            .ensure_all_succeeded(1)
+            .unwrap();
+    }
+
+    // the database comes back: the re-registration done meanwhile is written
+    tb.start_postgres().await.unwrap();
+    let mut after = before;
+    for _ in 0..100 {
+        if let Ok(Some(t)) = tokio::time::timeout(Duration::from_secs(2), expiry(&tb, "dave")).await {
+            after = Some(t);
+            if after > before {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(after > before, "the binding refreshed during the outage reaches the database: {before:?} -> {after:?}");
+}
+
+async fn expiry(tb: &Testbed, user: &str) -> Option<std::time::SystemTime> {
+    let db = tb.db().await.ok()?;
+    let row = db.query_opt("SELECT expires FROM location WHERE username = $1", &[&user]).await.ok()??;
+    Some(row.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_behind_nat_is_reached_at_its_public_address_and_kept_alive() {
+    let (media, _standin) = standin(0).unwrap();
+    let mut spec = spec_with_pool(media);
+    spec.extra_edge_spec = "  nat: {enabled: true, keepaliveIntervalSeconds: 5}\n".into();
+    let tb = Testbed::up(&spec).await.unwrap();
+    tb.add_subscriber("frank", "frank-pw").await.unwrap();
+
+    // the phone believes it is 192.168.1.10:5060; its packets come from 127.0.0.1:port
+    let port = free_udp_port_on(EDGE_IP).unwrap();
+    SippCommand::scenario("register_behind_nat")
+        .remote(tb.edge())
+        .local(EDGE_IP, port)
+        .injection(InjectionFile::users(&users(&[("frank", "frank-pw")])))
+        .key("expires", "600")
+        .key("private_contact", "192.168.1.10:5060")
+        .max_calls(1)
+        .deadline(Duration::from_secs(15))
+        .run_async()
+        .await
+        .unwrap()
+        .ensure_all_succeeded(1)
+        .unwrap();
+
+    // the registrar keeps the private contact and the address it came from
+    let mut received = None;
+    for _ in 0..50 {
+        let db = tb.db().await.unwrap();
+        if let Some(row) = db.query_opt("SELECT contact, received FROM location WHERE username = 'frank'", &[]).await.unwrap() {
+            let (contact, rcv): (String, Option<String>) = (row.get(0), row.get(1));
+            assert!(contact.contains("192.168.1.10"), "{contact}");
+            received = rcv;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(received.as_deref(), Some(format!("sip:127.0.0.1:{port}").as_str()));
+
+    // keep-alive OPTIONS reach the phone's public address within one interval (5 s)
+    let keepalive = SippCommand::scenario("uas_keepalive").local(EDGE_IP, port).max_calls(1).deadline(Duration::from_secs(12)).run_async().await.unwrap();
+    assert_eq!(keepalive.lines("KEEPALIVE_RECEIVED").count(), 1, "{}", keepalive.diagnostics());
+
+    // a call to frank reaches the public address, not the private one
+    let phone = SippCommand::scenario("uas_user").local(EDGE_IP, port).deadline(Duration::from_secs(60)).spawn().unwrap();
+    let out = SippCommand::scenario("uac_trusted")
+        .remote(tb.edge())
+        .local_ip(media_ip(0))
+        .service("frank")
+        .injection(InjectionFile::sequential().line(["ivr", DOMAIN]))
+        .max_calls(1)
+        .deadline(Duration::from_secs(20))
+        .run_async()
+        .await
+        .unwrap();
+    out.ensure_all_succeeded(1).unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
+    assert_eq!(phone.stop().unwrap().lines("RECEIVED").count(), 1);
+}

@@ -62,6 +62,7 @@ struct KamailioCfg {
     tls: Option<TlsModel>,
     metrics: bool,
     registrar: RegistrarModel,
+    auth_cache_seconds: u32,
     dispatcher: DispatcherModel,
     pools: Vec<PoolModel>,
     default_pool_set: Option<i32>,
@@ -241,6 +242,7 @@ pub fn render_kamailio(
             max_contacts: spec.registrar.max_contacts,
             flush_interval_seconds: spec.registrar.flush_interval_seconds,
         },
+        auth_cache_seconds: spec.auth.cache_seconds,
         dispatcher: DispatcherModel {
             ping_interval: spec.dispatcher.probing.interval_seconds,
             probing_threshold: spec.dispatcher.probing.inactive_threshold,
