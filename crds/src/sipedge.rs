@@ -248,7 +248,8 @@ pub struct DispatcherSpec {
     #[serde(default)]
     pub probing: ProbingSpec,
     /// Time a media node has to answer an INVITE (any provisional reply) before the call
-    /// is retried on the next node, in milliseconds.
+    /// is retried on the next node, and an OPTIONS probe before it counts as failed, in
+    /// milliseconds.
     #[serde(default = "default_failover_timeout")]
     #[schemars(range(min = 200, max = 30000))]
     pub failover_timeout_ms: u32,

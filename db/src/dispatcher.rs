@@ -78,8 +78,12 @@ pub fn validate_member(index: usize, member: &Member) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The member's `attrs`: `rweight` is what the weighted algorithm (Kamailio's 11,
+/// relative weights) reads; `weight` is kept for the percentage-based algorithm 9
+/// and for people reading the table. Without `rweight`, algorithm 11 sends every
+/// call to one member.
 fn weight_attrs(weight: i32) -> String {
-    format!("weight={weight}")
+    format!("weight={weight};rweight={weight}")
 }
 
 /// Makes set `set_id` hold exactly `members`, atomically (one statement).
@@ -212,7 +216,7 @@ mod tests {
         m.weight = 100;
         m.description = "x".repeat(65);
         assert!(validate_member(0, &m).is_err());
-        assert_eq!(weight_attrs(7), "weight=7");
+        assert_eq!(weight_attrs(7), "weight=7;rweight=7");
     }
 
     #[test]

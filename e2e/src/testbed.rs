@@ -164,11 +164,15 @@ pub struct Testbed {
 impl Testbed {
     /// Brings `spec` up. The media members' stand-ins are the test's business.
     pub async fn up(spec: &TestbedSpec) -> Result<Self> {
+        let ports = Ports::free()?;
+        Self::up_yaml(spec.yaml(ports), ports).await
+    }
+
+    /// Brings up a platform file written for `ports` (e.g. `TestbedSpec::yaml` edited).
+    pub async fn up_yaml(yaml: String, ports: Ports) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("sipstack-test-").tempdir().context("temporary state dir")?;
         // PostgreSQL runs as the postgres user when the tests run as root.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let ports = Ports::free()?;
-        let yaml = spec.yaml(ports);
         let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: false };
         let (state, _report) = match sipstack_local::up(&yaml, &options).await {
             Ok(ok) => ok,
@@ -211,6 +215,21 @@ impl Testbed {
         Ok(())
     }
 
+    fn postgres(&self) -> sipstack_local::postgres::LocalPostgres {
+        sipstack_local::postgres::LocalPostgres::new(self.state.state_dir.join("pg-pg"), self.ports.postgres, 15)
+    }
+
+    /// Stops PostgreSQL (a database outage); Kamailio keeps running.
+    pub async fn stop_postgres(&self) -> Result<()> {
+        self.postgres().stop().await?;
+        Ok(())
+    }
+
+    pub async fn start_postgres(&self) -> Result<()> {
+        self.postgres().start().await?;
+        Ok(())
+    }
+
     /// Reloads the routing rules, waiting out Kamailio's reload rate limit.
     pub async fn reload_routes(&self) -> Result<()> {
         Ok(self.rpc.reload(Reload::Routes, Duration::from_secs(10)).await?)
@@ -222,6 +241,15 @@ impl Testbed {
 
     pub async fn destinations(&self) -> Result<Vec<LiveDestination>> {
         Ok(self.rpc.dispatcher_list().await?)
+    }
+
+    /// The live state of one dispatcher member (by URI, e.g. `sip:127.0.0.2:5080`).
+    pub async fn destination(&self, uri: &str) -> Result<LiveDestination> {
+        self.destinations()
+            .await?
+            .into_iter()
+            .find(|d| d.uri == uri)
+            .with_context(|| format!("{uri} is not in the edge's dispatcher list"))
     }
 
     /// Waits until `check` holds for the edge's dispatcher state, up to `limit`;
@@ -278,9 +306,14 @@ impl Drop for Testbed {
 /// A media stand-in on `media_ip(n)` at a free port.
 pub fn standin(n: u8) -> Result<(SocketAddr, SippProcess)> {
     let ip = media_ip(n);
-    let port = free_udp_port_on(ip)?;
-    let process = SippCommand::media_standin(ip, port).deadline(Duration::from_secs(600)).spawn()?;
-    Ok((SocketAddr::new(ip, port), process))
+    let addr = SocketAddr::new(ip, free_udp_port_on(ip)?);
+    Ok((addr, standin_on(addr)?))
+}
+
+/// A media stand-in on a given address, e.g. one that comes back on the ip:port of
+/// a stand-in that was killed (the dispatcher knows members by their URI).
+pub fn standin_on(addr: SocketAddr) -> Result<SippProcess> {
+    SippCommand::media_standin(addr.ip(), addr.port()).deadline(Duration::from_secs(600)).spawn()
 }
 
 /// A TCP port nobody listens on now.

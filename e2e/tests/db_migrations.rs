@@ -335,9 +335,9 @@ async fn repositories_keep_their_promises() {
     assert_eq!(change.kept, ["sip:10.0.0.1:5080"]);
     let rows = sipstack_db::dispatcher::list(&client).await.unwrap();
     let kept = rows.iter().find(|d| d.destination == "sip:10.0.0.1:5080").unwrap();
-    assert_eq!((kept.flags, kept.attrs.as_str()), (4, "weight=70"), "state kept, weight updated");
+    assert_eq!((kept.flags, kept.attrs.as_str()), (4, "weight=70;rweight=70"), "state kept, weight updated");
     let added = rows.iter().find(|d| d.destination == "sip:10.0.0.3:5080").unwrap();
-    assert_eq!((added.flags, added.attrs.as_str(), added.set_id), (0, "weight=30", 10));
+    assert_eq!((added.flags, added.attrs.as_str(), added.set_id), (0, "weight=30;rweight=30", 10));
     let again = sipstack_db::dispatcher::replace_set(
         &client,
         10,

@@ -95,3 +95,21 @@ async fn an_invalid_platform_file_starts_nothing_and_names_the_field() {
     assert!(!dir.path().join("state.json").exists());
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing was written");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_cleans_up_after_an_up_that_failed_half_way() {
+    let dir = tempfile::Builder::new().prefix("sipstack-local-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ports = Ports::free().unwrap();
+    // someone else holds the SIP port: PostgreSQL starts, Kamailio cannot
+    let _squatter = std::net::UdpSocket::bind(("127.0.0.1", ports.sip)).unwrap();
+    let yaml = TestbedSpec::default().yaml(ports);
+    let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: false };
+    let err = sipstack_local::up(&yaml, &options).await.unwrap_err().to_string();
+    assert!(err.contains("Kamailio of SipEdge edge"), "{err}");
+    let postgres = sipstack_local::postgres::LocalPostgres::new(dir.path().join("pg-pg"), ports.postgres, 15);
+    assert!(postgres.is_running(), "PostgreSQL was started before Kamailio failed");
+
+    sipstack_local::down(dir.path()).await.unwrap();
+    assert!(!postgres.is_running(), "down stopped it although up never wrote state.json");
+}

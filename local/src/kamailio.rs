@@ -77,7 +77,7 @@ impl LocalKamailio {
             return Ok(pid);
         }
         let binary = kamailio_binary()?;
-        check_modules(&self.config_path())?;
+        check_modules(&self.config_path(), Path::new(MODULE_DIR))?;
         let env = BTreeMap::from([("SIPSTACK_DB_URL", secrets.db_url.as_str()), ("SIPSTACK_AUTH_SECRET", secrets.auth_secret.as_str())]);
 
         let check = tokio::process::Command::new(&binary)
@@ -168,12 +168,12 @@ fn kamailio_binary() -> Result<PathBuf, LocalError> {
 }
 
 /// Every `loadmodule` of the config must exist; a missing one names its Debian package.
-fn check_modules(config: &Path) -> Result<(), LocalError> {
+fn check_modules(config: &Path, module_dir: &Path) -> Result<(), LocalError> {
     let text = fs::read_to_string(config).map_err(|e| LocalError::io(config, e))?;
     for line in text.lines() {
         let Some(rest) = line.trim().strip_prefix("loadmodule \"") else { continue };
         let module = rest.trim_end_matches('"').trim_end_matches(".so");
-        let path = Path::new(MODULE_DIR).join(format!("{module}.so"));
+        let path = module_dir.join(format!("{module}.so"));
         if !path.is_file() {
             let package = MODULE_PACKAGES.iter().find(|(m, _)| *m == module).map(|(_, p)| *p).unwrap_or("kamailio");
             return Err(LocalError::Missing { program: format!("Kamailio module {module}"), package: package.into() });
@@ -185,4 +185,26 @@ fn check_modules(config: &Path) -> Result<(), LocalError> {
 /// Makes a file readable by its owner only (it holds a secret).
 pub(crate) fn restrict(path: &Path) -> Result<(), LocalError> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| LocalError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_module_names_its_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = dir.path().join("modules");
+        fs::create_dir(&modules).unwrap();
+        fs::write(modules.join("tm.so"), b"").unwrap();
+        let cfg = dir.path().join("kamailio.cfg");
+        fs::write(&cfg, "loadmodule \"tm.so\"\nloadmodule \"db_postgres.so\"\n").unwrap();
+        let err = check_modules(&cfg, &modules).unwrap_err().to_string();
+        assert!(err.contains("db_postgres") && err.contains("apt-get install kamailio-postgres-modules"), "{err}");
+        fs::write(&cfg, "loadmodule \"tm.so\"\nloadmodule \"tls.so\"\n").unwrap();
+        let err = check_modules(&cfg, &modules).unwrap_err().to_string();
+        assert!(err.contains("apt-get install kamailio-tls-modules"), "{err}");
+        fs::write(&cfg, "loadmodule \"tm.so\"\n").unwrap();
+        check_modules(&cfg, &modules).unwrap();
+    }
 }

@@ -231,28 +231,54 @@ pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState,
 }
 
 /// Stops every process of the local platform; the data stays for the next `up`.
+///
+/// It finds the processes from the state directory's own pid files and data
+/// directories, not from `state.json` alone, so it also cleans up after an `up`
+/// that failed half-way.
 pub async fn down(state_dir: &Path) -> Result<Report, LocalError> {
-    let state = LocalState::load(state_dir)?;
+    if !state_dir.is_dir() {
+        return Err(LocalError::NotFound(state_dir.display().to_string()));
+    }
+    let mut entries: Vec<(String, PathBuf)> = std::fs::read_dir(state_dir)
+        .map_err(|e| LocalError::io(state_dir, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    entries.sort();
+    if entries.is_empty() && !LocalState::path(state_dir).exists() {
+        return Err(LocalError::NotFound(state_dir.display().to_string()));
+    }
     let mut report = Report::default();
-    for edge in &state.edges {
-        let kam = LocalKamailio::new(&state.state_dir, &edge.name);
-        if kam.stop().await? {
-            report.line(format!("edge       SipEdge/{} stopped", edge.name));
+    // the edges first (they hold database connections), then the media, then PostgreSQL
+    for (name, _) in &entries {
+        if let Some(edge) = name.strip_prefix("edge-") {
+            if LocalKamailio::new(state_dir, edge).stop().await? {
+                report.line(format!("edge       SipEdge/{edge} stopped"));
+            }
         }
     }
-    for s in &state.standins {
-        if standin::stop(&state.state_dir, &s.pool, &s.uri).await? {
-            report.line(format!("media      stand-in {} stopped", s.uri));
+    for (name, path) in &entries {
+        if let Some(pool) = name.strip_prefix("media-") {
+            for uri in standin::stop_all(path).await? {
+                report.line(format!("media      stand-in {uri} of MediaPool/{pool} stopped"));
+            }
         }
     }
-    let platform = Platform::from_yaml(&std::fs::read_to_string(&state.platform_file).map_err(|e| LocalError::io(&state.platform_file, e))?)?;
-    if let Some(pg) = platform.pg_clusters.first() {
-        let postgres = local_postgres(&state.state_dir, pg);
-        if postgres.stop().await? {
-            report.line(format!("postgres   PgCluster/{} stopped (data kept in {})", pg.name_any(), postgres.data_dir().display()));
+    for (name, path) in &entries {
+        if let Some(cluster) = name.strip_prefix("pg-") {
+            let major = std::fs::read_to_string(path.join("data/PG_VERSION"))
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(15);
+            // the port does not matter for stopping: pg_ctl finds the server by its data directory
+            let postgres = LocalPostgres::new(path, 0, major);
+            if postgres.stop().await? {
+                report.line(format!("postgres   PgCluster/{cluster} stopped (data kept in {})", postgres.data_dir().display()));
+            }
         }
     }
-    report.line(format!("state      {} (run `sipctl local up` again to resume)", state.state_dir.display()));
+    report.line(format!("state      {} (run `sipctl local up` again to resume)", state_dir.display()));
     Ok(report)
 }
 

@@ -84,15 +84,22 @@ pub async fn ensure(state_dir: &Path, pool: &str, uri: &str) -> Result<Option<St
     Ok(Some(Standin { uri: uri.to_string(), pool: pool.to_string(), pid }))
 }
 
-/// Stops the stand-in of `uri`; returns whether it was running.
-pub async fn stop(state_dir: &Path, pool: &str, uri: &str) -> Result<bool, LocalError> {
-    let pid_file = dir(state_dir, pool).join(format!("{}.pid", file_stem(uri)));
-    match process::read_pid(&pid_file) {
-        Some(pid) => {
-            let was = process::terminate(pid, Duration::from_secs(3)).await.map_err(|e| LocalError::io(&pid_file, e))?;
-            let _ = fs::remove_file(&pid_file);
-            Ok(was)
+/// Stops every stand-in whose pid file is in `dir` (one pool's directory);
+/// returns the URIs (as recorded in the file names) of those that were running.
+pub async fn stop_all(dir: &Path) -> Result<Vec<String>, LocalError> {
+    let mut stopped = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| LocalError::io(dir, e))?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pid") {
+            continue;
         }
-        None => Ok(false),
+        if let Some(pid) = process::read_pid(&path) {
+            if process::terminate(pid, Duration::from_secs(3)).await.map_err(|e| LocalError::io(&path, e))? {
+                stopped.push(path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            }
+        }
+        let _ = fs::remove_file(&path);
     }
+    Ok(stopped)
 }

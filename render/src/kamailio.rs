@@ -390,6 +390,8 @@ spec:
             "|evil[.]bot/1[.]0\"",
             "modparam(\"registrar\", \"max_expires\", 3600)",
             "modparam(\"dispatcher\", \"ds_ping_reply_codes\", \"class=2\")",
+            // a probe fails after the failover timeout, not after tm's fr_timer
+            "event_route[tm:local-request] {\n\tif (is_method(\"OPTIONS\")) {\n\t\tt_set_fr(0, 2000);",
         ] {
             assert!(cfg.contains(expected), "missing {expected:?} in:\n{cfg}");
         }
