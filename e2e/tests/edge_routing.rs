@@ -172,3 +172,30 @@ async fn no_rule_and_no_default_pool_is_404() {
     let out = call(&tb, "12345").await;
     assert_eq!(out.unexpected_codes, vec![404], "{}", out.diagnostics());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_is_cancelled_at_the_media_node() {
+    let ip = sipstack_e2e::testbed::media_ip(0);
+    let port = sipstack_e2e::sipp::free_udp_port_on(ip).unwrap();
+    let ringing = SippCommand::scenario("uas_ringing").local(ip, port).deadline(Duration::from_secs(60)).spawn().unwrap();
+    let spec = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(std::net::SocketAddr::new(ip, port), 1, 0)],
+        default_pool: Some("media".into()),
+        ..Default::default()
+    };
+    let tb = Testbed::up(&spec).await.unwrap();
+    tb.add_subscriber("alice", "alice-pw").await.unwrap();
+    let out = SippCommand::scenario("uac_cancel")
+        .remote(tb.edge())
+        .service("12345")
+        .injection(InjectionFile::users(&users(&[("alice", "alice-pw")])))
+        .max_calls(3)
+        .deadline(Duration::from_secs(20))
+        .run_async()
+        .await
+        .unwrap();
+    out.ensure_all_succeeded(3).unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
+    assert_eq!(out.lines("CANCELLED").count(), 3);
+    let node = ringing.stop().unwrap();
+    assert_eq!(node.lines("CANCEL_RECEIVED").count(), 3, "the CANCEL went through the edge to the node");
+}
