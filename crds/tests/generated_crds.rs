@@ -6,10 +6,12 @@ use std::path::PathBuf;
 
 #[test]
 fn committed_crds_match_the_types() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("generated");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // the same files twice: for `kubectl apply` and inside the Helm chart
+    let dirs = [root.join("generated"), root.join("../charts/sipstack/crds")];
     let update = std::env::var_os("SIPSTACK_UPDATE_CRDS").is_some();
     let mut stale = Vec::new();
-    for (name, yaml) in sipstack_crds::crd_files() {
+    for (dir, (name, yaml)) in dirs.iter().flat_map(|d| sipstack_crds::crd_files().into_iter().map(move |f| (d, f))) {
         let path = dir.join(&name);
         if update {
             std::fs::write(&path, &yaml).unwrap();
@@ -17,12 +19,12 @@ fn committed_crds_match_the_types() {
         }
         match std::fs::read_to_string(&path) {
             Ok(committed) if committed == yaml => {}
-            _ => stale.push(name),
+            _ => stale.push(path.display().to_string()),
         }
     }
     assert!(
         stale.is_empty(),
-        "crds/generated/ is out of date for {stale:?}; regenerate with SIPSTACK_UPDATE_CRDS=1 cargo test -p sipstack-crds --test generated_crds"
+        "CRD files are out of date: {stale:?}; regenerate with SIPSTACK_UPDATE_CRDS=1 cargo test -p sipstack-crds --test generated_crds"
     );
 }
 
