@@ -249,6 +249,13 @@ impl SippCommand {
         Self::new(scenario_path(name))
     }
 
+    /// The same run with another scenario of `e2e/scenarios/` (a variant that
+    /// takes the same injection file and keys).
+    pub fn scenario_name(mut self, name: &str) -> Self {
+        self.scenario = scenario_path(name);
+        self
+    }
+
     /// A media node stand-in answering on `ip:port` (media_standin.xml). It
     /// keeps no dead calls, so Call-IDs can be reused right away.
     pub fn media_standin(ip: IpAddr, port: u16) -> Self {

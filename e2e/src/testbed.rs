@@ -337,3 +337,38 @@ pub fn free_udp_and_tcp_port() -> Result<u16> {
 pub fn users<'a>(list: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, &'a str, &'a str)> {
     list.iter().map(|(u, p)| (*u, DOMAIN, *p)).collect()
 }
+
+/// The SIPp run that registers `user` from 127.0.0.1:`port` (its phone's address)
+/// for 600 s; callers add keys or change the scenario before running it.
+pub fn register_command(edge: SocketAddr, user: &str, password: &str, port: u16) -> SippCommand {
+    SippCommand::scenario("register")
+        .remote(edge)
+        .local(EDGE_IP, port)
+        .injection(crate::sipp::InjectionFile::users(&[(user, DOMAIN, password)]))
+        .key("expires", "600")
+        .max_calls(1)
+        .deadline(Duration::from_secs(15))
+}
+
+/// Registers `user`'s phone at 127.0.0.1:`port`; fails unless the edge answered 200.
+pub async fn register_phone(edge: SocketAddr, user: &str, password: &str, port: u16) -> Result<()> {
+    register_command(edge, user, password, port).run_async().await?.ensure_all_succeeded(1)
+}
+
+/// `calls` calls from a media node's address (trusted: no challenge) to `user`.
+pub async fn call_from_media(edge: SocketAddr, media: IpAddr, user: &str, calls: u64) -> Result<crate::sipp::SippOutcome> {
+    SippCommand::scenario("uac_trusted")
+        .remote(edge)
+        .local_ip(media)
+        .service(user)
+        .injection(crate::sipp::InjectionFile::sequential().line(["ivr", DOMAIN]))
+        .max_calls(calls)
+        .deadline(Duration::from_secs(20))
+        .run_async()
+        .await
+}
+
+/// A registered user's phone answering calls at 127.0.0.1:`port`.
+pub fn phone(port: u16) -> Result<SippProcess> {
+    SippCommand::scenario("uas_user").local(EDGE_IP, port).deadline(Duration::from_secs(60)).spawn()
+}

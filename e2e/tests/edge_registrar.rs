@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand};
-use sipstack_e2e::testbed::{media_ip, standin, users, PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP};
+use sipstack_e2e::testbed::{
+    call_from_media, media_ip, phone, register_command, register_phone, standin, users, PoolSpec, Testbed, TestbedSpec,
+    DOMAIN, EDGE_IP,
+};
 
 fn spec_with_pool(member: std::net::SocketAddr) -> TestbedSpec {
     TestbedSpec {
@@ -96,34 +99,14 @@ async fn registrations_survive_a_restart_and_calls_reach_them() {
     tb.add_subscriber("bob", "bob-secret").await.unwrap();
 
     let phone_port = free_udp_port_on(EDGE_IP).unwrap();
-    SippCommand::scenario("register")
-        .remote(tb.edge())
-        .local(EDGE_IP, phone_port)
-        .injection(InjectionFile::users(&users(&[("bob", "bob-secret")])))
-        .key("expires", "600")
-        .max_calls(1)
-        .deadline(Duration::from_secs(15))
-        .run_async()
-        .await
-        .unwrap()
-        .ensure_all_succeeded(1)
-        .unwrap();
+    register_phone(tb.edge(), "bob", "bob-secret", phone_port).await.unwrap();
 
     tb.restart_edge().await.unwrap();
 
     // bob's phone answers on the registered address
-    let phone = SippCommand::scenario("uas_user").local(EDGE_IP, phone_port).deadline(Duration::from_secs(60)).spawn().unwrap();
+    let phone = phone(phone_port).unwrap();
     // a media node (trusted, no challenge) calls bob through the edge
-    let out = SippCommand::scenario("uac_trusted")
-        .remote(tb.edge())
-        .local_ip(media_ip(0))
-        .service("bob")
-        .injection(InjectionFile::sequential().line(["ivr", DOMAIN]))
-        .max_calls(2)
-        .deadline(Duration::from_secs(20))
-        .run_async()
-        .await
-        .unwrap();
+    let out = call_from_media(tb.edge(), media_ip(0), "bob", 2).await.unwrap();
     out.ensure_all_succeeded(2).unwrap_or_else(|e| panic!("{e}\nedge log:\n{}", tb.edge_log(30)));
     let received = phone.stop().unwrap();
     assert_eq!(received.lines("RECEIVED").count(), 2, "bob's phone got both calls after the restart");
@@ -135,27 +118,15 @@ async fn a_database_outage_does_not_stop_registrations_or_calls() {
     let tb = Testbed::up(&spec_with_pool(media)).await.unwrap();
     tb.add_subscriber("dave", "dave-pw").await.unwrap();
     tb.add_subscriber("erin", "erin-pw").await.unwrap();
-    let register = |user: &'static str, password: &'static str, port: u16| {
-        SippCommand::scenario("register")
-            .remote(tb.edge())
-            .local(EDGE_IP, port)
-            .injection(InjectionFile::users(&users(&[(user, password)])))
-            .key("expires", "600")
-            .max_calls(1)
-            .deadline(Duration::from_secs(15))
-    };
     let dave_port = free_udp_port_on(EDGE_IP).unwrap();
-    register("dave", "dave-pw", dave_port).run_async().await.unwrap().ensure_all_succeeded(1).unwrap();
+    register_phone(tb.edge(), "dave", "dave-pw", dave_port).await.unwrap();
     let before = expiry(&tb, "dave").await;
 
     tb.stop_postgres().await.unwrap();
 
     // dave authenticated before the outage: he re-registers and calls
-    register("dave", "dave-pw", dave_port)
-        .run_async()
+    register_phone(tb.edge(), "dave", "dave-pw", dave_port)
         .await
-        .unwrap()
-        .ensure_all_succeeded(1)
         .unwrap_or_else(|e| panic!("{e}\nedge log:\n{}", tb.edge_log(20)));
     let out = SippCommand::scenario("uac_call")
         .remote(tb.edge())
@@ -213,14 +184,9 @@ async fn a_phone_behind_nat_is_reached_at_its_public_address_and_kept_alive() {
 
     // the phone believes it is 192.168.1.10:5060; its packets come from 127.0.0.1:port
     let port = free_udp_port_on(EDGE_IP).unwrap();
-    SippCommand::scenario("register_behind_nat")
-        .remote(tb.edge())
-        .local(EDGE_IP, port)
-        .injection(InjectionFile::users(&users(&[("frank", "frank-pw")])))
-        .key("expires", "600")
+    register_command(tb.edge(), "frank", "frank-pw", port)
+        .scenario_name("register_behind_nat")
         .key("private_contact", "192.168.1.10:5060")
-        .max_calls(1)
-        .deadline(Duration::from_secs(15))
         .run_async()
         .await
         .unwrap()
@@ -246,17 +212,8 @@ async fn a_phone_behind_nat_is_reached_at_its_public_address_and_kept_alive() {
     assert_eq!(keepalive.lines("KEEPALIVE_RECEIVED").count(), 1, "{}", keepalive.diagnostics());
 
     // a call to frank reaches the public address, not the private one
-    let phone = SippCommand::scenario("uas_user").local(EDGE_IP, port).deadline(Duration::from_secs(60)).spawn().unwrap();
-    let out = SippCommand::scenario("uac_trusted")
-        .remote(tb.edge())
-        .local_ip(media_ip(0))
-        .service("frank")
-        .injection(InjectionFile::sequential().line(["ivr", DOMAIN]))
-        .max_calls(1)
-        .deadline(Duration::from_secs(20))
-        .run_async()
-        .await
-        .unwrap();
+    let phone = phone(port).unwrap();
+    let out = call_from_media(tb.edge(), media_ip(0), "frank", 1).await.unwrap();
     out.ensure_all_succeeded(1).unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
     assert_eq!(phone.stop().unwrap().lines("RECEIVED").count(), 1);
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sipstack_db::route::{MatchKind, NewRoute, Target};
 use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand, SippOutcome};
-use sipstack_e2e::testbed::{standin, users, PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP};
+use sipstack_e2e::testbed::{phone, register_phone, standin, users, PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP};
 
 /// One authenticated call from alice to `number`.
 async fn call(tb: &Testbed, number: &str) -> SippOutcome {
@@ -107,19 +107,8 @@ async fn routes_from_the_database_take_effect_on_reload() {
 
     // a registered user, by regex
     let phone_port = free_udp_port_on(EDGE_IP).unwrap();
-    SippCommand::scenario("register")
-        .remote(tb.edge())
-        .local(EDGE_IP, phone_port)
-        .injection(InjectionFile::users(&users(&[("7001", "desk-pw")])))
-        .key("expires", "600")
-        .max_calls(1)
-        .deadline(Duration::from_secs(15))
-        .run_async()
-        .await
-        .unwrap()
-        .ensure_all_succeeded(1)
-        .unwrap();
-    let phone = SippCommand::scenario("uas_user").local(EDGE_IP, phone_port).deadline(Duration::from_secs(60)).spawn().unwrap();
+    register_phone(tb.edge(), "7001", "desk-pw", phone_port).await.unwrap();
+    let phone = phone(phone_port).unwrap();
     let out = call(&tb, "7001").await;
     out.ensure_all_succeeded(1).unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
     assert_eq!(phone.stop().unwrap().lines("RECEIVED").count(), 1);

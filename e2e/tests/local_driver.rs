@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand};
-use sipstack_e2e::testbed::{media_ip, users, Ports, PoolSpec, TestbedSpec, DOMAIN, EDGE_IP};
+use sipstack_e2e::sipp::free_udp_port_on;
+use sipstack_e2e::testbed::{call_from_media, media_ip, phone, register_phone, Ports, PoolSpec, TestbedSpec, DOMAIN, EDGE_IP};
 use sipstack_local::{process, UpOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,18 +30,7 @@ async fn down_and_up_again_keeps_subscribers_and_registrations() {
 
     let edge = std::net::SocketAddr::new(EDGE_IP, ports.sip);
     let phone_port = free_udp_port_on(EDGE_IP).unwrap();
-    SippCommand::scenario("register")
-        .remote(edge)
-        .local(EDGE_IP, phone_port)
-        .injection(InjectionFile::users(&users(&[("carol", "carol-pw")])))
-        .key("expires", "600")
-        .max_calls(1)
-        .deadline(Duration::from_secs(15))
-        .run_async()
-        .await
-        .unwrap()
-        .ensure_all_succeeded(1)
-        .unwrap();
+    register_phone(edge, "carol", "carol-pw", phone_port).await.unwrap();
 
     let status = sipstack_local::status(dir.path()).await.unwrap();
     assert!(status.postgres_running);
@@ -67,17 +56,8 @@ async fn down_and_up_again_keeps_subscribers_and_registrations() {
     assert!(subscribers.iter().any(|s| s.username == "carol"), "{subscribers:?}");
 
     // carol's phone gets a call without registering again: usrloc reloaded it
-    let phone = SippCommand::scenario("uas_user").local(EDGE_IP, phone_port).deadline(Duration::from_secs(60)).spawn().unwrap();
-    let out = SippCommand::scenario("uac_trusted")
-        .remote(edge)
-        .local_ip(media_ip(0))
-        .service("carol")
-        .injection(InjectionFile::sequential().line(["voicemail", DOMAIN]))
-        .max_calls(1)
-        .deadline(Duration::from_secs(20))
-        .run_async()
-        .await
-        .unwrap();
+    let phone = phone(phone_port).unwrap();
+    let out = call_from_media(edge, media_ip(0), "carol", 1).await.unwrap();
     out.ensure_all_succeeded(1).unwrap();
     assert_eq!(phone.stop().unwrap().lines("RECEIVED").count(), 1);
 
