@@ -318,9 +318,9 @@ pub struct FloodProtectionSpec {
     #[serde(default = "default_sampling_time_unit")]
     #[schemars(range(min = 1, max = 60))]
     pub window_seconds: u32,
-    /// Requests one source may send in one window.
+    /// Requests one source may send in one window (at most 65534: pike counts in 16 bits).
     #[serde(default = "default_requests_per_window")]
-    #[schemars(range(min = 1, max = 1000000))]
+    #[schemars(range(min = 1, max = 65534))]
     pub requests_per_window: u32,
     /// How long a flooding source stays banned, in seconds.
     #[serde(default = "default_ban_seconds")]
@@ -402,7 +402,9 @@ impl LogLevel {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessSpec {
-    /// Shared memory, in MiB (transactions, registrations, dispatcher state).
+    /// Shared memory, in MiB (transactions, registrations, dispatcher state). A finished
+    /// transaction is kept for 5 s to absorb retransmissions, so each call per second
+    /// needs about 150 KiB: 512 MiB carries about 3 000 calls/s.
     #[serde(default = "default_shm_mb")]
     #[schemars(range(min = 64, max = 65536))]
     pub shared_memory_mb: u32,
@@ -537,7 +539,7 @@ fn default_rpc_allow() -> Vec<String> {
     vec!["127.0.0.1/32".into()]
 }
 fn default_shm_mb() -> u32 {
-    256
+    512
 }
 fn default_pkg_mb() -> u32 {
     16
@@ -706,7 +708,8 @@ impl SipEdgeSpec {
 
         let f = &self.flood_protection;
         v.range("spec.floodProtection.windowSeconds", f.window_seconds, 1, 60);
-        v.range("spec.floodProtection.requestsPerWindow", f.requests_per_window, 1, 1_000_000);
+        // pike keeps the limit in 16 bits: a larger value silently wraps to a small one
+        v.range("spec.floodProtection.requestsPerWindow", f.requests_per_window, 1, 65_534);
         v.range("spec.floodProtection.banSeconds", f.ban_seconds, 1, 86400);
         for (i, n) in f.exempt_networks.iter().enumerate() {
             v.cidr(&format!("spec.floodProtection.exemptNetworks[{i}]"), n);

@@ -1,4 +1,5 @@
 //! Support for the integration tests: SIPp runs, free ports, process cleanup.
 
+pub mod bench;
 pub mod sipp;
 pub mod testbed;
