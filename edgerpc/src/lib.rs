@@ -167,7 +167,7 @@ impl EdgeRpc {
     /// Kamailio's version string; a cheap liveness check.
     pub async fn version(&self) -> Result<String, RpcError> {
         let v = self.call("core.version", &[]).await?;
-        Ok(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+        Ok(v.as_str().map(|s| s.trim().to_string()).unwrap_or_else(|| v.to_string()))
     }
 
     /// The dispatcher destinations Kamailio holds now, with their live state.

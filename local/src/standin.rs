@@ -73,6 +73,9 @@ pub async fn ensure(state_dir: &Path, pool: &str, uri: &str) -> Result<Option<St
         .map_err(|e| LocalError::io(&sipp, e))?;
     let pid = child.id() as i32;
     fs::write(&pid_file, pid.to_string()).map_err(|e| LocalError::io(&pid_file, e))?;
+    // the member's URI beside the pid, for `down` to name what it stops
+    let uri_file = pid_file.with_extension("uri");
+    fs::write(&uri_file, uri).map_err(|e| LocalError::io(&uri_file, e))?;
     // SIPp exits at once when it cannot bind; give it a moment to show that.
     tokio::time::sleep(Duration::from_millis(300)).await;
     if !process::is_alive(pid) {
@@ -85,7 +88,7 @@ pub async fn ensure(state_dir: &Path, pool: &str, uri: &str) -> Result<Option<St
 }
 
 /// Stops every stand-in whose pid file is in `dir` (one pool's directory);
-/// returns the URIs (as recorded in the file names) of those that were running.
+/// returns the URIs of those that were running.
 pub async fn stop_all(dir: &Path) -> Result<Vec<String>, LocalError> {
     let mut stopped = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| LocalError::io(dir, e))?;
@@ -96,10 +99,12 @@ pub async fn stop_all(dir: &Path) -> Result<Vec<String>, LocalError> {
         }
         if let Some(pid) = process::read_pid(&path) {
             if process::terminate(pid, Duration::from_secs(3)).await.map_err(|e| LocalError::io(&path, e))? {
-                stopped.push(path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+                let uri = fs::read_to_string(path.with_extension("uri")).unwrap_or_default();
+                stopped.push(uri.trim().to_string());
             }
         }
         let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(path.with_extension("uri"));
     }
     Ok(stopped)
 }

@@ -58,12 +58,17 @@ pub async fn run(cmd: LocalCommand) -> anyhow::Result<()> {
                 println!("note       {notice}");
             }
             println!();
-            println!("The platform is up. Next steps:");
-            println!("  sipctl local status");
-            if let Some(edge) = state.edges.first() {
-                println!("  register a SIP phone at {} (domain {})", edge.sip.first().cloned().unwrap_or_default(), edge.domains.join(", "));
+            println!("The platform is up.");
+            for edge in &state.edges {
+                println!(
+                    "  SIP phones register at {} for domain {}",
+                    edge.sip.first().cloned().unwrap_or_default(),
+                    edge.domains.join(", ")
+                );
             }
-            println!("  sipctl local down");
+            println!("  database URL (with the password): {}", state.db_url_file.display());
+            println!("  sipctl local status    what runs, and the media members as the edge sees them");
+            println!("  sipctl local down      stop everything, keep the data");
             Ok(())
         }
         LocalCommand::Down(args) => {
@@ -92,8 +97,7 @@ pub async fn run(cmd: LocalCommand) -> anyhow::Result<()> {
                 };
                 println!("edge       SipEdge/{}  {state}", e.name);
                 for d in &e.destinations {
-                    let health = if d.is_active() { "active" } else { "inactive" };
-                    println!("  set {:<4} {:<32} {:<8} flags {}", d.set_id, d.uri, health, d.flags);
+                    println!("  set {:<4} {:<32} {:<26} flags {}", d.set_id, d.uri, describe_state(&d.flags), d.flags);
                 }
             }
             for (s, alive) in &status.standins {
@@ -101,5 +105,21 @@ pub async fn run(cmd: LocalCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Kamailio's two-letter dispatcher state in words.
+fn describe_state(flags: &str) -> String {
+    let state = match flags.chars().next() {
+        Some('A') => "active",
+        Some('I') => "inactive",
+        Some('T') => "trying (failing probes)",
+        Some('D') => "disabled",
+        _ => "unknown",
+    };
+    if flags.ends_with('X') && state == "active" {
+        format!("{state}, not probed yet")
+    } else {
+        state.to_string()
     }
 }
