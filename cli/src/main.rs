@@ -1,6 +1,8 @@
 //! sipctl: the sipstack command line.
 
 mod commands;
+mod context;
+mod output;
 
 use std::process::ExitCode;
 
@@ -10,7 +12,7 @@ use commands::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    commands::init_logging(cli.verbose);
+    commands::init_logging(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

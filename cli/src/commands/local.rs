@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use sipstack_local::{default_state_dir, UpOptions};
 
+use crate::context::{ConfigFile, DatabaseConfig, EdgeConfig, NamedContext};
+
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
     /// Bring a platform file up on this host: PostgreSQL, the schema, the media pools'
@@ -54,6 +56,8 @@ pub async fn run(cmd: LocalCommand) -> anyhow::Result<()> {
             for line in &report.lines {
                 println!("{line}");
             }
+            let context = write_context(&state)?;
+            println!("context    {context} (current; sipctl commands now talk to this platform)");
             for notice in &report.notices {
                 println!("note       {notice}");
             }
@@ -106,6 +110,21 @@ pub async fn run(cmd: LocalCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Records the local platform as the sipctl context `local` and makes it current.
+fn write_context(state: &sipstack_local::state::LocalState) -> anyhow::Result<String> {
+    let path = ConfigFile::path();
+    let mut file = ConfigFile::load(&path)?;
+    let name = "local".to_string();
+    file.upsert(NamedContext {
+        name: name.clone(),
+        database: DatabaseConfig { url: None, url_file: Some(state.db_url_file.clone()) },
+        edges: state.edges.iter().map(|e| EdgeConfig { name: e.name.clone(), rpc: e.rpc_url.clone() }).collect(),
+    });
+    file.current_context = Some(name.clone());
+    file.save(&path)?;
+    Ok(name)
 }
 
 /// Kamailio's two-letter dispatcher state in words.

@@ -1,25 +1,103 @@
-//! The command tree. One module per noun group; each `run` returns `anyhow::Result`.
+//! The command tree: verb first, as in `sipctl add subscriber` and `kubectl get pods`.
+//! Each noun has its own module; `Ctx` carries where to connect and how to print.
 
+mod cdr;
+mod completion;
+mod config;
 mod db;
+mod dispatcher;
 mod local;
+mod registration;
 mod render;
+mod route;
+mod status;
+mod subscriber;
 
-use clap::{Parser, Subcommand};
+use std::time::Duration;
 
-/// sipstack's command line: render configuration, run the platform locally,
-/// and manage what the platform keeps in PostgreSQL.
+use clap::{Args, Parser, Subcommand};
+use sipstack_edgerpc::{EdgeRpc, Reload};
+
+use crate::context::{Overrides, Target};
+use crate::output::{Format, Output};
+
+/// sipctl: the sipstack command line. Subscribers, routes, media pool members,
+/// registrations and CDRs of a running platform; the platform itself on this host.
 #[derive(Debug, Parser)]
-#[command(name = "sipctl", version, about, long_about = None, propagate_version = true)]
+#[command(name = "sipctl", version, about, propagate_version = true)]
 pub struct Cli {
-    /// More log output (-v info, -vv debug).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Context of the config file to use (default: its current context).
+    #[arg(long, global = true, env = "SIPCTL_CONTEXT")]
+    pub context: Option<String>,
+    /// PostgreSQL URL of the platform database (overrides the context).
+    #[arg(long, global = true, env = "SIPCTL_DB_URL", hide_env_values = true)]
+    pub db_url: Option<String>,
+    /// JSON-RPC endpoint of an edge, e.g. 127.0.0.1:5071 (repeatable; overrides the context).
+    #[arg(long = "edge", global = true, env = "SIPCTL_EDGE", value_delimiter = ',')]
+    pub edges: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Leave out the header row of tables and CSV.
+    #[arg(long, global = true)]
+    pub no_headers: bool,
+    /// Seconds to wait for the database connection.
+    #[arg(long, global = true, default_value_t = 10, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+    /// Do not tell the edges to reload after a change (use `sipctl reload` later).
+    #[arg(long, global = true)]
+    pub no_reload: bool,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Add a subscriber or a route.
+    #[command(subcommand)]
+    Add(AddCommand),
+    /// List subscribers, routes, dispatchers, registrations or CDRs.
+    #[command(subcommand)]
+    Get(GetCommand),
+    /// Delete subscribers or routes.
+    #[command(subcommand)]
+    Delete(DeleteCommand),
+    /// Change a subscriber's password.
+    #[command(subcommand)]
+    Set(SetCommand),
+    /// Import subscribers from CSV.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Export subscribers as CSV (ha1/ha1b, no passwords).
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// Show which route a number would take, without a call.
+    #[command(subcommand)]
+    Test(TestCommand),
+    /// Stop sending new calls to a media node; calls in progress finish.
+    #[command(subcommand)]
+    Drain(DrainCommand),
+    /// Send calls to a drained media node again.
+    #[command(subcommand)]
+    Enable(EnableCommand),
+    /// Tell the edges to reload routes or dispatcher members from the database.
+    #[command(subcommand)]
+    Reload(ReloadCommand),
+    /// Database, edges and media pools at a glance.
+    Status(status::StatusArgs),
+    /// Contexts: which database and edges sipctl talks to.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Print the configuration a component would run with.
     #[command(subcommand)]
     Render(render::RenderCommand),
@@ -29,32 +107,240 @@ pub enum Command {
     /// The platform database: schema migrations.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(completion::CompletionArgs),
+    /// Write man pages for every command into a directory.
+    Man(completion::ManArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AddCommand {
+    #[command(visible_alias = "sub")]
+    Subscriber(subscriber::AddArgs),
+    #[command(visible_alias = "rt")]
+    Route(route::AddArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    #[command(visible_aliases = ["subscriber", "sub"])]
+    Subscribers(subscriber::GetArgs),
+    #[command(visible_aliases = ["route", "rt"])]
+    Routes(route::GetArgs),
+    #[command(visible_aliases = ["dispatcher", "ds"])]
+    Dispatchers(dispatcher::GetArgs),
+    #[command(visible_aliases = ["registration", "reg"])]
+    Registrations(registration::GetArgs),
+    #[command(visible_alias = "cdr")]
+    Cdrs(cdr::GetArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeleteCommand {
+    #[command(visible_aliases = ["subscribers", "sub"])]
+    Subscriber(subscriber::DeleteArgs),
+    #[command(visible_aliases = ["routes", "rt"])]
+    Route(route::DeleteArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetCommand {
+    Password(subscriber::SetPasswordArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    #[command(visible_aliases = ["subscriber", "sub"])]
+    Subscribers(subscriber::ImportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    #[command(visible_aliases = ["subscriber", "sub"])]
+    Subscribers(subscriber::ExportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TestCommand {
+    #[command(visible_alias = "rt")]
+    Route(route::TestArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrainCommand {
+    #[command(visible_alias = "ds")]
+    Dispatcher(dispatcher::StateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnableCommand {
+    #[command(visible_alias = "ds")]
+    Dispatcher(dispatcher::StateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReloadCommand {
+    /// `dialplan.reload` on every edge.
+    #[command(visible_alias = "route")]
+    Routes,
+    /// `dispatcher.reload` on every edge.
+    #[command(visible_alias = "dispatcher")]
+    Dispatchers,
+}
+
+/// What every command needs: where to connect, how to print.
+pub struct Ctx {
+    pub target: Target,
+    pub output: Output,
+    pub connect_timeout: Duration,
+    pub reload: bool,
+}
+
+impl Ctx {
+    /// A connection to the platform database.
+    pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let url = self.target.require_db_url()?;
+        Ok(sipstack_db::connect(url, self.connect_timeout).await?)
+    }
+
+    /// RPC clients of the edges of the context.
+    pub fn edges(&self) -> Vec<(String, EdgeRpc)> {
+        self.target.edges.iter().map(|e| (e.name.clone(), EdgeRpc::new(&e.rpc))).collect()
+    }
+
+    /// After a committed change: tells every edge to reload `what` (waiting out
+    /// Kamailio's reload rate limit). An unreachable edge is reported, not fatal:
+    /// the change is in the database and the edge reads it when it comes back.
+    pub async fn push_reload(&self, what: Reload) {
+        if !self.reload {
+            eprintln!("note: not reloaded (--no-reload); run `sipctl reload {}` to apply", reload_noun(what));
+            return;
+        }
+        let edges = self.edges();
+        if edges.is_empty() {
+            eprintln!(
+                "note: no edge is known (give --edge or use a context); the edges apply the change at their next `sipctl reload {}`",
+                reload_noun(what)
+            );
+            return;
+        }
+        for (name, rpc) in edges {
+            match rpc.reload(what, Duration::from_secs(15)).await {
+                Ok(()) => tracing::info!(edge = %name, method = what.method(), "reloaded"),
+                Err(e) => eprintln!(
+                    "warning: edge {name} was not reloaded ({e}); the change is saved and applies at its next reload"
+                ),
+            }
+        }
+    }
+}
+
+fn reload_noun(what: Reload) -> &'static str {
+    match what {
+        Reload::Routes => "routes",
+        Reload::Dispatcher => "dispatchers",
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.global;
+    let output = Output { format: g.output, no_headers: g.no_headers };
+    // commands that do not talk to a platform
     match cli.command {
-        Command::Render(cmd) => render::run(cmd),
-        Command::Local(cmd) => local::run(cmd).await,
-        Command::Db(cmd) => db::run(cmd).await,
+        Command::Render(cmd) => return render::run(cmd),
+        Command::Local(cmd) => return local::run(cmd).await,
+        Command::Config(cmd) => return config::run(cmd, output),
+        Command::Completion(args) => return completion::completion(args),
+        Command::Man(args) => return completion::man(args),
+        _ => {}
+    }
+    let overrides = Overrides { context: g.context, db_url: g.db_url, edges: g.edges };
+    let ctx = Ctx {
+        target: Target::resolve(&overrides)?,
+        output,
+        connect_timeout: Duration::from_secs(g.connect_timeout),
+        reload: !g.no_reload,
+    };
+    match cli.command {
+        Command::Add(AddCommand::Subscriber(a)) => subscriber::add(&ctx, a).await,
+        Command::Add(AddCommand::Route(a)) => route::add(&ctx, a).await,
+        Command::Get(GetCommand::Subscribers(a)) => subscriber::get(&ctx, a).await,
+        Command::Get(GetCommand::Routes(a)) => route::get(&ctx, a).await,
+        Command::Get(GetCommand::Dispatchers(a)) => dispatcher::get(&ctx, a).await,
+        Command::Get(GetCommand::Registrations(a)) => registration::get(&ctx, a).await,
+        Command::Get(GetCommand::Cdrs(a)) => cdr::get(&ctx, a).await,
+        Command::Delete(DeleteCommand::Subscriber(a)) => subscriber::delete(&ctx, a).await,
+        Command::Delete(DeleteCommand::Route(a)) => route::delete(&ctx, a).await,
+        Command::Set(SetCommand::Password(a)) => subscriber::set_password(&ctx, a).await,
+        Command::Import(ImportCommand::Subscribers(a)) => subscriber::import(&ctx, a).await,
+        Command::Export(ExportCommand::Subscribers(a)) => subscriber::export(&ctx, a).await,
+        Command::Test(TestCommand::Route(a)) => route::test(&ctx, a).await,
+        Command::Drain(DrainCommand::Dispatcher(a)) => dispatcher::drain(&ctx, a).await,
+        Command::Enable(EnableCommand::Dispatcher(a)) => dispatcher::enable(&ctx, a).await,
+        Command::Reload(ReloadCommand::Routes) => {
+            ctx.push_reload(Reload::Routes).await;
+            Ok(())
+        }
+        Command::Reload(ReloadCommand::Dispatchers) => {
+            ctx.push_reload(Reload::Dispatcher).await;
+            Ok(())
+        }
+        Command::Status(a) => status::run(&ctx, a).await,
+        Command::Db(cmd) => db::run(&ctx, cmd).await,
+        Command::Render(_) | Command::Local(_) | Command::Config(_) | Command::Completion(_) | Command::Man(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
 /// Exit codes scripts can rely on.
 pub mod exit {
     pub const FAILURE: u8 = 1;
+    /// A malformed argument or file (clap's own usage errors exit with 2).
     pub const INVALID_INPUT: u8 = 3;
+    pub const NOT_FOUND: u8 = 4;
     pub const UNREACHABLE: u8 = 5;
+    /// The thing to add exists already.
+    pub const ALREADY_EXISTS: u8 = 6;
+}
+
+/// An error a command raises on purpose, with the exit code it means.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    use sipstack_db::DbError;
     for cause in err.chain() {
         if cause.downcast_ref::<sipstack_crds::PlatformError>().is_some()
             || cause.downcast_ref::<sipstack_render::RenderError>().is_some()
         {
             return exit::INVALID_INPUT;
         }
-        if let Some(db) = cause.downcast_ref::<sipstack_db::DbError>() {
-            if matches!(db, sipstack_db::DbError::Connect { .. } | sipstack_db::DbError::ConnectTimeout { .. }) {
+        if let Some(e) = cause.downcast_ref::<CliError>() {
+            return match e {
+                CliError::Invalid(_) => exit::INVALID_INPUT,
+                CliError::NotFound(_) => exit::NOT_FOUND,
+                CliError::Unreachable(_) => exit::UNREACHABLE,
+            };
+        }
+        if let Some(db) = cause.downcast_ref::<DbError>() {
+            return match db {
+                DbError::Connect { .. } | DbError::ConnectTimeout { .. } => exit::UNREACHABLE,
+                DbError::InvalidUrl { .. } | DbError::Invalid { .. } => exit::INVALID_INPUT,
+                DbError::NotFound { .. } => exit::NOT_FOUND,
+                DbError::AlreadyExists { .. } | DbError::Conflict { .. } => exit::ALREADY_EXISTS,
+                _ => exit::FAILURE,
+            };
+        }
+        if let Some(rpc) = cause.downcast_ref::<sipstack_edgerpc::RpcError>() {
+            if matches!(rpc, sipstack_edgerpc::RpcError::Unreachable { .. }) {
                 return exit::UNREACHABLE;
             }
         }

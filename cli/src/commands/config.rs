@@ -1,0 +1,155 @@
+//! `sipctl config`: contexts (which database and edges a command talks to).
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use crate::context::{normalize_rpc_url, ConfigFile, DatabaseConfig, EdgeConfig, NamedContext};
+use crate::output::{Columns, Output};
+
+use super::CliError;
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// List the contexts of the config file.
+    #[command(after_help = "Example:\n  sipctl config get-contexts")]
+    GetContexts,
+    /// Make a context the current one.
+    #[command(after_help = "Example:\n  sipctl config use-context production")]
+    UseContext { name: String },
+    /// Print the current context's name.
+    CurrentContext,
+    /// Add or change a context.
+    #[command(after_help = "Examples:\n  sipctl config set-context production --db-url-file /etc/sipstack/db-url --edge 10.0.0.10:5071 --edge 10.0.0.11:5071\n  sipctl config set-context lab --db-url postgres://sipstack:pw@lab-db:5432/sipstack --use")]
+    SetContext(SetContextArgs),
+    /// Remove a context.
+    DeleteContext { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SetContextArgs {
+    pub name: String,
+    /// Database URL (stored in the config file, which is kept mode 0600).
+    #[arg(long, conflicts_with = "db_url_file")]
+    pub db_url: Option<String>,
+    /// File holding the database URL.
+    #[arg(long)]
+    pub db_url_file: Option<std::path::PathBuf>,
+    /// Edge RPC endpoints (host:port or URL), repeatable.
+    #[arg(long = "edge", value_delimiter = ',')]
+    pub edges: Vec<String>,
+    /// Make it the current context too.
+    #[arg(long = "use")]
+    pub make_current: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ContextView {
+    name: String,
+    current: bool,
+    database: String,
+    edges: Vec<String>,
+}
+
+pub fn run(cmd: ConfigCommand, output: Output) -> anyhow::Result<()> {
+    let path = ConfigFile::path();
+    let mut file = ConfigFile::load(&path)?;
+    match cmd {
+        ConfigCommand::GetContexts => {
+            let views: Vec<ContextView> = file
+                .contexts
+                .iter()
+                .map(|c| ContextView {
+                    name: c.name.clone(),
+                    current: file.current_context.as_deref() == Some(c.name.as_str()),
+                    database: match (&c.database.url, &c.database.url_file) {
+                        (Some(url), _) => redact(url),
+                        (None, Some(f)) => format!("(from {})", f.display()),
+                        (None, None) => "-".into(),
+                    },
+                    edges: c.edges.iter().map(|e| e.rpc.clone()).collect(),
+                })
+                .collect();
+            let columns = Columns { headers: &["CURRENT", "NAME", "DATABASE", "EDGES"], narrow: 4 };
+            output.list(&views, &columns, |v| {
+                vec![if v.current { "*".into() } else { String::new() }, v.name.clone(), v.database.clone(), v.edges.join(",")]
+            })
+        }
+        ConfigCommand::UseContext { name } => {
+            if file.context(&name).is_none() {
+                return Err(CliError::NotFound(format!("no context named {name:?} in {}", path.display())).into());
+            }
+            file.current_context = Some(name.clone());
+            file.save(&path)?;
+            println!("current context is now {name}");
+            Ok(())
+        }
+        ConfigCommand::CurrentContext => match &file.current_context {
+            Some(name) => {
+                println!("{name}");
+                Ok(())
+            }
+            None => Err(CliError::NotFound("no current context; see `sipctl config use-context`".into()).into()),
+        },
+        ConfigCommand::SetContext(args) => {
+            let previous = file.context(&args.name).cloned();
+            let database = match (args.db_url, args.db_url_file) {
+                (Some(url), _) => DatabaseConfig { url: Some(url), url_file: None },
+                (None, Some(f)) => DatabaseConfig { url: None, url_file: Some(f) },
+                (None, None) => previous.as_ref().map(|p| p.database.clone()).unwrap_or_default(),
+            };
+            let edges = if args.edges.is_empty() {
+                previous.map(|p| p.edges).unwrap_or_default()
+            } else {
+                args.edges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| EdgeConfig { name: format!("edge{}", i + 1), rpc: normalize_rpc_url(e) })
+                    .collect()
+            };
+            file.upsert(NamedContext { name: args.name.clone(), database, edges });
+            if args.make_current || file.current_context.is_none() {
+                file.current_context = Some(args.name.clone());
+            }
+            file.save(&path)?;
+            println!("context {} saved in {}", args.name, path.display());
+            Ok(())
+        }
+        ConfigCommand::DeleteContext { name } => {
+            let before = file.contexts.len();
+            file.contexts.retain(|c| c.name != name);
+            if file.contexts.len() == before {
+                return Err(CliError::NotFound(format!("no context named {name:?}")).into());
+            }
+            if file.current_context.as_deref() == Some(name.as_str()) {
+                file.current_context = None;
+            }
+            file.save(&path)?;
+            println!("context {name} deleted");
+            Ok(())
+        }
+    }
+}
+
+/// A URL with its password replaced, for display.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:****{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:****@h:5432/db");
+        assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
+    }
+}
