@@ -6,13 +6,13 @@ set -euo pipefail
 
 packages=(
   # the SIP edge
-  kamailio kamailio-postgres-modules kamailio-tls-modules kamailio-extra-modules
+  kamailio kamailio-postgres-modules kamailio-tls-modules
   # the database
   postgresql-15 postgresql-client-15
-  # SIP test peer, Kamailio's own admin tool (interoperability tests)
+  # SIP test peer; Kamailio's own admin tool (sipctl's interoperability tests)
   sip-tester kamcli
-  # certificates for TLS tests, network namespaces
-  openssl iproute2 procps
+  # certificates for the TLS tests
+  openssl procps
   # building
   build-essential pkg-config ca-certificates
 )
@@ -26,10 +26,15 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 
-# Debian's packages may leave their own services running on the default ports;
-# the local driver and the tests run their own instances.
+# Debian's packages start their own services on the default ports (5060, 5432);
+# the local driver and the tests run their own instances, so stop those and keep
+# them from coming back at the next boot.
 for svc in kamailio postgresql; do
-  if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  elif command -v service >/dev/null 2>&1; then
+    service "$svc" stop >/dev/null 2>&1 || true
+  fi
 done
 
 if ! command -v cargo >/dev/null 2>&1; then

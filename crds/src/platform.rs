@@ -326,3 +326,53 @@ spec:
         assert!(err.contains("both use setId 1"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod listener_tests {
+    use super::*;
+
+    fn edge_with(listen: &str) -> String {
+        format!(
+            "apiVersion: sipstack.io/v1alpha1\nkind: PgCluster\nmetadata: {{name: pg}}\nspec: {{instances: 1}}\n---\napiVersion: sipstack.io/v1alpha1\nkind: SipEdge\nmetadata: {{name: edge}}\nspec:\n  domains: [example.com]\n  database: {{pgCluster: pg}}\n  listen:\n{listen}"
+        )
+    }
+
+    fn errors(listen: &str) -> String {
+        match Platform::from_yaml(&edge_with(listen)) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_wildcard_address_needs_advertise() {
+        let err = errors("    - {transport: udp, address: 0.0.0.0, port: 5060}\n");
+        assert!(err.contains("spec.listen[0].address") && err.contains("advertise"), "{err}");
+        assert_eq!(errors("    - {transport: udp, address: 0.0.0.0, port: 5060, advertise: {address: 203.0.113.1}}\n"), "");
+        assert_eq!(errors("    - {transport: udp, address: eth0, port: 5060}\n"), "");
+    }
+
+    #[test]
+    fn a_udp_listener_is_required() {
+        let err = errors("    - {transport: tcp, address: 127.0.0.1, port: 5060}\n");
+        assert!(err.contains("spec.listen") && err.contains("UDP"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_sockets_are_refused() {
+        for listen in [
+            "    - {transport: udp, address: 127.0.0.1, port: 5060}\n    - {transport: tcp, address: 127.0.0.1, port: 5060}\n    - {transport: tls, address: 127.0.0.1, port: 5060}\n",
+            "    - {transport: udp, address: 127.0.0.1, port: 5060}\n    - {transport: udp, address: 0.0.0.0, port: 5060, advertise: {address: 203.0.113.1}}\n",
+            "    - {transport: udp, address: \"::1\", port: 5060}\n    - {transport: udp, address: \"0:0::1\", port: 5060}\n",
+        ] {
+            let err = errors(listen);
+            assert!(err.contains("overlaps an earlier listener"), "{listen}: {err}");
+        }
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        let err = errors("    - {transport: udp, address: \"eth0; loadmodule\", port: 5060}\n");
+        assert!(err.contains("spec.listen[0].address"), "{err}");
+    }
+}

@@ -1,6 +1,8 @@
 //! `SipEdge`: a Kamailio SIP edge — registrar, digest authentication,
 //! routing and dispatcher load balancing in front of one or more MediaPools.
 
+use std::net::IpAddr;
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -30,7 +32,7 @@ use crate::validation::{self as val, Validator};
 pub struct SipEdgeSpec {
     /// SIP domains this edge serves. Subscribers register as user@domain, the domain is the
     /// digest realm, and requests for other domains are not accepted as local.
-    #[schemars(length(min = 1, max = 32), inner(pattern(val::DOMAIN_PATTERN)))]
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 63), pattern(val::DOMAIN_PATTERN)))]
     pub domains: Vec<String>,
 
     /// The PostgreSQL that keeps subscribers, registrations, dispatcher members and routes.
@@ -41,7 +43,8 @@ pub struct SipEdgeSpec {
     #[schemars(length(max = 32), inner(length(min = 1, max = 63), pattern(val::NAME_PATTERN)))]
     pub media_pools: Vec<String>,
 
-    /// SIP sockets to listen on. Defaults to UDP and TCP on 0.0.0.0:5060.
+    /// SIP sockets to listen on; at least one must be UDP (media nodes are reached and
+    /// probed over UDP). Defaults to UDP and TCP on 127.0.0.1:5060.
     #[serde(default = "default_listen")]
     #[schemars(length(min = 1, max = 16))]
     pub listen: Vec<Listener>,
@@ -120,9 +123,11 @@ impl Transport {
 pub struct Listener {
     /// Transport of this socket.
     pub transport: Transport,
-    /// Local IP address to bind (0.0.0.0 for every IPv4 address).
-    #[serde(default = "default_any_address")]
-    #[schemars(pattern(val::IP_PATTERN))]
+    /// Local IP address to bind, or a network interface (e.g. eth0 in a pod: its
+    /// addresses are used). 0.0.0.0 and :: bind every address and then need `advertise`,
+    /// since SIP headers must carry one address the far end can reach.
+    #[serde(default = "default_loopback")]
+    #[schemars(pattern(val::IP_OR_INTERFACE_PATTERN))]
     pub address: String,
     /// Local port.
     #[serde(default = "default_sip_port")]
@@ -177,7 +182,8 @@ pub struct TlsSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrarSpec {
-    /// Shortest registration accepted, in seconds; shorter requests get 423 Interval Too Brief.
+    /// Shortest registration accepted, in seconds; shorter requests get 423 Interval Too Brief
+    /// (with a Min-Expires header).
     #[serde(default = "default_min_expires")]
     #[schemars(range(min = 1, max = 86400))]
     pub min_expires: u32,
@@ -371,6 +377,10 @@ pub struct MetricsSpec {
     /// Serve Kamailio's statistics in Prometheus format at /metrics on the RPC socket.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Networks allowed to scrape /metrics (they get no access to the RPC methods).
+    #[serde(default = "default_rpc_allow")]
+    #[schemars(length(min = 1, max = 64), inner(pattern(val::CIDR_PATTERN)))]
+    pub allow_from: Vec<String>,
 }
 
 /// Kamailio log level.
@@ -466,9 +476,6 @@ pub struct SipEdgeStatus {
 fn default_true() -> bool {
     true
 }
-fn default_any_address() -> String {
-    "0.0.0.0".into()
-}
 fn default_loopback() -> String {
     "127.0.0.1".into()
 }
@@ -477,8 +484,8 @@ fn default_sip_port() -> u16 {
 }
 fn default_listen() -> Vec<Listener> {
     vec![
-        Listener { transport: Transport::Udp, address: default_any_address(), port: 5060, advertise: None },
-        Listener { transport: Transport::Tcp, address: default_any_address(), port: 5060, advertise: None },
+        Listener { transport: Transport::Udp, address: default_loopback(), port: 5060, advertise: None },
+        Listener { transport: Transport::Tcp, address: default_loopback(), port: 5060, advertise: None },
     ]
 }
 fn default_tls_certificate() -> String {
@@ -605,19 +612,47 @@ impl SipEdgeSpec {
         }
         for (i, l) in self.listen.iter().enumerate() {
             let path = format!("spec.listen[{i}]");
-            v.ip(&format!("{path}.address"), &l.address);
-            v.port(&format!("{path}.port"), l.port);
-            if let Some(adv) = &l.advertise {
-                v.host(&format!("{path}.advertise.address"), &adv.address);
-                if let Some(p) = adv.port {
-                    v.port(&format!("{path}.advertise.port"), p);
+            let ip = match l.address.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    v.pattern(
+                        &format!("{path}.address"),
+                        &l.address,
+                        val::INTERFACE_PATTERN,
+                        "an IP address or a network interface name",
+                        "use an address such as 10.0.0.10 or 127.0.0.1, or an interface such as eth0",
+                    );
+                    None
                 }
+            };
+            v.port(&format!("{path}.port"), l.port);
+            match &l.advertise {
+                Some(adv) => {
+                    v.host(&format!("{path}.advertise.address"), &adv.address);
+                    if let Some(p) = adv.port {
+                        v.port(&format!("{path}.advertise.port"), p);
+                    }
+                }
+                None if ip.is_some_and(|ip| ip.is_unspecified()) => v.error(
+                    format!("{path}.address"),
+                    format!("{} binds every address, and SIP headers would carry it unusable", val::shown(&l.address)),
+                    "listen on the address clients reach (or an interface such as eth0), or give advertise.address",
+                ),
+                None => {}
             }
-            if self.listen[..i]
-                .iter()
-                .any(|o| o.transport == l.transport && o.address == l.address && o.port == l.port)
-            {
-                v.error(&path, "the same socket is listed twice", "list each transport/address/port once");
+            // TCP and TLS share the kernel's TCP ports; a wildcard overlaps every address
+            let family = |t: Transport| if t == Transport::Udp { 0 } else { 1 };
+            let clash = self.listen[..i].iter().any(|o| {
+                if family(o.transport) != family(l.transport) || o.port != l.port {
+                    return false;
+                }
+                match (o.address.parse::<IpAddr>(), ip) {
+                    (Ok(a), Some(b)) => a == b || a.is_unspecified() || b.is_unspecified(),
+                    _ => o.address == l.address,
+                }
+            });
+            if clash {
+                v.error(&path, "this socket overlaps an earlier listener", "give each transport/address/port one listener (TCP and TLS share ports)");
             }
             if l.port == self.rpc.port && l.transport != Transport::Udp {
                 v.error(
@@ -626,6 +661,13 @@ impl SipEdgeSpec {
                     "give the RPC endpoint and the SIP listeners different ports",
                 );
             }
+        }
+        if !self.listen.is_empty() && !self.listen.iter().any(|l| l.transport == Transport::Udp) {
+            v.error(
+                "spec.listen",
+                "no listener uses UDP",
+                "add a UDP listener: media nodes are reached and probed over UDP",
+            );
         }
         let has_tls_listener = self.listen.iter().any(|l| l.transport == Transport::Tls);
         match (&self.tls, has_tls_listener) {
@@ -732,6 +774,12 @@ impl SipEdgeSpec {
         }
         for (i, n) in self.rpc.allow_from.iter().enumerate() {
             v.cidr(&format!("spec.rpc.allowFrom[{i}]"), n);
+        }
+        if self.metrics.allow_from.is_empty() {
+            v.error("spec.metrics.allowFrom", "no network may scrape the metrics", "list the scrapers' networks, e.g. [127.0.0.1/32]");
+        }
+        for (i, n) in self.metrics.allow_from.iter().enumerate() {
+            v.cidr(&format!("spec.metrics.allowFrom[{i}]"), n);
         }
 
         let p = &self.process;

@@ -18,6 +18,10 @@ pub const DOMAIN_PATTERN: &str =
     r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
 /// Characters an IPv4 or IPv6 address can hold; the exact form is checked by parsing.
 pub const IP_PATTERN: &str = r"^[0-9A-Fa-f:.]{2,45}$";
+/// An IP address, or the name of a network interface (eth0, ens3, ...).
+pub const IP_OR_INTERFACE_PATTERN: &str = r"^([0-9A-Fa-f:.]{2,45}|[A-Za-z][A-Za-z0-9_.-]{0,14})$";
+/// A network interface name as Linux allows it (at most 15 characters).
+pub const INTERFACE_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$";
 /// An IP network in CIDR notation; the exact form is checked by parsing.
 pub const CIDR_PATTERN: &str = r"^[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}$";
 /// An absolute file path without spaces, quotes or shell characters.
@@ -283,6 +287,8 @@ mod tests {
             NAME_PATTERN,
             DOMAIN_PATTERN,
             IP_PATTERN,
+            IP_OR_INTERFACE_PATTERN,
+            INTERFACE_PATTERN,
             CIDR_PATTERN,
             PATH_PATTERN,
             SIP_MEMBER_URI_PATTERN,

@@ -377,7 +377,7 @@ impl StockKamailio {
         }
         let ready_by = Instant::now() + Duration::from_secs(20);
         loop {
-            me.pid = sipstack_local::process::running_pid(&pid_file);
+            me.pid = sipstack_local::process::running_pid(&pid_file, &cfg.to_string_lossy());
             if me.pid.is_some() && udp_port_bound(port) {
                 // the workers open their database connections right after forking
                 tokio::time::sleep(Duration::from_millis(500)).await;

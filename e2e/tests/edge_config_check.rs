@@ -46,7 +46,7 @@ spec:
   routing: {{defaultMediaPool: media}}
   listen:
     - {{transport: udp, address: 127.0.0.1, port: 5060, advertise: {{address: 203.0.113.7}}}}
-    - {{transport: tcp, address: 127.0.0.1, port: 5060}}{tls_listener}{tls_spec}
+    - {{transport: tcp, address: lo, port: 5060}}{tls_listener}{tls_spec}
   nat: {{enabled: {nat}}}
   floodProtection: {{enabled: {flood}, exemptNetworks: [10.0.0.0/8]}}
   scannerFilter: {{enabled: {flood}, extraUserAgents: [bad.bot]}}

@@ -67,6 +67,27 @@ async fn rpc_and_metrics_only_for_allowed_sources_on_their_socket() {
     let refused = outsider.get(format!("{rpc_url}/metrics")).send().await.unwrap();
     assert_eq!(refused.status(), 403);
 
+    // the credential cache is not readable over RPC, even from an allowed source
+    let dump = http
+        .post(format!("{rpc_url}/RPC"))
+        .body(r#"{"jsonrpc":"2.0","method":"htable.dump","params":["authcache"],"id":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dump.status(), 403);
+
+    // SIP sent to the RPC socket is not answered
+    let mut sip = std::net::TcpStream::connect(("127.0.0.1", tb.ports.rpc)).unwrap();
+    sip.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let options = format!(
+        "OPTIONS sip:127.0.0.1:{p} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK-rpc-1\r\nFrom: <sip:probe@example.com>;tag=1\r\nTo: <sip:127.0.0.1:{p}>\r\nCall-ID: rpc-probe-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        p = tb.ports.rpc
+    );
+    sip.write_all(options.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = sip.read_to_string(&mut answer);
+    assert!(!answer.contains("SIP/2.0 200"), "the RPC socket answered SIP:\n{answer}");
+
     // HTTP on the SIP TCP listener is not the control plane
     let sip_tcp = http
         .post(format!("http://127.0.0.1:{}/RPC", tb.ports.sip))
@@ -153,4 +174,21 @@ async fn tls_listener_speaks_sip_with_the_spec_certificate() {
     client.stderr.take().unwrap().read_to_string(&mut handshake).unwrap();
     assert!(handshake.contains("CN = edge.example.com"), "certificate of the spec presented:\n{handshake}");
     assert!(answer.starts_with("SIP/2.0 200"), "SIP over TLS answered:\n{answer}\n{handshake}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_rpc_have_their_own_allowed_networks() {
+    let (media, _s) = standin(0).unwrap();
+    let mut spec = spec(media);
+    // scrapers in 127.0.0.8/29 see metrics only; RPC stays with 127.0.0.1
+    spec.extra_edge_spec.push_str("  metrics: {allowFrom: [127.0.0.8/29]}\n");
+    let tb = Testbed::up(&spec).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", tb.ports.rpc);
+    let scraper = reqwest::Client::builder().local_address(ip(9)).pool_max_idle_per_host(0).build().unwrap();
+    assert_eq!(scraper.get(format!("{base}/metrics")).send().await.unwrap().status(), 200);
+    let rpc = scraper.post(format!("{base}/RPC")).body(r#"{"jsonrpc":"2.0","method":"core.version","id":1}"#).send().await.unwrap();
+    assert_eq!(rpc.status(), 403, "a scraper gets no RPC");
+    let local = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    assert_eq!(local.get(format!("{base}/metrics")).send().await.unwrap().status(), 403, "RPC's network is not a scraper");
+    assert!(tb.rpc.version().await.is_ok());
 }

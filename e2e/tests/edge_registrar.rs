@@ -217,3 +217,38 @@ async fn a_phone_behind_nat_is_reached_at_its_public_address_and_kept_alive() {
     out.ensure_all_succeeded(1).unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
     assert_eq!(phone.stop().unwrap().lines("RECEIVED").count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_brief_registrations_get_423_and_domains_match_in_any_case() {
+    let (media, _standin) = standin(0).unwrap();
+    let tb = Testbed::up(&spec_with_pool(media)).await.unwrap();
+    tb.add_subscriber("gina", "gina-pw").await.unwrap();
+
+    // minExpires is 10 in the testbed: 5 s is refused, not silently lengthened
+    let out = SippCommand::scenario("register_expect_reject")
+        .remote(tb.edge())
+        .injection(InjectionFile::users(&users(&[("gina", "gina-pw")])))
+        .key("expires", "5")
+        .max_calls(1)
+        .deadline(Duration::from_secs(15))
+        .run_async()
+        .await
+        .unwrap();
+    out.ensure_all_succeeded(1).unwrap();
+    assert_eq!(out.lines("REJECTED").next().and_then(|l| l.get("status")), Some("423"));
+
+    // the phone writes the domain in capitals; the subscriber's is stored in lower case
+    let port = free_udp_port_on(EDGE_IP).unwrap();
+    SippCommand::scenario("register")
+        .remote(tb.edge())
+        .local(EDGE_IP, port)
+        .injection(InjectionFile::users(&[("gina", "EXAMPLE.Com", "gina-pw")]))
+        .key("expires", "600")
+        .max_calls(1)
+        .deadline(Duration::from_secs(15))
+        .run_async()
+        .await
+        .unwrap()
+        .ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
+}

@@ -93,3 +93,28 @@ async fn down_cleans_up_after_an_up_that_failed_half_way() {
     sipstack_local::down(dir.path()).await.unwrap();
     assert!(!postgres.is_running(), "down stopped it although up never wrote state.json");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_dropped_from_the_file_loses_its_members_and_its_trust() {
+    let dir = tempfile::Builder::new().prefix("sipstack-local-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let a = std::net::SocketAddr::new(media_ip(0), 5080);
+    let b = std::net::SocketAddr::new(media_ip(1), 5080);
+    let ports = Ports::free().unwrap();
+    let both = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(a, 1, 0), PoolSpec::new("old", 2, "roundRobin").member(b, 1, 0)],
+        ..Default::default()
+    };
+    let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: false };
+    sipstack_local::up(&both.yaml(ports), &options).await.unwrap();
+    let one = TestbedSpec { pools: vec![both.pools[0].clone()], ..Default::default() };
+    let (state, report) = sipstack_local::up(&one.yaml(ports), &options).await.unwrap();
+    assert!(report.lines.iter().any(|l| l.contains("MediaPool/old is no longer declared")), "{:?}", report.lines);
+
+    let db = sipstack_db::connect(&state.db_url().unwrap(), Duration::from_secs(5)).await.unwrap();
+    let rows = sipstack_db::dispatcher::list(&db).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.destination.as_str()).collect::<Vec<_>>(), [format!("sip:{a}")]);
+    let live = sipstack_edgerpc::EdgeRpc::new(&state.edges[0].rpc_url).dispatcher_list().await.unwrap();
+    assert!(live.iter().all(|d| d.set_id == 1), "the edge dropped set 2 too: {live:?}");
+    sipstack_local::down(dir.path()).await.unwrap();
+}

@@ -7,13 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use sipstack_edgerpc::EdgeRpc;
+use sipstack_edgerpc::{EdgeRpc, RpcError};
 
 use crate::process::{self, find_program, log_tail, running_pid};
 use crate::LocalError;
 
-/// Where Debian installs Kamailio's modules, and which package brings which module.
-const MODULE_DIR: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules";
+/// Which Debian package brings which module (the rest come with `kamailio`).
 const MODULE_PACKAGES: &[(&str, &str)] = &[("db_postgres", "kamailio-postgres-modules"), ("tls", "kamailio-tls-modules")];
 
 /// Secrets Kamailio reads from its environment; never written into kamailio.cfg.
@@ -21,6 +20,31 @@ const MODULE_PACKAGES: &[(&str, &str)] = &[("db_postgres", "kamailio-postgres-mo
 pub struct EdgeSecrets {
     pub db_url: String,
     pub auth_secret: String,
+}
+
+/// What a Kamailio runs with: the rendered config and the memory sizes of its command line.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub config: String,
+    pub shared_memory_mb: u32,
+    pub private_memory_mb: u32,
+}
+
+impl RunSettings {
+    /// Changes whenever a restart is needed to apply the settings.
+    fn fingerprint(&self) -> String {
+        format!("{} -m {} -M {}", sipstack_render::config_hash(&self.config), self.shared_memory_mb, self.private_memory_mb)
+    }
+}
+
+/// What [`LocalKamailio::ensure`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeChange {
+    /// It was running with these settings already.
+    Unchanged,
+    Started,
+    /// It ran with other settings and was restarted.
+    Restarted,
 }
 
 /// One edge's files: `<state>/edge-<name>/{kamailio.cfg,kamailio.pid,kamailio.log}`.
@@ -44,104 +68,122 @@ impl LocalKamailio {
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("kamailio.log")
     }
+    fn fingerprint_path(&self) -> PathBuf {
+        self.dir.join("kamailio.run")
+    }
     /// Directory of the ctl socket: `kamcmd -s unix:DIR/kamailio_ctl`.
     pub fn runtime_dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Writes the rendered config; returns whether it changed.
-    pub fn write_config(&self, text: &str) -> Result<bool, LocalError> {
-        fs::create_dir_all(&self.dir).map_err(|e| LocalError::io(&self.dir, e))?;
-        let path = self.config_path();
-        if fs::read_to_string(&path).is_ok_and(|old| old == text) {
-            return Ok(false);
-        }
-        fs::write(&path, text).map_err(|e| LocalError::io(&path, e))?;
-        Ok(true)
-    }
-
+    /// The pid of this edge's Kamailio, if it runs (a process started with its config).
     pub fn running_pid(&self) -> Option<i32> {
-        running_pid(&self.pid_path())
+        running_pid(&self.pid_path(), &self.config_path().to_string_lossy())
     }
 
-    /// Checks the config with `kamailio -c`, starts Kamailio (it daemonizes) and waits
-    /// until its RPC endpoint answers.
-    pub async fn start(
-        &self,
-        secrets: &EdgeSecrets,
-        shared_memory_mb: u32,
-        private_memory_mb: u32,
-        rpc: &EdgeRpc,
-    ) -> Result<i32, LocalError> {
-        if let Some(pid) = self.running_pid() {
-            return Ok(pid);
-        }
+    /// Brings this edge's Kamailio to `settings`. The new config is checked with
+    /// `kamailio -c` before it replaces anything, so a refused config leaves a running
+    /// edge and its config as they were.
+    pub async fn ensure(&self, settings: &RunSettings, secrets: &EdgeSecrets, rpc: &EdgeRpc) -> Result<(i32, EdgeChange), LocalError> {
+        fs::create_dir_all(&self.dir).map_err(|e| LocalError::io(&self.dir, e))?;
         let binary = kamailio_binary()?;
-        check_modules(&self.config_path(), Path::new(MODULE_DIR))?;
-        let env = BTreeMap::from([("SIPSTACK_DB_URL", secrets.db_url.as_str()), ("SIPSTACK_AUTH_SECRET", secrets.auth_secret.as_str())]);
-
+        let env = environment(secrets);
+        let candidate = self.dir.join("kamailio.cfg.new");
+        fs::write(&candidate, &settings.config).map_err(|e| LocalError::io(&candidate, e))?;
+        check_modules(&candidate)?;
         let check = tokio::process::Command::new(&binary)
             .arg("-c")
             .arg("-f")
-            .arg(self.config_path())
+            .arg(&candidate)
             .envs(&env)
             .output()
             .await
             .map_err(|e| LocalError::io(&binary, e))?;
         if !check.status.success() {
+            let _ = fs::remove_file(&candidate);
             return Err(LocalError::Start {
                 what: format!("Kamailio of SipEdge {}", self.name),
-                detail: format!("`kamailio -c` refused {}:\n{}", self.config_path().display(), String::from_utf8_lossy(&check.stderr).trim()),
+                detail: format!("`kamailio -c` refused the rendered config:\n{}", String::from_utf8_lossy(&check.stderr).trim()),
             });
         }
 
+        let fingerprint = settings.fingerprint();
+        let running = self.running_pid();
+        let current = fs::read_to_string(self.fingerprint_path()).unwrap_or_default();
+        if let Some(pid) = running {
+            if current.trim() == fingerprint && self.config_path().exists() {
+                let _ = fs::remove_file(&candidate);
+                return Ok((pid, EdgeChange::Unchanged));
+            }
+            self.stop().await?;
+        }
+        fs::rename(&candidate, self.config_path()).map_err(|e| LocalError::io(self.config_path(), e))?;
+        fs::write(self.fingerprint_path(), &fingerprint).map_err(|e| LocalError::io(self.fingerprint_path(), e))?;
+        let pid = self.start(&binary, settings, &env, rpc).await?;
+        Ok((pid, if running.is_some() { EdgeChange::Restarted } else { EdgeChange::Started }))
+    }
+
+    /// Starts Kamailio with the config in place (it daemonizes) and waits until its RPC
+    /// endpoint answers; stops it again when it does not come up right.
+    async fn start(&self, binary: &Path, settings: &RunSettings, env: &BTreeMap<&str, &str>, rpc: &EdgeRpc) -> Result<i32, LocalError> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
-            .map_err(|e| LocalError::io(&self.log_path(), e))?;
+            .map_err(|e| LocalError::io(self.log_path(), e))?;
         let _ = fs::remove_file(self.pid_path());
         // Kamailio forks its workers and leaves; -E keeps its log on the stderr we give it.
-        let status = tokio::process::Command::new(&binary)
+        let status = tokio::process::Command::new(binary)
             .arg("-f")
             .arg(self.config_path())
             .arg("-P")
             .arg(self.pid_path())
             .arg("-m")
-            .arg(shared_memory_mb.to_string())
+            .arg(settings.shared_memory_mb.to_string())
             .arg("-M")
-            .arg(private_memory_mb.to_string())
+            .arg(settings.private_memory_mb.to_string())
             .arg("-E")
             .arg("-w")
             .arg(&self.dir)
-            .envs(&env)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .status()
             .await
-            .map_err(|e| LocalError::io(&binary, e))?;
+            .map_err(|e| LocalError::io(binary, e))?;
         if !status.success() {
-            return Err(self.start_failed(format!("kamailio exited with {status}")));
+            return Err(self.start_failed(format!("kamailio exited with {status}")).await);
         }
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(pid) = self.running_pid() {
-                if rpc.version().await.is_ok() {
-                    return Ok(pid);
+                match rpc.version().await {
+                    Ok(_) => return Ok(pid),
+                    Err(RpcError::Http { status: 403, .. }) => {
+                        return Err(self
+                            .start_failed(format!(
+                                "its RPC endpoint {} refuses this host; add 127.0.0.1/32 to spec.rpc.allowFrom so the local driver can manage the edge",
+                                rpc.url()
+                            ))
+                            .await)
+                    }
+                    Err(_) => {}
                 }
             } else if process::read_pid(&self.pid_path()).is_some() {
-                return Err(self.start_failed("kamailio stopped right after starting".into()));
+                return Err(self.start_failed("kamailio stopped right after starting".into()).await);
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(self.start_failed(format!("its RPC endpoint {} did not answer within 30 s", rpc.url())));
+                return Err(self.start_failed(format!("its RPC endpoint {} did not answer within 30 s", rpc.url())).await);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    fn start_failed(&self, detail: String) -> LocalError {
+    /// The error of a failed start, after stopping whatever did start.
+    async fn start_failed(&self, detail: String) -> LocalError {
+        let _ = self.stop().await;
         LocalError::Start {
             what: format!("Kamailio of SipEdge {}", self.name),
             detail: format!("{detail}; last lines of {}:\n{}", self.log_path().display(), log_tail(&self.log_path(), 15)),
@@ -150,36 +192,83 @@ impl LocalKamailio {
 
     /// Stops Kamailio gracefully (it flushes registrations to the database on the way out).
     pub async fn stop(&self) -> Result<bool, LocalError> {
-        match process::read_pid(&self.pid_path()) {
-            Some(pid) => {
-                let was_running = process::terminate(pid, Duration::from_secs(15))
-                    .await
-                    .map_err(|e| LocalError::io(&self.pid_path(), e))?;
-                let _ = fs::remove_file(self.pid_path());
-                Ok(was_running)
-            }
-            None => Ok(false),
-        }
+        let stopped = match self.running_pid() {
+            Some(pid) => process::terminate(pid, Duration::from_secs(15)).await.map_err(|e| LocalError::io(self.pid_path(), e))?,
+            None => false,
+        };
+        let _ = fs::remove_file(self.pid_path());
+        Ok(stopped)
     }
+}
+
+fn environment(secrets: &EdgeSecrets) -> BTreeMap<&'static str, &str> {
+    BTreeMap::from([("SIPSTACK_DB_URL", secrets.db_url.as_str()), ("SIPSTACK_AUTH_SECRET", secrets.auth_secret.as_str())])
 }
 
 fn kamailio_binary() -> Result<PathBuf, LocalError> {
     find_program("kamailio").ok_or(LocalError::Missing { program: "kamailio".into(), package: "kamailio".into() })
 }
 
-/// Every `loadmodule` of the config must exist; a missing one names its Debian package.
-fn check_modules(config: &Path, module_dir: &Path) -> Result<(), LocalError> {
+/// Kamailio's module directories on this host (Debian's multiarch path, or a plain one).
+fn module_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir("/usr/lib")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("kamailio/modules"))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.push(PathBuf::from("/usr/lib/kamailio/modules"));
+    dirs
+}
+
+/// Every module the config loads (in its active `#!ifdef` branches) must exist; a
+/// missing one names its Debian package. Kamailio's own message would only say it
+/// cannot find the file.
+fn check_modules(config: &Path) -> Result<(), LocalError> {
     let text = fs::read_to_string(config).map_err(|e| LocalError::io(config, e))?;
-    for line in text.lines() {
-        let Some(rest) = line.trim().strip_prefix("loadmodule \"") else { continue };
-        let module = rest.trim_end_matches('"').trim_end_matches(".so");
-        let path = module_dir.join(format!("{module}.so"));
-        if !path.is_file() {
+    let dirs = module_dirs();
+    for module in loaded_modules(&text) {
+        let file = format!("{module}.so");
+        if !dirs.iter().any(|d| d.join(&file).is_file()) {
             let package = MODULE_PACKAGES.iter().find(|(m, _)| *m == module).map(|(_, p)| *p).unwrap_or("kamailio");
             return Err(LocalError::Missing { program: format!("Kamailio module {module}"), package: package.into() });
         }
     }
     Ok(())
+}
+
+/// The modules a config loads, following its `#!define`/`#!ifdef`/`#!ifndef`/`#!else`/`#!endif`.
+fn loaded_modules(text: &str) -> Vec<String> {
+    let mut defined: Vec<String> = Vec::new();
+    // one entry per open #!ifdef: whether its current branch is taken
+    let mut branches: Vec<bool> = Vec::new();
+    let mut modules = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let active = branches.iter().all(|b| *b);
+        if let Some(name) = line.strip_prefix("#!ifdef ") {
+            branches.push(defined.iter().any(|d| d == name.trim()));
+        } else if let Some(name) = line.strip_prefix("#!ifndef ") {
+            branches.push(!defined.iter().any(|d| d == name.trim()));
+        } else if line == "#!else" {
+            if let Some(b) = branches.last_mut() {
+                *b = !*b;
+            }
+        } else if line == "#!endif" {
+            branches.pop();
+        } else if !active {
+            continue;
+        } else if let Some(rest) = line.strip_prefix("#!define ") {
+            if let Some(name) = rest.split_whitespace().next() {
+                defined.push(name.to_string());
+            }
+        } else if let Some(rest) = line.strip_prefix("loadmodule \"") {
+            modules.push(rest.trim_end_matches('"').trim_end_matches(".so").to_string());
+        }
+    }
+    modules
 }
 
 /// Makes a file readable by its owner only (it holds a secret).
@@ -192,19 +281,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn modules_follow_the_active_branches() {
+        let cfg = "#!define WITH_NAT\nloadmodule \"tm.so\"\n#!ifdef WITH_NAT\nloadmodule \"nathelper.so\"\n#!else\nloadmodule \"x.so\"\n#!endif\n#!ifdef WITH_TLS\nloadmodule \"tls.so\"\n#!endif\n#!ifndef WITH_TLS\nloadmodule \"sl.so\"\n#!endif\n";
+        assert_eq!(loaded_modules(cfg), ["tm", "nathelper", "sl"]);
+    }
+
+    #[test]
     fn a_missing_module_names_its_package() {
         let dir = tempfile::tempdir().unwrap();
-        let modules = dir.path().join("modules");
-        fs::create_dir(&modules).unwrap();
-        fs::write(modules.join("tm.so"), b"").unwrap();
         let cfg = dir.path().join("kamailio.cfg");
-        fs::write(&cfg, "loadmodule \"tm.so\"\nloadmodule \"db_postgres.so\"\n").unwrap();
-        let err = check_modules(&cfg, &modules).unwrap_err().to_string();
-        assert!(err.contains("db_postgres") && err.contains("apt-get install kamailio-postgres-modules"), "{err}");
-        fs::write(&cfg, "loadmodule \"tm.so\"\nloadmodule \"tls.so\"\n").unwrap();
-        let err = check_modules(&cfg, &modules).unwrap_err().to_string();
+        fs::write(&cfg, "loadmodule \"tm.so\"\nloadmodule \"no_such_module_xyz.so\"\n").unwrap();
+        let err = check_modules(&cfg).unwrap_err().to_string();
+        assert!(err.contains("no_such_module_xyz") && err.contains("apt-get install kamailio"), "{err}");
+        let err = LocalError::Missing { program: "Kamailio module tls".into(), package: MODULE_PACKAGES[1].1.into() }.to_string();
         assert!(err.contains("apt-get install kamailio-tls-modules"), "{err}");
-        fs::write(&cfg, "loadmodule \"tm.so\"\n").unwrap();
-        check_modules(&cfg, &modules).unwrap();
+        fs::write(&cfg, "loadmodule \"tm.so\"\n#!ifdef WITH_TLS\nloadmodule \"no_such_module_xyz.so\"\n#!endif\n").unwrap();
+        check_modules(&cfg).unwrap();
     }
 }

@@ -23,7 +23,7 @@ use sipstack_db::dispatcher::Member;
 use sipstack_edgerpc::{EdgeRpc, Reload};
 use sipstack_render::{render_kamailio, KamailioRenderOptions};
 
-use kamailio::{EdgeSecrets, LocalKamailio};
+use kamailio::{EdgeChange, EdgeSecrets, LocalKamailio, RunSettings};
 use postgres::LocalPostgres;
 use state::{EdgeState, LocalState, PostgresState, StandinState};
 
@@ -40,15 +40,17 @@ pub enum LocalError {
     Unsupported(String),
     #[error("no local platform in {0}; bring one up with `sipctl local up -f PLATFORM.yaml`")]
     NotFound(String),
-    #[error(transparent)]
+    // `{0}` rather than `transparent`: the inner error stays in the source chain,
+    // where sipctl finds it to choose its exit code.
+    #[error("{0}")]
     Platform(#[from] sipstack_crds::PlatformError),
-    #[error(transparent)]
+    #[error("{0}")]
     Render(#[from] sipstack_render::RenderError),
-    #[error(transparent)]
+    #[error("{0}")]
     Db(#[from] sipstack_db::DbError),
-    #[error(transparent)]
+    #[error("{0}")]
     Postgres(#[from] postgres::PostgresError),
-    #[error(transparent)]
+    #[error("{0}")]
     Rpc(#[from] sipstack_edgerpc::RpcError),
 }
 
@@ -107,8 +109,9 @@ pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState,
     let mut report = Report::default();
     std::fs::create_dir_all(&options.state_dir).map_err(|e| LocalError::io(&options.state_dir, e))?;
     let state_dir = options.state_dir.canonicalize().map_err(|e| LocalError::io(&options.state_dir, e))?;
+    // the file may carry Secrets beside the sipstack kinds: keep the copy private
     let platform_copy = state_dir.join("platform.yaml");
-    std::fs::write(&platform_copy, platform_text).map_err(|e| LocalError::io(&platform_copy, e))?;
+    state::write_secret(&platform_copy, platform_text)?;
 
     let Some(pg) = platform.pg_clusters.first() else {
         return Err(LocalError::Unsupported("the platform declares no PgCluster; add one (see examples/platform.yaml)".into()));
@@ -144,7 +147,29 @@ pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState,
         postgres.log_file().display()
     ));
 
-    // media pools and their members
+    // media pools and their members; pools no longer declared lose theirs
+    let names: Vec<String> = platform.media_pools.iter().map(|p| p.name_any()).collect();
+    let cleanup = sipstack_db::media_pool::remove_absent(&client, &names).await?;
+    for gone in &cleanup.removed {
+        report.line(format!("media      MediaPool/{gone} is no longer declared: removed"));
+    }
+    for kept in &cleanup.still_referenced {
+        report.notice(format!("MediaPool/{} is no longer declared but routes still name it; delete those routes to remove it", kept.name));
+    }
+    let declared_sets: Vec<i32> = platform.media_pools.iter().map(|p| p.spec.set_id).collect();
+    let mut stale_sets: Vec<i32> = sipstack_db::dispatcher::list(&client)
+        .await?
+        .iter()
+        .map(|d| d.set_id)
+        .filter(|s| !declared_sets.contains(s))
+        .collect();
+    stale_sets.sort_unstable();
+    stale_sets.dedup();
+    for set in stale_sets {
+        // an undeclared member would still get calls, and be trusted as a media node
+        let change = sipstack_db::dispatcher::replace_set(&client, set, &[]).await?;
+        report.line(format!("media      dispatcher set {set} belongs to no declared pool: {} member(s) removed", change.removed.len()));
+    }
     let mut standins = Vec::new();
     for pool in &platform.media_pools {
         sync_pool(&client, pool, &mut report).await?;
@@ -175,19 +200,20 @@ pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState,
         let kam = LocalKamailio::new(&state_dir, &edge.name_any());
         let options = KamailioRenderOptions { runtime_dir: kam.runtime_dir().display().to_string(), tls_files: None };
         let rendered = render_kamailio(edge, &platform.pools_of(edge), &options)?;
-        let changed = kam.write_config(&rendered.text)?;
         let rpc = EdgeRpc::for_socket(&edge.spec.rpc.address, edge.spec.rpc.port);
-        if changed && kam.running_pid().is_some() {
-            report.line(format!("edge       SipEdge/{}: configuration changed, restarting Kamailio", edge.name_any()));
-            kam.stop().await?;
-        }
         let secrets = EdgeSecrets {
             db_url: db_url.clone(),
             auth_secret: state::secret(&secrets_dir, &format!("edge-{}-auth-secret", edge.name_any()))?,
         };
-        let pid = kam
-            .start(&secrets, edge.spec.process.shared_memory_mb, edge.spec.process.private_memory_mb, &rpc)
-            .await?;
+        let settings = RunSettings {
+            config: rendered.text,
+            shared_memory_mb: edge.spec.process.shared_memory_mb,
+            private_memory_mb: edge.spec.process.private_memory_mb,
+        };
+        let (pid, change) = kam.ensure(&settings, &secrets, &rpc).await?;
+        if change == EdgeChange::Restarted {
+            report.line(format!("edge       SipEdge/{}: its configuration changed; Kamailio was restarted", edge.name_any()));
+        }
         // the members written above are in the database; make sure this edge uses them now
         rpc.reload(Reload::Dispatcher, Duration::from_secs(8)).await?;
         let sockets: Vec<String> = edge.spec.listen.iter().map(|l| format!("{}:{}:{}", l.transport.as_str(), l.address, l.port)).collect();

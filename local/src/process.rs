@@ -31,9 +31,18 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// The pid recorded in `pid_file` if that process is running.
-pub fn running_pid(pid_file: &Path) -> Option<i32> {
-    read_pid(pid_file).filter(|p| is_alive(*p))
+/// The pid recorded in `pid_file` if that process is running and is the one we
+/// started: its command line holds `marker` (e.g. its config file). After a reboot
+/// a pid file may name an unrelated process, which must never be signalled.
+pub fn running_pid(pid_file: &Path, marker: &str) -> Option<i32> {
+    read_pid(pid_file).filter(|p| is_alive(*p) && command_line_has(*p, marker))
+}
+
+/// Whether the command line of `pid` holds `marker` as one of its arguments' text.
+pub fn command_line_has(pid: i32, marker: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| raw.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(marker)))
+        .unwrap_or(false)
 }
 
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL. Returns whether it had been running.

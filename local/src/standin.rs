@@ -44,11 +44,11 @@ pub async fn ensure(state_dir: &Path, pool: &str, uri: &str) -> Result<Option<St
     fs::create_dir_all(&dir).map_err(|e| LocalError::io(&dir, e))?;
     let stem = file_stem(uri);
     let pid_file = dir.join(format!("{stem}.pid"));
-    if let Some(pid) = process::running_pid(&pid_file) {
+    let scenario = dir.join("media_standin.xml");
+    if let Some(pid) = process::running_pid(&pid_file, &scenario.to_string_lossy()) {
         return Ok(Some(Standin { uri: uri.to_string(), pool: pool.to_string(), pid }));
     }
     let sipp = find_program("sipp").ok_or(LocalError::Missing { program: "sipp".into(), package: "sip-tester".into() })?;
-    let scenario = dir.join("media_standin.xml");
     fs::write(&scenario, SCENARIO).map_err(|e| LocalError::io(&scenario, e))?;
     let log = dir.join(format!("{stem}.log"));
     let log_file = fs::File::create(&log).map_err(|e| LocalError::io(&log, e))?;
@@ -97,7 +97,8 @@ pub async fn stop_all(dir: &Path) -> Result<Vec<String>, LocalError> {
         if path.extension().and_then(|e| e.to_str()) != Some("pid") {
             continue;
         }
-        if let Some(pid) = process::read_pid(&path) {
+        // only a process started with this pool's scenario is ours to stop
+        if let Some(pid) = process::running_pid(&path, &dir.join("media_standin.xml").to_string_lossy()) {
             if process::terminate(pid, Duration::from_secs(3)).await.map_err(|e| LocalError::io(&path, e))? {
                 let uri = fs::read_to_string(path.with_extension("uri")).unwrap_or_default();
                 stopped.push(uri.trim().to_string());

@@ -11,7 +11,7 @@ use askama::Template;
 use kube::ResourceExt;
 use sipstack_crds::mediapool::MediaPool;
 use sipstack_crds::sipedge::{SipEdge, Transport};
-use sipstack_crds::validation::{shown, Validator};
+use sipstack_crds::validation::{shown, SipMemberUri, Validator};
 
 use crate::{config_hash, RenderError, Rendered};
 
@@ -58,6 +58,7 @@ struct KamailioCfg {
     rpc_socket: String,
     rpc_port: u16,
     rpc_allow_from: String,
+    metrics_allow_from: String,
     runtime_dir: String,
     tls: Option<TlsModel>,
     metrics: bool,
@@ -94,8 +95,10 @@ struct RegistrarModel {
 
 struct DispatcherModel {
     ping_interval: u32,
-    probing_threshold: u32,
-    inactive_threshold: u32,
+    /// Kamailio's ds_probing_threshold: failed probes before a member is inactive.
+    failed_probes_to_inactive: u32,
+    /// Kamailio's ds_inactive_threshold: answered probes before it is active again.
+    answered_probes_to_active: u32,
     alive_codes: String,
     failover_timeout_ms: u32,
     max_attempts: u32,
@@ -160,6 +163,34 @@ pub fn render_kamailio(
             ),
         }
     }
+    // Kamailio sends to a member from a UDP socket of the member's address family
+    let udp_families: Vec<Option<bool>> = edge
+        .spec
+        .listen
+        .iter()
+        .filter(|l| l.transport == Transport::Udp)
+        .map(|l| l.address.parse::<IpAddr>().ok().map(|ip| ip.is_ipv4()))
+        .collect();
+    for pool in pools.iter().filter(|p| edge.spec.media_pools.contains(&p.name_any())) {
+        for (i, m) in pool.spec.members.iter().enumerate() {
+            let host = SipMemberUri::parse(&m.uri).map(|u| u.host).unwrap_or_default();
+            let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else { continue };
+            // interface listeners (None) may carry either family
+            if !udp_families.iter().any(|f| f.is_none_or(|v4| v4 == ip.is_ipv4())) {
+                v.error(
+                    "spec.listen",
+                    format!(
+                        "MediaPool {} member {} ({}) is {} but no UDP listener is",
+                        pool.name_any(),
+                        i,
+                        m.uri,
+                        if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
+                    "add a UDP listener of that address family",
+                );
+            }
+        }
+    }
     v.finish(object.clone()).map_err(RenderError::Invalid)?;
 
     let spec = &edge.spec;
@@ -168,9 +199,13 @@ pub fn render_kamailio(
         .listen
         .iter()
         .map(|l| {
-            let ip: IpAddr = l.address.parse().map_err(|_| RenderError::Internal("listener address was validated".into()))?;
+            // an IP address, or (validated) the name of a network interface
+            let host = match l.address.parse::<IpAddr>() {
+                Ok(ip) => bracket(ip),
+                Err(_) => l.address.clone(),
+            };
             Ok(ListenLine {
-                socket: format!("{}:{}", l.transport.as_str(), socket_addr(ip, l.port)),
+                socket: format!("{}:{host}:{}", l.transport.as_str(), l.port),
                 advertise: l.advertise.as_ref().map(|a| {
                     let host = match a.address.parse::<IpAddr>() {
                         Ok(ip) => bracket(ip),
@@ -232,6 +267,7 @@ pub fn render_kamailio(
         rpc_socket: socket_addr(rpc_ip, spec.rpc.port),
         rpc_port: spec.rpc.port,
         rpc_allow_from: spec.rpc.allow_from.join(","),
+        metrics_allow_from: spec.metrics.allow_from.join(","),
         runtime_dir: options.runtime_dir.trim_end_matches('/').to_string(),
         tls,
         metrics: spec.metrics.enabled,
@@ -245,8 +281,8 @@ pub fn render_kamailio(
         auth_cache_seconds: spec.auth.cache_seconds,
         dispatcher: DispatcherModel {
             ping_interval: spec.dispatcher.probing.interval_seconds,
-            probing_threshold: spec.dispatcher.probing.inactive_threshold,
-            inactive_threshold: spec.dispatcher.probing.active_threshold,
+            failed_probes_to_inactive: spec.dispatcher.probing.inactive_threshold,
+            answered_probes_to_active: spec.dispatcher.probing.active_threshold,
             alive_codes: alive_codes.join(";"),
             failover_timeout_ms: spec.dispatcher.failover_timeout_ms,
             max_attempts: spec.dispatcher.max_attempts,
@@ -273,6 +309,7 @@ impl KamailioCfg {
             ("default domain", &self.default_domain),
             ("rpc socket", &self.rpc_socket),
             ("rpc allowFrom", &self.rpc_allow_from),
+            ("metrics allowFrom", &self.metrics_allow_from),
             ("runtime dir", &self.runtime_dir),
             ("alive codes", &self.dispatcher.alive_codes),
         ];
@@ -325,6 +362,7 @@ fn bracket(ip: IpAddr) -> String {
 }
 
 fn socket_addr(ip: IpAddr, port: u16) -> String {
+    // listeners are rendered by the caller; this is the RPC socket
     format!("{}:{port}", bracket(ip))
 }
 
@@ -360,7 +398,8 @@ spec:
   routing: {defaultMediaPool: media}
   listen:
     - {transport: udp, address: 0.0.0.0, port: 5060, advertise: {address: 203.0.113.10}}
-    - {transport: tls, address: "::", port: 5061}
+    - {transport: tcp, address: eth0, port: 5060}
+    - {transport: tls, address: "::", port: 5061, advertise: {address: "2001:db8::10"}}
   tls: {certificateFile: /etc/tls/crt.pem, privateKeyFile: /etc/tls/key.pem}
   scannerFilter: {extraUserAgents: [evil.bot/1.0]}
   floodProtection: {exemptNetworks: [10.0.0.0/8]}
@@ -379,7 +418,8 @@ spec:
             "alias=\"example.com\"",
             "alias=\"other.example.net\"",
             "listen=udp:0.0.0.0:5060 advertise 203.0.113.10:5060",
-            "listen=tls:[::]:5061",
+            "listen=tls:[::]:5061 advertise [2001:db8::10]:5061",
+            "listen=tcp:eth0:5060\n",
             "listen=tcp:127.0.0.1:5071",
             "#!define WITH_TLS",
             "modparam(\"tls\", \"certificate\", \"/etc/tls/crt.pem\")",
@@ -387,6 +427,7 @@ spec:
             "$var(alg) = 11;",
             "$var(setid) = 7;\n\troute(TO_MEDIA_POOL);",
             "is_in_subnet(\"$si\", \"10.0.0.0/8\")",
+            "if ($Rp == 5071 && $pr != \"udp\") {",
             "|evil[.]bot/1[.]0\"",
             "modparam(\"registrar\", \"max_expires\", 3600)",
             "modparam(\"dispatcher\", \"ds_ping_reply_codes\", \"class=2\")",
