@@ -9,8 +9,9 @@ packages=(
   kamailio kamailio-postgres-modules kamailio-tls-modules
   # the database
   postgresql-15 postgresql-client-15
-  # SIP test peer; Kamailio's own admin tool (sipctl's interoperability tests)
-  sip-tester kamcli
+  # SIP test peer; Kamailio's own admin tool and the PostgreSQL driver it needs
+  # (sipctl's interoperability tests)
+  sip-tester kamcli python3-psycopg2
   # certificates for the TLS tests
   openssl procps
   # building

@@ -25,6 +25,11 @@ impl Migration {
 static MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "kamailio_core", sql: include_str!("../migrations/0001_kamailio_core.sql") },
     Migration { version: 2, name: "routing", sql: include_str!("../migrations/0002_routing.sql") },
+    Migration {
+        version: 3,
+        name: "subscriber_listing",
+        sql: include_str!("../migrations/0003_subscriber_listing.sql"),
+    },
 ];
 
 /// Every migration this binary carries, oldest first.

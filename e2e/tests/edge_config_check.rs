@@ -123,3 +123,17 @@ fn kamailio_check_does_refuse_a_broken_config() {
     std::fs::write(&cfg, broken).unwrap();
     assert!(!kamailio_check(&cfg).status.success());
 }
+
+#[test]
+fn an_edge_without_media_pools_passes_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "apiVersion: sipstack.io/v1alpha1\nkind: PgCluster\nmetadata: {name: pg}\nspec: {instances: 1}\n---\napiVersion: sipstack.io/v1alpha1\nkind: SipEdge\nmetadata: {name: bare}\nspec:\n  domains: [example.com]\n  database: {pgCluster: pg}\n";
+    let platform = Platform::from_yaml(yaml).unwrap();
+    let edge = platform.edge(None).unwrap();
+    let options = KamailioRenderOptions { runtime_dir: dir.path().display().to_string(), tls_files: None };
+    let text = render_kamailio(edge, &[], &options).unwrap().text;
+    let cfg = dir.path().join("bare.cfg");
+    std::fs::write(&cfg, text).unwrap();
+    let out = kamailio_check(&cfg);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -131,25 +131,23 @@ pub fn run(cmd: ConfigCommand, output: Output) -> anyhow::Result<()> {
     }
 }
 
-/// A URL with its password replaced, for display.
+/// A database URL for display: where it points, never its password (in any of
+/// the forms libpq accepts: URL, query parameter, key=value).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:****{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(config) => sipstack_db::describe_target(&config),
+        Err(_) => "(not a PostgreSQL URL)".to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:****@h:5432/db");
-        assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
+    fn passwords_are_never_shown() {
+        for url in ["postgres://u:secret@h:5432/db", "postgres://u@h/db?password=secret", "host=h user=u password=secret dbname=db"] {
+            let shown = super::redact(url);
+            assert!(!shown.contains("secret"), "{url} -> {shown}");
+            assert!(shown.contains("h:5432") && shown.contains("user u"), "{url} -> {shown}");
+        }
     }
 }
