@@ -2,6 +2,10 @@
 //! **MediaPool** and **PgCluster**, their validation, and the multi-document
 //! platform file that both the operator and the local driver read.
 
+// kube's derive takes one `printcolumn(...)` per column; clippy reads the repeated
+// `type_ = ...` inside them as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod mediapool;
 pub mod pgcluster;

@@ -366,7 +366,7 @@ impl PgClusterSpec {
             v.error("spec.dcs.etcdEndpoints", "endpoints are given but kind is kubernetes", "set spec.dcs.kind to etcd, or remove the endpoints");
         }
         v.range("spec.dcs.etcdMembers", self.dcs.etcd_members, 1, 7);
-        if self.dcs.etcd_members > 0 && self.dcs.etcd_members % 2 == 0 {
+        if self.dcs.etcd_members > 0 && self.dcs.etcd_members.is_multiple_of(2) {
             v.error(
                 "spec.dcs.etcdMembers",
                 format!("{} etcd members tolerate no more failures than {}", self.dcs.etcd_members, self.dcs.etcd_members - 1),

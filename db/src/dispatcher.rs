@@ -187,6 +187,114 @@ pub async fn list(client: &impl GenericClient) -> Result<Vec<Destination>, DbErr
         .collect())
 }
 
+/// Flag bit: Kamailio marked the destination inactive.
+pub const FLAG_INACTIVE: i32 = 1;
+/// Flag bit: Kamailio is trying the destination (some probes failed).
+pub const FLAG_TRYING: i32 = 2;
+/// Flag bit: disabled by an administrator. Kamailio neither selects nor probes it,
+/// and it is loaded so on every start and `dispatcher.reload`.
+pub const FLAG_DISABLED: i32 = 4;
+/// Flag bit: probed with OPTIONS.
+pub const FLAG_PROBING: i32 = 8;
+
+/// What [`set_drained`] did to one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainChange {
+    /// The row as it is now.
+    pub destination: Destination,
+    pub previous_flags: i32,
+}
+
+impl DrainChange {
+    pub fn changed(&self) -> bool {
+        self.destination.flags != self.previous_flags
+    }
+}
+
+/// Checks a destination given by a person (the URI `get dispatchers` shows).
+pub fn validate_destination(field: &str, destination: &str) -> Result<(), DbError> {
+    if destination.len() > 192 || !validate::DESTINATION.is_match(destination) {
+        return Err(invalid(
+            field,
+            format!("{} is not a dispatcher destination", shown(destination)),
+            "use sip:host[:port][;transport=udp|tcp|tls] as `sipctl get dispatchers` shows it, e.g. sip:10.0.0.5:5080",
+        ));
+    }
+    Ok(())
+}
+
+/// Drains a member (`drained`: sets the disabled flag, so Kamailio sends it no new
+/// calls and stops probing it, also after a restart or reload) or enables it again
+/// (clears the state bits and sets probing, so probing decides when it takes calls).
+///
+/// `set_id` picks the set when the destination is a member of several; without it
+/// such a destination is refused, naming the sets. One statement: nothing changes
+/// unless exactly one row is meant.
+pub async fn set_drained(
+    client: &impl GenericClient,
+    destination: &str,
+    set_id: Option<i32>,
+    drained: bool,
+) -> Result<DrainChange, DbError> {
+    validate_destination("destination", destination)?;
+    if let Some(set) = set_id {
+        validate_set_id(set)?;
+    }
+    let rows = client
+        .query(
+            "WITH m AS (
+                 SELECT id, setid, flags FROM dispatcher
+                 WHERE destination = $1 AND ($2::integer IS NULL OR setid = $2)
+             ),
+             u AS (
+                 UPDATE dispatcher AS d
+                 SET flags = CASE WHEN $3 THEN d.flags | $4 ELSE (d.flags & ~($4 | $5 | $6)) | $7 END
+                 FROM m
+                 WHERE d.id = m.id AND (SELECT count(*) FROM m) = 1
+                 RETURNING d.id, d.flags
+             )
+             SELECT m.id, m.setid, m.flags, u.flags, d.destination::text, d.priority, d.attrs::text, d.description::text
+             FROM m JOIN dispatcher AS d ON d.id = m.id LEFT JOIN u ON u.id = m.id
+             ORDER BY m.setid",
+            &[&destination, &set_id, &drained, &FLAG_DISABLED, &FLAG_INACTIVE, &FLAG_TRYING, &FLAG_PROBING],
+        )
+        .await
+        .map_err(DbError::query(format!("cannot change dispatcher destination {destination:?}")))?;
+    match rows.as_slice() {
+        [] => Err(DbError::NotFound {
+            kind: "dispatcher destination",
+            name: match set_id {
+                Some(set) => format!("{destination} in set {set}"),
+                None => destination.to_string(),
+            },
+        }),
+        [row] => {
+            let previous_flags: i32 = row.get(2);
+            let flags: Option<i32> = row.get(3);
+            Ok(DrainChange {
+                destination: Destination {
+                    id: row.get(0),
+                    set_id: row.get(1),
+                    destination: row.get(4),
+                    flags: flags.unwrap_or(previous_flags),
+                    priority: row.get(5),
+                    attrs: row.get(6),
+                    description: row.get(7),
+                },
+                previous_flags,
+            })
+        }
+        many => {
+            let sets: Vec<String> = many.iter().map(|r| r.get::<_, i32>(1).to_string()).collect();
+            Err(invalid(
+                "set",
+                format!("{} is a member of sets {}", shown(destination), sets.join(", ")),
+                format!("name one of the sets: {}", sets.join(", ")),
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,6 +191,9 @@ fn validate_match(kind: MatchKind, value: &str) -> Result<(), DbError> {
                     "fix the expression (no look-around or back-references), e.g. ^00[1-9][0-9]+$",
                 ));
             }
+            if let Some((problem, fix)) = pcre_difference(value) {
+                return Err(invalid("match_value", format!("{}: {problem}", shown(value)), fix));
+            }
         }
     }
     Ok(())
@@ -260,9 +263,100 @@ fn route_from_row(row: &Row) -> Result<Route, DbError> {
     })
 }
 
+/// Syntax the `regex` crate reads differently from PCRE (which the edge's dialplan
+/// module uses): a route must mean the same to the edge and to `test route`.
+/// Returns the problem and the fix.
+fn pcre_difference(re: &str) -> Option<(&'static str, &'static str)> {
+    let chars: Vec<char> = re.chars().collect();
+    let at = |i: usize| chars.get(i).copied();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => {
+                if matches!(at(i + 1), Some('<' | '>')) || (at(i + 1) == Some('b') && at(i + 2) == Some('{')) {
+                    return Some((
+                        "word-boundary assertions like \\< \\> \\b{start} are read as literal characters by PCRE (the edge)",
+                        "use \\b, or leave the assertion out",
+                    ));
+                }
+                i += 2;
+            }
+            '[' => {
+                i += 1;
+                if at(i) == Some('^') {
+                    i += 1;
+                }
+                if at(i) == Some(']') {
+                    i += 1;
+                }
+                loop {
+                    match at(i) {
+                        None => return None,
+                        Some('\\') => i += 2,
+                        Some(']') => {
+                            i += 1;
+                            break;
+                        }
+                        Some('[') if at(i + 1) == Some(':') => {
+                            // a POSIX class such as [:digit:]: the same in both
+                            let rest: String = chars[i + 2..].iter().collect();
+                            i += match rest.find(":]") {
+                                Some(end) => 2 + rest[..end].chars().count() + 2,
+                                None => 1,
+                            };
+                        }
+                        Some('[') => {
+                            return Some((
+                                "a '[' inside a character class is a nested class here but a literal '[' for PCRE (the edge)",
+                                "escape it as \\[ or write the class out, e.g. [0-46-9] instead of [0-9&&[^5]]",
+                            ))
+                        }
+                        Some(c @ ('&' | '-' | '~')) if at(i + 1) == Some(c) => {
+                            return Some((
+                                "'&&', '--' and '~~' inside a character class are set operations here but literal characters for PCRE (the edge)",
+                                "write the class out, e.g. [0-46-9] instead of [0-9--5]",
+                            ))
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The media pools routes can name, by name.
+async fn pool_names(client: &impl GenericClient) -> Result<Vec<String>, DbError> {
+    let rows = client
+        .query("SELECT name::text FROM sipstack_media_pool ORDER BY name", &[])
+        .await
+        .map_err(DbError::query("cannot list media pools"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn unknown_pool(pool: &str, known: &[String]) -> DbError {
+    invalid(
+        "target_pool",
+        format!("media pool {} does not exist", shown(pool)),
+        if known.is_empty() {
+            "no media pool exists yet: apply a MediaPool first".to_string()
+        } else {
+            format!("name one of the media pools: {}", known.join(", "))
+        },
+    )
+}
+
 /// Adds a route. Kamailio uses it after its next `dialplan.reload`.
 pub async fn add(client: &impl GenericClient, route: &NewRoute) -> Result<Route, DbError> {
     let r = validate(route)?;
+    if let Target::Pool(pool) = &r.target {
+        let known = pool_names(client).await?;
+        if !known.iter().any(|k| k == pool) {
+            return Err(unknown_pool(pool, &known));
+        }
+    }
     let (pool, uri, code, reason) = match &r.target {
         Target::Pool(p) => (Some(p.as_str()), None, None, None),
         Target::User => (None, None, None, None),
@@ -298,6 +392,7 @@ pub async fn add(client: &impl GenericClient, route: &NewRoute) -> Result<Route,
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             Err(DbError::AlreadyExists { kind: "route", name: r.name.clone() })
         }
+        // the pool was deleted between the check above and the insert
         Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Err(invalid(
             "target_pool",
             format!("media pool {} does not exist", shown(pool.unwrap_or_default())),
@@ -327,6 +422,193 @@ pub async fn delete(client: &impl GenericClient, name: &str) -> Result<(), DbErr
         return Err(DbError::NotFound { kind: "route", name: name.to_string() });
     }
     Ok(())
+}
+
+/// One route by name.
+pub async fn get(client: &impl GenericClient, name: &str) -> Result<Route, DbError> {
+    validate::name("name", name)?;
+    let row = client
+        .query_opt(&format!("SELECT {ROUTE_COLUMNS} FROM sipstack_route AS r WHERE r.name = $1"), &[&name])
+        .await
+        .map_err(DbError::query(format!("cannot read route {name:?}")))?;
+    match row {
+        Some(row) => route_from_row(&row),
+        None => Err(DbError::NotFound { kind: "route", name: name.to_string() }),
+    }
+}
+
+/// Deletes routes by name, all or none: when one of them does not exist, nothing
+/// is deleted and the first missing name is reported. Returns the names deleted.
+pub async fn delete_all(client: &impl GenericClient, names: &[String]) -> Result<Vec<String>, DbError> {
+    for name in names {
+        validate::name("name", name)?;
+    }
+    // One statement: the check and the delete see the same snapshot.
+    let rows = client
+        .query(
+            "WITH wanted AS (
+                 SELECT DISTINCT w.name FROM unnest($1::text[]) AS w(name)
+             ),
+             missing AS (
+                 SELECT w.name FROM wanted AS w
+                 WHERE NOT EXISTS (SELECT 1 FROM sipstack_route AS r WHERE r.name = w.name)
+             ),
+             deleted AS (
+                 DELETE FROM sipstack_route AS r USING wanted AS w
+                 WHERE r.name = w.name AND NOT EXISTS (SELECT 1 FROM missing)
+                 RETURNING r.name::text, r.priority, r.id
+             )
+             SELECT 'missing', m.name, 0, 0 FROM missing AS m
+             UNION ALL SELECT 'deleted', d.name, d.priority, d.id FROM deleted AS d",
+            &[&names],
+        )
+        .await
+        .map_err(DbError::query("cannot delete routes"))?;
+    let mut missing: Vec<String> = Vec::new();
+    let mut deleted: Vec<(i32, i32, String)> = Vec::new();
+    for row in &rows {
+        let (what, name, priority, id): (&str, String, i32, i32) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        if what == "missing" {
+            missing.push(name);
+        } else {
+            deleted.push((priority, id, name));
+        }
+    }
+    if !missing.is_empty() {
+        // report in the order given
+        let first = names.iter().find(|n| missing.contains(n)).cloned().unwrap_or_default();
+        return Err(DbError::NotFound { kind: "route", name: first });
+    }
+    deleted.sort();
+    Ok(deleted.into_iter().map(|(_, _, name)| name).collect())
+}
+
+/// The route id a dialplan rule was made from (`id=N` in its attrs).
+pub fn rule_route_id(attrs: &str) -> Option<i32> {
+    attrs.split(';').find_map(|kv| kv.strip_prefix("id=")).and_then(|v| v.parse().ok())
+}
+
+/// What one dialplan rule did with a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleOutcome {
+    /// The first rule that matched: the call takes this route.
+    Matched,
+    NoMatch,
+    /// An earlier rule matched.
+    NotTried,
+    /// Kamailio never tries it for a number of this length (dialplan's match_len).
+    OtherLength,
+    /// The expression could not be evaluated here (the edge may still match it).
+    Unevaluable(String),
+}
+
+/// A rule of the chosen rule set and what it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleVerdict {
+    pub rule: DialplanRule,
+    pub outcome: RuleOutcome,
+}
+
+/// How the edge's routing rules treat one dialled number, computed from the rules
+/// in the database with the dialplan module's semantics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The rule set (dpid) for the caller's domain: [`DEFAULT_DPID`] or that domain's own.
+    pub dpid: i32,
+    /// Whether the caller's domain has routes of its own (so `dpid` is its set).
+    pub domain_rule_set: bool,
+    /// The rules of that set in the order dialplan tries them.
+    pub verdicts: Vec<RuleVerdict>,
+}
+
+impl Evaluation {
+    /// The rule that decides the call, if any matched.
+    pub fn matched(&self) -> Option<&DialplanRule> {
+        self.verdicts.iter().find(|v| v.outcome == RuleOutcome::Matched).map(|v| &v.rule)
+    }
+}
+
+/// Whether a dialplan regular expression matches `input`, as close to PCRE as the
+/// `regex` crate gets: bytes, ASCII classes (`\d` is [0-9], `.` one byte), an
+/// unanchored search, case-sensitive.
+pub fn regex_matches(exp: &str, input: &str) -> Result<bool, String> {
+    match regex::bytes::RegexBuilder::new(exp).unicode(false).build() {
+        Ok(re) => Ok(re.is_match(input.as_bytes())),
+        // e.g. \p{..} needs Unicode mode
+        Err(_) => match regex::Regex::new(exp) {
+            Ok(re) => Ok(re.is_match(input)),
+            Err(e) => Err(e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")),
+        },
+    }
+}
+
+fn rule_matches(rule: &DialplanRule, input: &str) -> Result<bool, String> {
+    match rule.match_op {
+        0 => Ok(rule.match_exp == input),
+        1 => regex_matches(&rule.match_exp, input),
+        op => Err(format!("match operator {op} is not one sipstack writes")),
+    }
+}
+
+/// The rules of `dpid` in the order Kamailio's dialplan tries them for an input of
+/// `len` bytes: those whose match_len is `len` first, then those with match_len 0,
+/// each by pr; others never.
+fn ordered_rules(rules: &[DialplanRule], dpid: i32, len: usize) -> Vec<(DialplanRule, bool)> {
+    let mut of_set: Vec<&DialplanRule> = rules.iter().filter(|r| r.dpid == dpid).collect();
+    of_set.sort_by_key(|r| r.pr);
+    let len = i32::try_from(len).unwrap_or(i32::MAX);
+    let mut out: Vec<(DialplanRule, bool)> = Vec::new();
+    if len != 0 {
+        out.extend(of_set.iter().filter(|r| r.match_len == len).map(|r| ((*r).clone(), true)));
+    }
+    out.extend(of_set.iter().filter(|r| r.match_len == 0).map(|r| ((*r).clone(), true)));
+    out.extend(of_set.iter().filter(|r| r.match_len != 0 && r.match_len != len).map(|r| ((*r).clone(), false)));
+    out
+}
+
+/// The first rule of `dpid` that matches `input`, as dialplan's translation does.
+fn translate<'a>(rules: &'a [DialplanRule], dpid: i32, input: &str) -> Option<&'a DialplanRule> {
+    let ordered = ordered_rules(rules, dpid, input.len());
+    let hit = ordered.into_iter().filter(|(_, tried)| *tried).find(|(r, _)| rule_matches(r, input) == Ok(true))?;
+    rules.iter().find(|r| **r == hit.0)
+}
+
+/// What the edge's ROUTING block does with `number` dialled by a caller of
+/// `from_domain` (`None`: a domain without routes of its own): dialplan 1 maps the
+/// lower-cased domain to its rule set, otherwise set 2; then the first rule of that
+/// set that matches decides.
+pub fn evaluate(rules: &[DialplanRule], number: &str, from_domain: Option<&str>) -> Evaluation {
+    let mut dpid = DEFAULT_DPID;
+    let mut domain_rule_set = false;
+    if let Some(domain) = from_domain {
+        if let Some(rule) = translate(rules, DOMAIN_MAP_DPID, &domain.to_ascii_lowercase()) {
+            // the config reads the attrs with {s.int}
+            if let Ok(set) = rule.attrs.trim().parse::<i32>() {
+                dpid = set;
+                domain_rule_set = true;
+            }
+        }
+    }
+    let mut verdicts = Vec::new();
+    let mut decided = false;
+    for (rule, tried) in ordered_rules(rules, dpid, number.len()) {
+        let outcome = if !tried {
+            RuleOutcome::OtherLength
+        } else if decided {
+            RuleOutcome::NotTried
+        } else {
+            match rule_matches(&rule, number) {
+                Ok(true) => {
+                    decided = true;
+                    RuleOutcome::Matched
+                }
+                Ok(false) => RuleOutcome::NoMatch,
+                Err(e) => RuleOutcome::Unevaluable(e),
+            }
+        };
+        verdicts.push(RuleVerdict { rule, outcome });
+    }
+    Evaluation { dpid, domain_rule_set, verdicts }
 }
 
 /// The dialplan rules as Kamailio loads them, by dpid and pr.
@@ -445,6 +727,71 @@ mod tests {
     fn uri_length_limit_is_the_dialplan_buffer() {
         let at_limit = format!("sip:{}", "a".repeat(MAX_TARGET_URI_LEN - 4));
         assert!(validate(&route(MatchKind::Exact, "1", Target::Uri(at_limit))).is_ok());
+    }
+
+    #[test]
+    fn regexes_pcre_reads_differently_are_refused() {
+        for bad in [r"^[0-9&&[^5]]$", r"^[0-9--5]$", r"^[a[bc]]", r"\<12", r"12\>", r"\b{start}1"] {
+            let err = validate(&route(MatchKind::Regex, bad, Target::User)).expect_err(bad);
+            assert_eq!(field_of(err), "match_value", "{bad}");
+        }
+        for ok in [r"^[[:digit:]]{4}$", r"^[]a]", r"^[\[]1", r"^[a-]", r"^0[1-9][0-9]+$", r"^\+?49", "^[^5]$"] {
+            assert!(validate(&route(MatchKind::Regex, ok, Target::User)).is_ok(), "{ok} refused");
+        }
+    }
+
+    fn rule(dpid: i32, pr: i32, op: i32, exp: &str, len: i32, attrs: &str) -> DialplanRule {
+        DialplanRule {
+            dpid,
+            pr,
+            match_op: op,
+            match_exp: exp.into(),
+            match_len: len,
+            subst_exp: String::new(),
+            repl_exp: String::new(),
+            attrs: attrs.into(),
+        }
+    }
+
+    #[test]
+    fn evaluation_follows_dialplan() {
+        let rules = vec![
+            rule(1, 1, 0, "acme.example", 12, "1001"),
+            rule(2, 1, 1, r"^900", 0, "id=1;t=reject;c=403"),
+            rule(2, 2, 0, "5000", 0, "id=2;t=pool;s=2"),
+            rule(2, 3, 1, r"^\d{4}$", 0, "id=3;t=user"),
+            rule(1001, 1, 1, r"^\+44", 0, "id=4;t=uri"),
+            rule(1001, 2, 1, r"^900", 0, "id=1;t=reject;c=403"),
+        ];
+        let e = evaluate(&rules, "5000", None);
+        assert_eq!(e.dpid, 2);
+        assert!(!e.domain_rule_set);
+        assert_eq!(e.matched().map(|r| rule_route_id(&r.attrs)), Some(Some(2)));
+        let outcomes: Vec<&RuleOutcome> = e.verdicts.iter().map(|v| &v.outcome).collect();
+        assert_eq!(outcomes, [&RuleOutcome::NoMatch, &RuleOutcome::Matched, &RuleOutcome::NotTried]);
+
+        // the domain is compared lower-cased and picks its own set
+        let e = evaluate(&rules, "+4420", Some("ACME.example"));
+        assert_eq!((e.dpid, e.domain_rule_set), (1001, true));
+        assert_eq!(e.matched().and_then(|r| rule_route_id(&r.attrs)), Some(4));
+        // other domains get set 2; nothing matches there
+        let e = evaluate(&rules, "+4420", Some("other.example"));
+        assert_eq!(e.dpid, 2);
+        assert!(e.matched().is_none());
+        // \d is ASCII only, as in PCRE without UTF
+        assert!(evaluate(&rules, "١٢٣٤", None).matched().is_none());
+        // a search, not anchored unless the expression says so
+        assert_eq!(regex_matches("abc", "xxabcxx"), Ok(true));
+        assert_eq!(regex_matches("abc", "xxABCxx"), Ok(false));
+    }
+
+    #[test]
+    fn rules_with_a_match_length_go_first() {
+        let rules =
+            vec![rule(2, 1, 1, "^1", 0, "id=1"), rule(2, 9, 1, "^1", 3, "id=2"), rule(2, 5, 1, "^1", 2, "id=3")];
+        let e = evaluate(&rules, "123", None);
+        assert_eq!(e.matched().and_then(|r| rule_route_id(&r.attrs)), Some(2));
+        assert_eq!(e.verdicts.last().map(|v| &v.outcome), Some(&RuleOutcome::OtherLength));
     }
 
     #[test]

@@ -168,6 +168,7 @@ async fn tls_listener_speaks_sip_with_the_spec_certificate() {
     client.stdin.as_mut().unwrap().write_all(options.as_bytes()).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let _ = client.kill();
+    let _ = client.wait();
     let mut answer = String::new();
     client.stdout.take().unwrap().read_to_string(&mut answer).unwrap();
     let mut handshake = String::new();

@@ -10,9 +10,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// How long Kamailio refuses a second reload after one (its default `reload_delta`).
-pub const RELOAD_DELTA: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
     #[error("edge RPC at {url} is unreachable: {message}")]
@@ -26,6 +23,18 @@ pub enum RpcError {
 }
 
 impl RpcError {
+    /// dialplan found no rule for the input, or has no rules for the dialplan id.
+    pub fn is_no_translation(&self) -> bool {
+        matches!(self, RpcError::Fault { message, .. }
+            if message.contains("No translation") || message.contains("Dialplan ID not matched"))
+    }
+
+    /// `dispatcher.set_state` did not find the set or the destination in memory
+    /// (the edge has not loaded it).
+    pub fn is_unknown_destination(&self) -> bool {
+        matches!(self, RpcError::Fault { message, .. } if message.contains("State Update Failed"))
+    }
+
     /// Kamailio refused a reload because the previous one is less than `reload_delta` old.
     pub fn is_ongoing_reload(&self) -> bool {
         // dispatcher says "Ongoing reload", dialplan "ongoing reload"
@@ -101,6 +110,8 @@ impl EdgeRpc {
             // Kamailio closes every RPC connection after its reply (set_reply_close);
             // a pooled connection would be found closed on the next call.
             .pool_max_idle_per_host(0)
+            // the edges are on the control-plane network: never through an http_proxy
+            .no_proxy()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(3))
             .build()
@@ -184,6 +195,225 @@ impl EdgeRpc {
     pub async fn dispatcher_set_state(&self, state: &str, set_id: i64, uri: &str) -> Result<(), RpcError> {
         self.call("dispatcher.set_state", &[json!(state), json!(set_id), json!(uri)]).await.map(|_| ())
     }
+
+    /// What dialplan `dpid` makes of `input` (`dialplan.translate`): the output and
+    /// the attributes of the first rule that matches; `None` when no rule matches or
+    /// the dialplan id has no rules. The input goes as a JSON string: the method
+    /// refuses a number.
+    pub async fn dialplan_translate(&self, dpid: i32, input: &str) -> Result<Option<Translation>, RpcError> {
+        match self.call("dialplan.translate", &[json!(dpid), json!(input)]).await {
+            Ok(v) => parse_translation(&v).map(Some).ok_or_else(|| RpcError::Protocol {
+                method: "dialplan.translate".into(),
+                detail: format!("cannot read {v}"),
+            }),
+            Err(e) if e.is_no_translation() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The rules of dialplan `dpid` as the edge holds them (`dialplan.dump`), by
+    /// priority; empty when the id has no rules.
+    pub async fn dialplan_dump(&self, dpid: i32) -> Result<Vec<DialplanEntry>, RpcError> {
+        match self.call("dialplan.dump", &[json!(dpid)]).await {
+            Ok(v) => parse_dialplan_dump(&v).ok_or_else(|| RpcError::Protocol {
+                method: "dialplan.dump".into(),
+                detail: format!("cannot read {v}"),
+            }),
+            Err(e) if e.is_no_translation() => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every contact in the edge's memory (`ul.dump`), including ones that expired
+    /// but were not cleaned up yet (see [`UlExpires`]).
+    pub async fn ul_dump(&self) -> Result<Vec<UlContact>, RpcError> {
+        let v = self.call("ul.dump", &[]).await?;
+        parse_ul_dump(&v)
+            .ok_or_else(|| RpcError::Protocol { method: "ul.dump".into(), detail: format!("cannot read {v}") })
+    }
+
+    /// The valid contacts of one address of record (`ul.lookup TABLE AOR`); empty
+    /// when it has none.
+    pub async fn ul_lookup(&self, table: &str, aor: &str) -> Result<Vec<UlContact>, RpcError> {
+        match self.call("ul.lookup", &[json!(table), json!(aor)]).await {
+            Ok(v) => {
+                let aor = v.get("AoR").and_then(Value::as_str).unwrap_or(aor).to_string();
+                parse_ul_contacts(&aor, v.get("Contacts")).ok_or_else(|| RpcError::Protocol {
+                    method: "ul.lookup".into(),
+                    detail: format!("cannot read {v}"),
+                })
+            }
+            Err(RpcError::Fault { message, .. })
+                if message.contains("AOR not found") || message.contains("AOR has no contacts") =>
+            {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The answer of `dialplan.translate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Translation {
+    pub output: String,
+    pub attrs: String,
+}
+
+/// One rule of `dialplan.dump`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialplanEntry {
+    pub pr: i64,
+    pub match_op: i64,
+    pub match_exp: String,
+    pub match_len: i64,
+    /// Empty when not set.
+    pub subst_exp: String,
+    /// Empty when not set.
+    pub repl_exp: String,
+    pub attrs: String,
+}
+
+/// When a contact expires, as `ul.dump` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UlExpires {
+    /// In this many seconds.
+    In(i64),
+    Permanent,
+    /// Expired, not cleaned up yet.
+    Expired,
+    /// Deleted, not flushed yet.
+    Deleted,
+}
+
+/// One registered contact in an edge's memory (usrloc).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UlContact {
+    /// user@domain.
+    pub aor: String,
+    pub address: String,
+    pub expires: UlExpires,
+    /// `None` when not set (Kamailio shows -1).
+    pub q: Option<f64>,
+    pub call_id: String,
+    pub cseq: i64,
+    pub user_agent: Option<String>,
+    /// The source address of a contact behind NAT.
+    pub received: Option<String>,
+    pub path: Option<String>,
+    /// CS_NEW (not written to the database yet), CS_SYNC, CS_DIRTY.
+    pub state: String,
+    pub flags: i64,
+    pub cflags: i64,
+    pub socket: Option<String>,
+    pub methods: Option<i64>,
+    pub ruid: Option<String>,
+    pub instance: Option<String>,
+    pub reg_id: i64,
+    pub server_id: i64,
+    pub tcpconn_id: i64,
+    pub keepalive: i64,
+    pub last_keepalive: i64,
+    /// Unix time.
+    pub last_modified: i64,
+}
+
+impl UlContact {
+    /// Whether lookup() would use it (not expired, not deleted).
+    pub fn is_valid(&self) -> bool {
+        matches!(self.expires, UlExpires::In(_) | UlExpires::Permanent)
+    }
+}
+
+/// Reads the answer of `dialplan.translate`.
+pub fn parse_translation(v: &Value) -> Option<Translation> {
+    Some(Translation {
+        output: v.get("Output").and_then(Value::as_str).unwrap_or_default().to_string(),
+        attrs: v.get("Attributes")?.as_str()?.to_string(),
+    })
+}
+
+/// Reads the answer of `dialplan.dump`, by priority.
+pub fn parse_dialplan_dump(v: &Value) -> Option<Vec<DialplanEntry>> {
+    let text = |e: &Value, key: &str| e.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut out = Vec::new();
+    for entry in v.get("ENTRIES").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        let e = entry.get("ENTRY")?;
+        out.push(DialplanEntry {
+            pr: e.get("PRIO")?.as_i64()?,
+            match_op: e.get("MATCHOP")?.as_i64()?,
+            match_exp: text(e, "MATCHEXP"),
+            match_len: e.get("MATCHLEN").and_then(Value::as_i64).unwrap_or_default(),
+            subst_exp: text(e, "SUBSTEXP"),
+            repl_exp: text(e, "REPLEXP"),
+            attrs: text(e, "ATTRS"),
+        });
+    }
+    out.sort_by_key(|e| e.pr);
+    Some(out)
+}
+
+/// usrloc writes "[not set]" for empty strings.
+fn ul_text(c: &Value, key: &str) -> Option<String> {
+    c.get(key).and_then(Value::as_str).filter(|s| *s != "[not set]" && !s.is_empty()).map(str::to_string)
+}
+
+fn parse_ul_contact(aor: &str, c: &Value) -> Option<UlContact> {
+    let int = |key: &str| c.get(key).and_then(Value::as_i64).unwrap_or_default();
+    let expires = match c.get("Expires")? {
+        Value::Number(n) => UlExpires::In(n.as_i64()?),
+        Value::String(s) if s == "permanent" => UlExpires::Permanent,
+        Value::String(s) if s == "deleted" => UlExpires::Deleted,
+        Value::String(_) => UlExpires::Expired,
+        _ => return None,
+    };
+    Some(UlContact {
+        aor: aor.to_string(),
+        address: c.get("Address")?.as_str()?.to_string(),
+        expires,
+        q: c.get("Q").and_then(Value::as_f64).filter(|q| *q >= 0.0),
+        call_id: c.get("Call-ID").and_then(Value::as_str).unwrap_or_default().to_string(),
+        cseq: int("CSeq"),
+        user_agent: ul_text(c, "User-Agent"),
+        received: ul_text(c, "Received"),
+        path: ul_text(c, "Path"),
+        state: c.get("State").and_then(Value::as_str).unwrap_or_default().to_string(),
+        flags: int("Flags"),
+        cflags: int("CFlags"),
+        socket: ul_text(c, "Socket"),
+        methods: c.get("Methods").and_then(Value::as_i64),
+        ruid: ul_text(c, "Ruid"),
+        instance: ul_text(c, "Instance"),
+        reg_id: int("Reg-Id"),
+        server_id: int("Server-Id"),
+        tcpconn_id: int("Tcpconn-Id"),
+        keepalive: int("Keepalive"),
+        last_keepalive: int("Last-Keepalive"),
+        last_modified: int("Last-Modified"),
+    })
+}
+
+/// Reads a `Contacts` array of `ul.dump` or `ul.lookup`.
+fn parse_ul_contacts(aor: &str, contacts: Option<&Value>) -> Option<Vec<UlContact>> {
+    let mut out = Vec::new();
+    for item in contacts.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        out.push(parse_ul_contact(aor, item.get("Contact")?)?);
+    }
+    Some(out)
+}
+
+/// Reads the answer of `ul.dump`: every contact of every AoR of every usrloc table.
+pub fn parse_ul_dump(v: &Value) -> Option<Vec<UlContact>> {
+    let mut out = Vec::new();
+    for domain in v.get("Domains").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        let domain = domain.get("Domain")?;
+        for record in domain.get("AoRs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+            let info = record.get("Info")?;
+            let aor = info.get("AoR")?.as_str()?;
+            out.extend(parse_ul_contacts(aor, info.get("Contacts"))?);
+        }
+    }
+    Some(out)
 }
 
 /// Reads the answer of `dispatcher.list`. An empty dispatcher answers without `RECORDS`.
@@ -232,6 +462,68 @@ mod tests {
         assert!(!list[1].is_active());
         assert_eq!(list[1].priority, 5);
         assert_eq!(parse_dispatcher_list(&json!({"NRSETS": 0})).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn parses_dialplan_answers() {
+        let t = json!({"Output": "Premium Blocked", "Attributes": "id=1;t=reject;c=403"});
+        assert_eq!(
+            parse_translation(&t),
+            Some(Translation { output: "Premium Blocked".into(), attrs: "id=1;t=reject;c=403".into() })
+        );
+        let dump = json!({"DPID": 2, "ENTRIES": [
+            {"ENTRY": {"PRIO": 2, "MATCHOP": 0, "MATCHEXP": "5000", "MATCHLEN": 0, "SUBSTEXP": null, "REPLEXP": null, "ATTRS": "id=2;t=pool;s=2"}},
+            {"ENTRY": {"PRIO": 1, "MATCHOP": 1, "MATCHEXP": "^\\+44", "MATCHLEN": 0, "SUBSTEXP": "^.*$", "REPLEXP": "sip:gw@x", "ATTRS": "id=4;t=uri"}}
+        ]});
+        let entries = parse_dialplan_dump(&dump).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].pr, 1);
+        assert_eq!(entries[0].match_exp, "^\\+44");
+        assert_eq!(entries[1].subst_exp, "");
+        let no_rules = RpcError::Fault {
+            method: "dialplan.translate".into(),
+            code: 500,
+            message: "Dialplan ID not matched".into(),
+        };
+        assert!(no_rules.is_no_translation());
+    }
+
+    #[test]
+    fn parses_ul_dump() {
+        // the shape Kamailio 5.6 answers
+        let v = json!({"Domains": [{"Domain": {"Domain": "location", "Size": 1024, "AoRs": [{"Info": {
+            "AoR": "alice@example.com", "HashID": 2920418261u64, "Contacts": [
+                {"Contact": {"Address": "sip:alice@127.0.0.1:25999;transport=UDP", "Expires": 600, "Q": -1,
+                    "Call-ID": "1-12801@127.0.0.1", "CSeq": 2, "User-Agent": "n/a", "Received": "[not set]",
+                    "Path": "[not set]", "State": "CS_NEW", "Flags": 0, "CFlags": 0, "Socket": "udp:127.0.0.1:25060",
+                    "Methods": 4294967295u64, "Ruid": "uloc-6b0843fc-305e-1", "Instance": "[not set]", "Reg-Id": 0,
+                    "Server-Id": 0, "Tcpconn-Id": -1, "Keepalive": 0, "Last-Keepalive": 1795703842,
+                    "KA-Roundtrip": 0, "Last-Modified": 1795703842}},
+                {"Contact": {"Address": "sip:alice@192.168.1.5:5060", "Expires": "expired", "Q": 0.5,
+                    "Call-ID": "x", "CSeq": 9, "User-Agent": "[not set]", "Received": "sip:203.0.113.7:40000",
+                    "State": "CS_SYNC", "Socket": "[not set]", "Last-Modified": 1}}
+            ]}}], "Stats": {"Records": 1, "Max-Slots": 1}}}]});
+        let contacts = parse_ul_dump(&v).unwrap();
+        assert_eq!(contacts.len(), 2);
+        let c = &contacts[0];
+        assert_eq!(c.aor, "alice@example.com");
+        assert_eq!(c.expires, UlExpires::In(600));
+        assert_eq!(c.q, None);
+        assert_eq!(c.received, None);
+        assert_eq!(c.user_agent.as_deref(), Some("n/a"));
+        assert_eq!(c.socket.as_deref(), Some("udp:127.0.0.1:25060"));
+        assert_eq!(c.methods, Some(4294967295));
+        assert!(c.is_valid());
+        let c = &contacts[1];
+        assert_eq!(c.expires, UlExpires::Expired);
+        assert!(!c.is_valid());
+        assert_eq!(c.q, Some(0.5));
+        assert_eq!(c.received.as_deref(), Some("sip:203.0.113.7:40000"));
+        assert_eq!(c.user_agent, None);
+        assert_eq!(
+            parse_ul_dump(&json!({"Domains": [{"Domain": {"Domain": "location", "AoRs": []}}]})).unwrap(),
+            vec![]
+        );
     }
 
     #[test]

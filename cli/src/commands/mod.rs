@@ -118,7 +118,7 @@ pub enum AddCommand {
     #[command(visible_alias = "sub")]
     Subscriber(subscriber::AddArgs),
     #[command(visible_alias = "rt")]
-    Route(route::AddArgs),
+    Route(Box<route::AddArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -263,7 +263,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Add(AddCommand::Subscriber(a)) => subscriber::add(&ctx, a).await,
-        Command::Add(AddCommand::Route(a)) => route::add(&ctx, a).await,
+        Command::Add(AddCommand::Route(a)) => route::add(&ctx, *a).await,
         Command::Get(GetCommand::Subscribers(a)) => subscriber::get(&ctx, a).await,
         Command::Get(GetCommand::Routes(a)) => route::get(&ctx, a).await,
         Command::Get(GetCommand::Dispatchers(a)) => dispatcher::get(&ctx, a).await,
