@@ -5,28 +5,17 @@
 mod common;
 
 use std::process::Output;
-use std::time::Duration;
 
 use common::{fails, ok, sipctl};
 use serde_json::Value;
-use sipstack_e2e::sipp::{InjectionFile, SippCommand, SippOutcome};
-use sipstack_e2e::testbed::{free_tcp_port, media_ip, standin, users, PoolSpec, Testbed, TestbedSpec};
+use sipstack_e2e::sipp::SippOutcome;
+use sipstack_e2e::testbed::{
+    answered_by, call_number, free_tcp_port, media_ip, standin, PoolSpec, Testbed, TestbedSpec,
+};
 
 /// One authenticated call from alice to `number`.
 async fn call(tb: &Testbed, number: &str) -> SippOutcome {
-    SippCommand::scenario("uac_call")
-        .remote(tb.edge())
-        .service(number)
-        .injection(InjectionFile::users(&users(&[("alice", "alice-pw")])))
-        .max_calls(1)
-        .deadline(Duration::from_secs(20))
-        .run_async()
-        .await
-        .unwrap()
-}
-
-fn answered_by(out: &SippOutcome) -> Option<String> {
-    out.lines("ANSWERED").next().and_then(|l| l.get("media")).map(str::to_string)
+    call_number(tb.edge(), "alice", "alice-pw", number).await.unwrap()
 }
 
 fn json(out: &Output) -> Value {
@@ -188,25 +177,8 @@ async fn routes_added_with_sipctl_are_routed_without_a_restart() {
     assert!(human.contains("differs"), "{human}");
 }
 
-/// Every table's content as a digest: proves that nothing was dropped, added or changed.
 async fn snapshot(tb: &Testbed) -> Vec<(String, String)> {
-    let db = tb.db().await.unwrap();
-    let statements = db
-        .query(
-            "SELECT tablename::text,
-                    format('SELECT md5(coalesce(string_agg(t::text, E''\\n'' ORDER BY t::text), '''')) FROM %I t', tablename)
-             FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    for row in statements {
-        let (table, sql): (String, String) = (row.get(0), row.get(1));
-        let digest: String = db.query_one(sql.as_str(), &[]).await.unwrap().get(0);
-        out.push((table, digest));
-    }
-    out
+    sipstack_e2e::testbed::database_snapshot(&tb.db().await.unwrap()).await.unwrap()
 }
 
 async fn route_names(tb: &Testbed) -> Vec<String> {

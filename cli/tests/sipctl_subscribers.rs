@@ -60,26 +60,8 @@ async fn subscribers(db_url: &str) -> Vec<(String, String, String, String, Strin
         .collect()
 }
 
-/// Every table of the database with a digest of its whole content: proves that
-/// nothing was dropped, added or changed.
 async fn database_snapshot(tb: &Testbed) -> Vec<(String, String)> {
-    let db = tb.db().await.unwrap();
-    let statements = db
-        .query(
-            "SELECT tablename::text,
-                    format('SELECT md5(coalesce(string_agg(t::text, E''\\n'' ORDER BY t::text), '''')) FROM %I t', tablename)
-             FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut snapshot = Vec::new();
-    for row in statements {
-        let (table, sql): (String, String) = (row.get(0), row.get(1));
-        let digest: String = db.query_one(sql.as_str(), &[]).await.unwrap().get(0);
-        snapshot.push((table, digest));
-    }
-    snapshot
+    sipstack_e2e::testbed::database_snapshot(&tb.db().await.unwrap()).await.unwrap()
 }
 
 fn write_file(tb: &Testbed, name: &str, content: &str) -> String {

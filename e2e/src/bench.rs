@@ -195,17 +195,9 @@ impl BenchPlatform {
 
 impl Drop for BenchPlatform {
     fn drop(&mut self) {
-        let Some(dir) = self.dir.take() else { return };
-        let path = dir.path().to_path_buf();
-        let handle = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                if let Err(e) = rt.block_on(sipstack_local::down(&path)) {
-                    eprintln!("teardown of {}: {e}", path.display());
-                }
-            }
-        });
-        let _ = handle.join();
-        drop(dir);
+        if let Some(dir) = self.dir.take() {
+            crate::testbed::tear_down(dir);
+        }
     }
 }
 

@@ -288,19 +288,63 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
-        let Some(dir) = self.dir.take() else { return };
-        // Drop may run inside the test's runtime: tear down on a thread of its own.
-        let path = dir.path().to_path_buf();
-        let handle = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                if let Err(e) = rt.block_on(sipstack_local::down(&path)) {
-                    eprintln!("testbed teardown of {}: {e}", path.display());
-                }
-            }
-        });
-        let _ = handle.join();
-        drop(dir);
+        if let Some(dir) = self.dir.take() {
+            tear_down(dir);
+        }
     }
+}
+
+/// Stops the local platform of `dir` and removes the directory. Drop may run inside
+/// a test's runtime, so the teardown runs on a thread of its own.
+pub fn tear_down(dir: TempDir) {
+    let path = dir.path().to_path_buf();
+    let handle = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            if let Err(e) = rt.block_on(sipstack_local::down(&path)) {
+                eprintln!("teardown of {}: {e}", path.display());
+            }
+        }
+    });
+    let _ = handle.join();
+    drop(dir);
+}
+
+/// Every table of the database with a digest of its whole content: proves that
+/// nothing was dropped, added or changed.
+pub async fn database_snapshot(db: &Client) -> Result<Vec<(String, String)>> {
+    let statements = db
+        .query(
+            "SELECT tablename::text,
+                    format('SELECT md5(coalesce(string_agg(t::text, E''\\n'' ORDER BY t::text), '''')) FROM %I t', tablename)
+             FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
+            &[],
+        )
+        .await?;
+    let mut snapshot = Vec::new();
+    for row in statements {
+        let (table, sql): (String, String) = (row.get(0), row.get(1));
+        let digest: String = db.query_one(sql.as_str(), &[]).await?.get(0);
+        snapshot.push((table, digest));
+    }
+    Ok(snapshot)
+}
+
+/// One call from subscriber `user` (digest auth) to `number`; `answered_by` tells
+/// which media node took it.
+pub async fn call_number(edge: SocketAddr, user: &str, password: &str, number: &str) -> Result<crate::sipp::SippOutcome> {
+    SippCommand::scenario("uac_call")
+        .remote(edge)
+        .service(number)
+        .injection(crate::sipp::InjectionFile::users(&[(user, DOMAIN, password)]))
+        .max_calls(1)
+        .deadline(Duration::from_secs(20))
+        .run_async()
+        .await
+}
+
+/// The media node (host:port) that answered the first call of a `uac_call` run.
+pub fn answered_by(out: &crate::sipp::SippOutcome) -> Option<String> {
+    out.lines("ANSWERED").next().and_then(|l| l.get("media")).map(str::to_string)
 }
 
 /// A media stand-in on `media_ip(n)` at a free port.

@@ -6,23 +6,13 @@ use std::time::Duration;
 
 use sipstack_db::route::{MatchKind, NewRoute, Target};
 use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand, SippOutcome};
-use sipstack_e2e::testbed::{phone, register_phone, standin, users, PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP};
+use sipstack_e2e::testbed::{
+    answered_by, call_number, phone, register_phone, standin, users, PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP,
+};
 
 /// One authenticated call from alice to `number`.
 async fn call(tb: &Testbed, number: &str) -> SippOutcome {
-    SippCommand::scenario("uac_call")
-        .remote(tb.edge())
-        .service(number)
-        .injection(InjectionFile::users(&users(&[("alice", "alice-pw")])))
-        .max_calls(1)
-        .deadline(Duration::from_secs(20))
-        .run_async()
-        .await
-        .unwrap()
-}
-
-fn answered_by(out: &SippOutcome) -> Option<String> {
-    out.lines("ANSWERED").next().and_then(|l| l.get("media")).map(str::to_string)
+    call_number(tb.edge(), "alice", "alice-pw", number).await.unwrap()
 }
 
 fn route(name: &str, priority: i32, kind: MatchKind, value: &str, target: Target) -> NewRoute {
