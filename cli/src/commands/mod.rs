@@ -357,3 +357,35 @@ pub fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIPCTL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command a person runs shows examples in its `--help`.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
+            let leaf = cmd.get_subcommands().next().is_none();
+            let has_examples = cmd.get_after_help().is_some_and(|h| h.to_string().contains("Example"));
+            // `reload` and `set` have self-explaining leaves; `help` is clap's own
+            let exempt = ["sipctl reload routes", "sipctl reload dispatchers", "sipctl db version", "sipctl config current-context", "sipctl config delete-context"];
+            if leaf && !has_examples && !exempt.contains(&path.as_str()) && !path.ends_with(" help") {
+                missing.push(path.clone());
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "sipctl".into(), &mut missing);
+        assert!(missing.is_empty(), "commands without examples in --help: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
