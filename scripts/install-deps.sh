@@ -9,6 +9,8 @@ packages=(
   kamailio kamailio-postgres-modules kamailio-tls-modules
   # the database
   postgresql-15 postgresql-client-15
+  # PostgreSQL HA: Patroni with etcd as its DCS, HAProxy and PgBouncer in front
+  patroni etcd-server etcd-client haproxy pgbouncer
   # SIP test peer; Kamailio's own admin tool and the PostgreSQL driver it needs
   # (sipctl's interoperability tests)
   sip-tester kamcli python3-psycopg2
@@ -30,7 +32,7 @@ apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 # Debian's packages start their own services on the default ports (5060, 5432);
 # the local driver and the tests run their own instances, so stop those and keep
 # them from coming back at the next boot.
-for svc in kamailio postgresql; do
+for svc in kamailio postgresql patroni etcd haproxy pgbouncer; do
   if [ -d /run/systemd/system ]; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   elif command -v service >/dev/null 2>&1; then

@@ -51,6 +51,9 @@ pub struct DatabaseConfig {
     /// A file holding the URL (the local driver's `secrets/db-url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_file: Option<PathBuf>,
+    /// Patroni REST APIs of the cluster's members (when it runs under Patroni).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patroni: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,7 +80,8 @@ impl ConfigFile {
     /// Reads the file; a missing file is an empty configuration.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         match fs::read_to_string(path) {
-            Ok(text) => serde_yaml::from_str(&text).with_context(|| format!("{} is not a sipctl config file", path.display())),
+            Ok(text) => serde_yaml::from_str(&text)
+                .with_context(|| format!("{} is not a sipctl config file", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
@@ -123,6 +127,8 @@ pub struct Target {
     pub context: Option<String>,
     pub db_url: Option<String>,
     pub edges: Vec<EdgeConfig>,
+    /// Patroni REST APIs of the database's members.
+    pub patroni: Vec<String>,
 }
 
 /// Overrides given on the command line (or in the environment).
@@ -131,13 +137,17 @@ pub struct Overrides {
     pub context: Option<String>,
     pub db_url: Option<String>,
     pub edges: Vec<String>,
+    pub patroni: Vec<String>,
 }
 
 impl Target {
     pub fn resolve(overrides: &Overrides) -> anyhow::Result<Self> {
         let path = ConfigFile::path();
         let file = ConfigFile::load(&path)?;
-        let context_name = overrides.context.clone().or_else(|| file.current_context.clone());
+        let context_name = overrides
+            .context
+            .clone()
+            .or_else(|| file.current_context.clone());
         let context = match &context_name {
             Some(name) => match file.context(name) {
                 Some(c) => Some(c.clone()),
@@ -158,9 +168,17 @@ impl Target {
             Some(url) => Some(url.clone()),
             None => match context.as_ref().map(|c| &c.database) {
                 Some(DatabaseConfig { url: Some(url), .. }) => Some(url.clone()),
-                Some(DatabaseConfig { url_file: Some(file), .. }) => Some(
+                Some(DatabaseConfig {
+                    url_file: Some(file),
+                    ..
+                }) => Some(
                     fs::read_to_string(file)
-                        .with_context(|| format!("cannot read the database URL file {} of the context", file.display()))?
+                        .with_context(|| {
+                            format!(
+                                "cannot read the database URL file {} of the context",
+                                file.display()
+                            )
+                        })?
                         .trim()
                         .to_string(),
                 ),
@@ -168,16 +186,45 @@ impl Target {
             },
         };
         let edges = if overrides.edges.is_empty() {
-            context.as_ref().map(|c| c.edges.clone()).unwrap_or_default()
+            context
+                .as_ref()
+                .map(|c| c.edges.clone())
+                .unwrap_or_default()
         } else {
             overrides
                 .edges
                 .iter()
                 .enumerate()
-                .map(|(i, rpc)| EdgeConfig { name: format!("edge{}", i + 1), rpc: normalize_rpc_url(rpc) })
+                .map(|(i, rpc)| EdgeConfig {
+                    name: format!("edge{}", i + 1),
+                    rpc: normalize_rpc_url(rpc),
+                })
                 .collect()
         };
-        Ok(Self { context: context.map(|c| c.name), db_url, edges })
+        let patroni = if overrides.patroni.is_empty() {
+            context
+                .as_ref()
+                .map(|c| c.database.patroni.clone())
+                .unwrap_or_default()
+        } else {
+            overrides
+                .patroni
+                .iter()
+                .map(|p| {
+                    if p.starts_with("http://") || p.starts_with("https://") {
+                        p.clone()
+                    } else {
+                        format!("http://{p}")
+                    }
+                })
+                .collect()
+        };
+        Ok(Self {
+            context: context.map(|c| c.name),
+            db_url,
+            edges,
+            patroni,
+        })
     }
 
     /// The database URL, or an error that says how to give one.
@@ -193,8 +240,15 @@ impl Target {
 
 /// `host:port` or a full URL → `http://host:port/RPC`.
 pub fn normalize_rpc_url(rpc: &str) -> String {
-    let with_scheme = if rpc.starts_with("http://") || rpc.starts_with("https://") { rpc.to_string() } else { format!("http://{rpc}") };
-    let after_scheme = with_scheme.split_once("://").map(|(_, r)| r).unwrap_or_default();
+    let with_scheme = if rpc.starts_with("http://") || rpc.starts_with("https://") {
+        rpc.to_string()
+    } else {
+        format!("http://{rpc}")
+    };
+    let after_scheme = with_scheme
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or_default();
     if after_scheme.contains('/') {
         with_scheme
     } else {
@@ -208,9 +262,18 @@ mod tests {
 
     #[test]
     fn rpc_urls_are_completed() {
-        assert_eq!(normalize_rpc_url("127.0.0.1:5071"), "http://127.0.0.1:5071/RPC");
-        assert_eq!(normalize_rpc_url("http://edge:5071"), "http://edge:5071/RPC");
-        assert_eq!(normalize_rpc_url("http://edge:5071/RPC"), "http://edge:5071/RPC");
+        assert_eq!(
+            normalize_rpc_url("127.0.0.1:5071"),
+            "http://127.0.0.1:5071/RPC"
+        );
+        assert_eq!(
+            normalize_rpc_url("http://edge:5071"),
+            "http://edge:5071/RPC"
+        );
+        assert_eq!(
+            normalize_rpc_url("http://edge:5071/RPC"),
+            "http://edge:5071/RPC"
+        );
     }
 
     #[test]
@@ -220,16 +283,33 @@ mod tests {
         let mut file = ConfigFile::default();
         file.upsert(NamedContext {
             name: "local".into(),
-            database: DatabaseConfig { url: None, url_file: Some("/x/db-url".into()) },
-            edges: vec![EdgeConfig { name: "edge".into(), rpc: "http://127.0.0.1:5071/RPC".into() }],
+            database: DatabaseConfig {
+                url: None,
+                url_file: Some("/x/db-url".into()),
+                patroni: vec![],
+            },
+            edges: vec![EdgeConfig {
+                name: "edge".into(),
+                rpc: "http://127.0.0.1:5071/RPC".into(),
+            }],
         });
         file.current_context = Some("local".into());
-        file.upsert(NamedContext { name: "local".into(), database: DatabaseConfig::default(), edges: vec![] });
+        file.upsert(NamedContext {
+            name: "local".into(),
+            database: DatabaseConfig::default(),
+            edges: vec![],
+        });
         assert_eq!(file.contexts.len(), 1);
         file.save(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(ConfigFile::load(&path).unwrap(), file);
-        assert_eq!(ConfigFile::load(&dir.path().join("missing.yaml")).unwrap(), ConfigFile::default());
+        assert_eq!(
+            ConfigFile::load(&dir.path().join("missing.yaml")).unwrap(),
+            ConfigFile::default()
+        );
     }
 }

@@ -36,7 +36,12 @@ pub struct Columns {
 
 impl Output {
     /// Prints `items` as a list.
-    pub fn list<T: Serialize>(&self, items: &[T], columns: &Columns, row: impl Fn(&T) -> Vec<String>) -> anyhow::Result<()> {
+    pub fn list<T: Serialize>(
+        &self,
+        items: &[T],
+        columns: &Columns,
+        row: impl Fn(&T) -> Vec<String>,
+    ) -> anyhow::Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         match self.format {
@@ -56,17 +61,41 @@ impl Output {
                 w.flush()?;
             }
             Format::Table | Format::Wide => {
-                let n = if self.format == Format::Wide { columns.headers.len() } else { columns.narrow };
-                let rows: Vec<Vec<String>> = items.iter().map(|i| row(i).into_iter().take(n).collect()).collect();
-                let headers: Vec<String> = columns.headers.iter().take(n).map(|h| h.to_string()).collect();
-                write_table(&mut out, if self.no_headers { None } else { Some(&headers) }, &rows)?;
+                let n = if self.format == Format::Wide {
+                    columns.headers.len()
+                } else {
+                    columns.narrow
+                };
+                let rows: Vec<Vec<String>> = items
+                    .iter()
+                    .map(|i| row(i).into_iter().take(n).collect())
+                    .collect();
+                let headers: Vec<String> = columns
+                    .headers
+                    .iter()
+                    .take(n)
+                    .map(|h| h.to_string())
+                    .collect();
+                write_table(
+                    &mut out,
+                    if self.no_headers {
+                        None
+                    } else {
+                        Some(&headers)
+                    },
+                    &rows,
+                )?;
             }
         }
         Ok(())
     }
 
     /// Prints one object: JSON/YAML as such, otherwise `human` writes it.
-    pub fn object<T: Serialize>(&self, item: &T, human: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
+    pub fn object<T: Serialize>(
+        &self,
+        item: &T,
+        human: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> anyhow::Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         match self.format {
@@ -75,7 +104,9 @@ impl Output {
                 writeln!(out)?;
             }
             Format::Yaml => write!(out, "{}", serde_yaml::to_string(item)?)?,
-            Format::Table | Format::Wide | Format::Csv => human(&mut out).context("cannot write the output")?,
+            Format::Table | Format::Wide | Format::Csv => {
+                human(&mut out).context("cannot write the output")?
+            }
         }
         Ok(())
     }
@@ -87,8 +118,15 @@ impl Output {
 }
 
 /// Left-aligned columns separated by three spaces, like kubectl.
-pub fn write_table(out: &mut dyn Write, headers: Option<&[String]>, rows: &[Vec<String>]) -> std::io::Result<()> {
-    let columns = headers.map(|h| h.len()).or_else(|| rows.first().map(Vec::len)).unwrap_or(0);
+pub fn write_table(
+    out: &mut dyn Write,
+    headers: Option<&[String]>,
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let columns = headers
+        .map(|h| h.len())
+        .or_else(|| rows.first().map(Vec::len))
+        .unwrap_or(0);
     let mut widths = vec![0usize; columns];
     for r in headers.into_iter().chain(rows.iter().map(Vec::as_slice)) {
         for (i, cell) in r.iter().enumerate().take(columns) {
@@ -118,11 +156,20 @@ mod tests {
     fn tables_align_and_hide_headers() {
         let mut buf = Vec::new();
         let headers = vec!["NAME".to_string(), "DOMAIN".to_string()];
-        let rows = vec![vec!["alice".into(), "example.com".into()], vec!["bo".into(), "x".into()]];
+        let rows = vec![
+            vec!["alice".into(), "example.com".into()],
+            vec!["bo".into(), "x".into()],
+        ];
         write_table(&mut buf, Some(&headers), &rows).unwrap();
-        assert_eq!(String::from_utf8(buf).unwrap(), "NAME    DOMAIN\nalice   example.com\nbo      x\n");
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "NAME    DOMAIN\nalice   example.com\nbo      x\n"
+        );
         let mut buf = Vec::new();
         write_table(&mut buf, None, &rows).unwrap();
-        assert_eq!(String::from_utf8(buf).unwrap(), "alice   example.com\nbo      x\n");
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "alice   example.com\nbo      x\n"
+        );
     }
 }

@@ -13,7 +13,9 @@ use common::{fails, ok, sipctl};
 use serde_json::Value;
 use sipstack_db::cdr::NewCdr;
 use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand};
-use sipstack_e2e::testbed::{free_tcp_port, media_ip, users, PoolSpec, Testbed, TestbedSpec, EDGE_IP};
+use sipstack_e2e::testbed::{
+    free_tcp_port, media_ip, users, PoolSpec, Testbed, TestbedSpec, EDGE_IP,
+};
 
 fn json(out: &Output) -> Value {
     let text = ok(out);
@@ -67,11 +69,21 @@ const REGISTER_WITH_USER_AGENT: &str = r#"<?xml version="1.0" encoding="ISO-8859
 "#;
 
 /// Registers `user` from 127.0.0.1:`port` with Contact `contact`.
-async fn register(tb: &Testbed, scenario: &std::path::Path, user: &str, port: u16, contact: &str, user_agent: &str) {
+async fn register(
+    tb: &Testbed,
+    scenario: &std::path::Path,
+    user: &str,
+    port: u16,
+    contact: &str,
+    user_agent: &str,
+) {
     SippCommand::new(scenario)
         .remote(tb.edge())
         .local(EDGE_IP, port)
-        .injection(InjectionFile::users(&users(&[(user, &format!("{user}-pw"))])))
+        .injection(InjectionFile::users(&users(&[(
+            user,
+            &format!("{user}-pw"),
+        )])))
         .key("expires", "600")
         .key("contact", contact)
         .key("user_agent", user_agent)
@@ -85,18 +97,28 @@ async fn register(tb: &Testbed, scenario: &std::path::Path, user: &str, port: u1
 }
 
 fn aors(list: &Value) -> Vec<&str> {
-    list.as_array().unwrap().iter().map(|r| r["aor"].as_str().unwrap()).collect()
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["aor"].as_str().unwrap())
+        .collect()
 }
 
 fn registration<'a>(list: &'a Value, aor: &str) -> &'a Value {
-    list.as_array().unwrap().iter().find(|r| r["aor"] == aor).unwrap_or_else(|| panic!("{aor} not in {list:#}"))
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["aor"] == aor)
+        .unwrap_or_else(|| panic!("{aor} not in {list:#}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_come_from_the_edge_and_without_one_from_the_database() {
     let member = SocketAddr::new(media_ip(0), free_udp_port_on(media_ip(0)).unwrap());
-    let mut spec =
-        TestbedSpec { pools: vec![PoolSpec::new("media", 1, "roundRobin").member(member, 1, 0)], ..Default::default() };
+    let mut spec = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(member, 1, 0)],
+        ..Default::default()
+    };
     spec.extra_edge_spec = "  nat: {enabled: true}\n".into();
     let tb = Testbed::up(&spec).await.unwrap();
     tb.add_subscriber("bob", "bob-pw").await.unwrap();
@@ -108,8 +130,24 @@ async fn registrations_come_from_the_edge_and_without_one_from_the_database() {
     // bob's phone says where it is; carol's is behind NAT (a private Contact)
     let bob_port = free_udp_port_on(EDGE_IP).unwrap();
     let carol_port = free_udp_port_on(EDGE_IP).unwrap();
-    register(&tb, &scenario, "bob", bob_port, &format!("127.0.0.1:{bob_port}"), "Acme Deskphone 2.1 (bob)").await;
-    register(&tb, &scenario, "carol", carol_port, "192.168.1.50:5060", "Acme Softphone 7.0").await;
+    register(
+        &tb,
+        &scenario,
+        "bob",
+        bob_port,
+        &format!("127.0.0.1:{bob_port}"),
+        "Acme Deskphone 2.1 (bob)",
+    )
+    .await;
+    register(
+        &tb,
+        &scenario,
+        "carol",
+        carol_port,
+        "192.168.1.50:5060",
+        "Acme Softphone 7.0",
+    )
+    .await;
 
     let list = json(&sipctl(&tb, &["get", "registrations", "-o", "json"]));
     assert_eq!(list.as_array().unwrap().len(), 2, "{list:#}");
@@ -120,29 +158,68 @@ async fn registrations_come_from_the_edge_and_without_one_from_the_database() {
     assert_eq!(bob["source"], serde_json::json!(["edge1"]));
     let expires = bob["expiresIn"].as_i64().unwrap();
     assert!((590..=600).contains(&expires), "{bob:#}");
-    assert!(bob["socket"].as_str().unwrap().starts_with("udp:127.0.0.1:"), "{bob:#}");
+    assert!(
+        bob["socket"]
+            .as_str()
+            .unwrap()
+            .starts_with("udp:127.0.0.1:"),
+        "{bob:#}"
+    );
     assert!(!bob["callId"].as_str().unwrap().is_empty());
     let carol = registration(&list, "carol@example.com");
     assert_eq!(carol["contact"], "sip:carol@192.168.1.50:5060");
-    assert_eq!(carol["received"], format!("sip:127.0.0.1:{carol_port}"), "the address it came from");
+    assert_eq!(
+        carol["received"],
+        format!("sip:127.0.0.1:{carol_port}"),
+        "the address it came from"
+    );
     assert_eq!(carol["userAgent"], "Acme Softphone 7.0");
 
     // one user, as a table; wide adds call-id, socket and the rest
     let table = ok(&sipctl(&tb, &["get", "registrations", "bob@example.com"]));
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 2, "{table}");
-    assert!(lines[0].starts_with("AOR") && lines[0].contains("USER-AGENT") && lines[0].contains("RECEIVED"), "{table}");
     assert!(
-        lines[1].contains("Acme Deskphone 2.1 (bob)") && lines[1].contains(&format!("127.0.0.1:{bob_port}")),
+        lines[0].starts_with("AOR")
+            && lines[0].contains("USER-AGENT")
+            && lines[0].contains("RECEIVED"),
         "{table}"
     );
-    let wide = ok(&sipctl(&tb, &["get", "registrations", "carol", "--domain", "example.com", "-o", "wide"]));
     assert!(
-        wide.contains("CALL-ID") && wide.contains("SOCKET") && wide.contains("PATH") && wide.contains("edge1"),
+        lines[1].contains("Acme Deskphone 2.1 (bob)")
+            && lines[1].contains(&format!("127.0.0.1:{bob_port}")),
+        "{table}"
+    );
+    let wide = ok(&sipctl(
+        &tb,
+        &[
+            "get",
+            "registrations",
+            "carol",
+            "--domain",
+            "example.com",
+            "-o",
+            "wide",
+        ],
+    ));
+    assert!(
+        wide.contains("CALL-ID")
+            && wide.contains("SOCKET")
+            && wide.contains("PATH")
+            && wide.contains("edge1"),
         "{wide}"
     );
-    assert!(wide.contains(&format!("sip:127.0.0.1:{carol_port}")), "{wide}");
-    assert_eq!(json(&sipctl(&tb, &["get", "registrations", "dave@example.com", "-o", "json"])), serde_json::json!([]));
+    assert!(
+        wide.contains(&format!("sip:127.0.0.1:{carol_port}")),
+        "{wide}"
+    );
+    assert_eq!(
+        json(&sipctl(
+            &tb,
+            &["get", "registrations", "dave@example.com", "-o", "json"]
+        )),
+        serde_json::json!([])
+    );
     // AoRs compare case-insensitively, as usrloc keeps them; a user without a domain is looked up in all
     for user in ["Bob@EXAMPLE.com", "bob"] {
         let one = json(&sipctl(&tb, &["get", "registrations", user, "-o", "json"]));
@@ -154,9 +231,15 @@ async fn registrations_come_from_the_edge_and_without_one_from_the_database() {
     let nobody = format!("127.0.0.1:{}", free_tcp_port().unwrap());
     let mut from_db = Value::Null;
     for _ in 0..50 {
-        let out = sipctl(&tb, &["get", "registrations", "--edge", &nobody, "-o", "json"]);
+        let out = sipctl(
+            &tb,
+            &["get", "registrations", "--edge", &nobody, "-o", "json"],
+        );
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(err.contains("no edge could be asked") && err.contains("flushIntervalSeconds"), "{err}");
+        assert!(
+            err.contains("no edge could be asked") && err.contains("flushIntervalSeconds"),
+            "{err}"
+        );
         from_db = json(&out);
         if from_db.as_array().unwrap().len() == 2 {
             break;
@@ -166,10 +249,24 @@ async fn registrations_come_from_the_edge_and_without_one_from_the_database() {
     let bob = registration(&from_db, "bob@example.com");
     assert_eq!(bob["source"], serde_json::json!(["database"]));
     assert_eq!(bob["userAgent"], "Acme Deskphone 2.1 (bob)");
-    assert!((580..=601).contains(&bob["expiresIn"].as_i64().unwrap()), "{bob:#}");
+    assert!(
+        (580..=601).contains(&bob["expiresIn"].as_i64().unwrap()),
+        "{bob:#}"
+    );
     let carol = registration(&from_db, "carol@example.com");
     assert_eq!(carol["received"], format!("sip:127.0.0.1:{carol_port}"));
-    let one = json(&sipctl(&tb, &["get", "registrations", "carol@example.com", "--edge", &nobody, "-o", "json"]));
+    let one = json(&sipctl(
+        &tb,
+        &[
+            "get",
+            "registrations",
+            "carol@example.com",
+            "--edge",
+            &nobody,
+            "-o",
+            "json",
+        ],
+    ));
     assert_eq!(one.as_array().unwrap().len(), 1, "{one:#}");
 }
 
@@ -177,7 +274,14 @@ fn at(rfc3339: &str) -> SystemTime {
     SystemTime::from(jiff::Timestamp::from_str(rfc3339).unwrap())
 }
 
-fn record(uuid: &str, from: &str, to: &str, start: SystemTime, answered: bool, cause: &str) -> NewCdr {
+fn record(
+    uuid: &str,
+    from: &str,
+    to: &str,
+    start: SystemTime,
+    answered: bool,
+    cause: &str,
+) -> NewCdr {
     NewCdr {
         call_uuid: uuid.into(),
         caller_number: from.into(),
@@ -194,24 +298,58 @@ fn record(uuid: &str, from: &str, to: &str, start: SystemTime, answered: bool, c
 }
 
 fn uuids(list: &Value) -> Vec<&str> {
-    list.as_array().unwrap().iter().map(|c| c["callUuid"].as_str().unwrap()).collect()
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["callUuid"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdrs_are_filtered_and_exported() {
     let member = SocketAddr::new(media_ip(0), free_udp_port_on(media_ip(0)).unwrap());
-    let spec =
-        TestbedSpec { pools: vec![PoolSpec::new("media", 1, "roundRobin").member(member, 1, 0)], ..Default::default() };
+    let spec = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(member, 1, 0)],
+        ..Default::default()
+    };
     let tb = Testbed::up(&spec).await.unwrap();
     let now = SystemTime::now();
     let ago = |secs: u64| now - Duration::from_secs(secs);
     let db = tb.db().await.unwrap();
     for r in [
-        record("c1", "+4930111", "+4420111", ago(3 * 3600), true, "NORMAL_CLEARING"),
-        record("c2", "+4930222", "5000", ago(90 * 60), true, "NORMAL_CLEARING, \"by caller\""),
-        record("c3", "7001", "+4420333", ago(30 * 60), true, "NORMAL_CLEARING"),
+        record(
+            "c1",
+            "+4930111",
+            "+4420111",
+            ago(3 * 3600),
+            true,
+            "NORMAL_CLEARING",
+        ),
+        record(
+            "c2",
+            "+4930222",
+            "5000",
+            ago(90 * 60),
+            true,
+            "NORMAL_CLEARING, \"by caller\"",
+        ),
+        record(
+            "c3",
+            "7001",
+            "+4420333",
+            ago(30 * 60),
+            true,
+            "NORMAL_CLEARING",
+        ),
         record("c4", "7002", "112", ago(5 * 60), false, "NO_ANSWER"),
-        record("c5", "+4930555", "+4420999", at("2020-01-15T10:00:00Z"), true, "NORMAL_CLEARING"),
+        record(
+            "c5",
+            "+4930555",
+            "+4420999",
+            at("2020-01-15T10:00:00Z"),
+            true,
+            "NORMAL_CLEARING",
+        ),
     ] {
         sipstack_db::cdr::insert(&db, &r).await.unwrap();
     }
@@ -225,15 +363,32 @@ async fn cdrs_are_filtered_and_exported() {
     assert_eq!(uuids(&get(&[])), ["c4", "c3", "c2", "c1", "c5"]);
     // ages, dates, RFC 3339; since is inclusive, until exclusive
     assert_eq!(uuids(&get(&["--since", "2h"])), ["c4", "c3", "c2"]);
-    assert_eq!(uuids(&get(&["--since", "2h", "--until", "10m"])), ["c3", "c2"]);
-    assert_eq!(uuids(&get(&["--since", "2020-01-15", "--until", "2020-01-16"])), ["c5"]);
+    assert_eq!(
+        uuids(&get(&["--since", "2h", "--until", "10m"])),
+        ["c3", "c2"]
+    );
+    assert_eq!(
+        uuids(&get(&["--since", "2020-01-15", "--until", "2020-01-16"])),
+        ["c5"]
+    );
     assert_eq!(uuids(&get(&["--since", "2020-01-15T10:00:00Z"])).len(), 5);
     assert!(uuids(&get(&["--until", "2020-01-15T10:00:00Z"])).is_empty());
-    assert_eq!(uuids(&get(&["--until", "2020-01-15T11:00:01+01:00", "--since", "2020-01-15T09:59:59Z"])), ["c5"]);
+    assert_eq!(
+        uuids(&get(&[
+            "--until",
+            "2020-01-15T11:00:01+01:00",
+            "--since",
+            "2020-01-15T09:59:59Z"
+        ])),
+        ["c5"]
+    );
     // numbers by prefix
     assert_eq!(uuids(&get(&["--to", "+44"])), ["c3", "c1", "c5"]);
     assert_eq!(uuids(&get(&["--from", "7"])), ["c4", "c3"]);
-    assert_eq!(uuids(&get(&["--from", "+49", "--to", "+44", "--since", "1d"])), ["c1"]);
+    assert_eq!(
+        uuids(&get(&["--from", "+49", "--to", "+44", "--since", "1d"])),
+        ["c1"]
+    );
     // limits
     assert_eq!(uuids(&get(&["--limit", "2"])), ["c4", "c3"]);
     assert_eq!(uuids(&get(&["--limit", "0"])).len(), 5);
@@ -243,7 +398,10 @@ async fn cdrs_are_filtered_and_exported() {
     // the stable JSON fields
     let c4 = &get(&["--from", "7002"])[0];
     assert_eq!(c4["answerTime"], Value::Null);
-    assert_eq!((c4["billsec"].as_i64(), c4["hangupCause"].as_str()), (Some(0), Some("NO_ANSWER")));
+    assert_eq!(
+        (c4["billsec"].as_i64(), c4["hangupCause"].as_str()),
+        (Some(0), Some("NO_ANSWER"))
+    );
     let c5 = &get(&["--since", "2020-01-01", "--until", "2020-02-01"])[0];
     assert_eq!(c5["startTime"], "2020-01-15T10:00:00Z");
     assert_eq!(c5["answerTime"], "2020-01-15T10:00:05Z");
@@ -252,10 +410,28 @@ async fn cdrs_are_filtered_and_exported() {
     // CSV for export: a header row with the wide columns, values quoted as needed
     let text = ok(&sipctl(&tb, &["get", "cdrs", "--to", "5000", "-o", "csv"]));
     let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let headers: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
+    let headers: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
     assert_eq!(
         headers,
-        ["START", "FROM", "TO", "DURATION", "BILLSEC", "CAUSE", "ANSWER", "END", "CALL-UUID", "EDGE", "MEDIA", "ID"]
+        [
+            "START",
+            "FROM",
+            "TO",
+            "DURATION",
+            "BILLSEC",
+            "CAUSE",
+            "ANSWER",
+            "END",
+            "CALL-UUID",
+            "EDGE",
+            "MEDIA",
+            "ID"
+        ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 1, "{text}");
@@ -267,14 +443,23 @@ async fn cdrs_are_filtered_and_exported() {
     assert_eq!(all.lines().count(), 5, "{all}");
     assert!(all.lines().next().unwrap().contains(",7002,112,"), "{all}");
     let table = ok(&sipctl(&tb, &["get", "cdrs"]));
-    assert!(table.starts_with("START") && table.contains("NO_ANSWER") && !table.contains("CALL-UUID"), "{table}");
+    assert!(
+        table.starts_with("START") && table.contains("NO_ANSWER") && !table.contains("CALL-UUID"),
+        "{table}"
+    );
 
     // malformed filters: 3, naming the flag
     for (args, message) in [
         (vec!["get", "cdrs", "--since", "yesterday"], "--since: "),
-        (vec!["get", "cdrs", "--until", "2020-01-15T10:00:00"], "no time zone"),
+        (
+            vec!["get", "cdrs", "--until", "2020-01-15T10:00:00"],
+            "no time zone",
+        ),
         (vec!["get", "cdrs", "--limit", "-1"], "--limit: "),
-        (vec!["get", "cdrs", "--since", "1h", "--until", "2h"], "--since: "),
+        (
+            vec!["get", "cdrs", "--since", "1h", "--until", "2h"],
+            "--since: ",
+        ),
     ] {
         let (code, err) = fails(&sipctl(&tb, &args));
         assert_eq!(code, 3, "{args:?}: {err}");

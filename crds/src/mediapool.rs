@@ -21,13 +21,24 @@ use crate::validation::{self as val, Validator};
     status = "MediaPoolStatus",
     derive = "PartialEq",
     doc = "A pool of FreeSWITCH media nodes (RTP, dialplan, IVR, voicemail, conferencing, CDRs); each pool is one dispatcher set on the SipEdges that use it.",
-    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.readyReplicas"),
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.readyReplicas"
+    ),
     printcolumn(name = "Set", type_ = "integer", json_path = ".spec.setId"),
     printcolumn(name = "Algorithm", type_ = "string", json_path = ".spec.algorithm"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Members", type_ = "integer", json_path = ".status.activeMembers"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Members",
+        type_ = "integer",
+        json_path = ".status.activeMembers"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MediaPoolSpec {
@@ -235,17 +246,26 @@ fn default_drain_seconds() -> u32 {
 
 impl Default for RtpSpec {
     fn default() -> Self {
-        Self { port_start: default_rtp_start(), port_end: default_rtp_end() }
+        Self {
+            port_start: default_rtp_start(),
+            port_end: default_rtp_end(),
+        }
     }
 }
 impl Default for EventSocketSpec {
     fn default() -> Self {
-        Self { port: default_esl_port(), password_secret: None }
+        Self {
+            port: default_esl_port(),
+            password_secret: None,
+        }
     }
 }
 impl Default for CdrSpec {
     fn default() -> Self {
-        Self { enabled: true, database: None }
+        Self {
+            enabled: true,
+            database: None,
+        }
     }
 }
 
@@ -262,7 +282,11 @@ impl MediaPoolSpec {
             v.range(&format!("{path}.weight"), m.weight, 1, 100);
             v.range(&format!("{path}.priority"), m.priority, 0, 1000);
             if self.members[..i].iter().any(|o| o.uri == m.uri) {
-                v.error(format!("{path}.uri"), format!("{} is listed twice", val::shown(&m.uri)), "list each member once");
+                v.error(
+                    format!("{path}.uri"),
+                    format!("{} is listed twice", val::shown(&m.uri)),
+                    "list each member once",
+                );
             }
         }
         v.range("spec.rtp.portStart", self.rtp.port_start, 1024, 65535);
@@ -270,12 +294,19 @@ impl MediaPoolSpec {
         if self.rtp.port_start >= self.rtp.port_end {
             v.error(
                 "spec.rtp.portEnd",
-                format!("the range {}..{} is empty", self.rtp.port_start, self.rtp.port_end),
+                format!(
+                    "the range {}..{} is empty",
+                    self.rtp.port_start, self.rtp.port_end
+                ),
                 "make portEnd larger than portStart",
             );
         }
         if self.codecs.is_empty() {
-            v.error("spec.codecs", "no codec is offered", "list at least one, e.g. [PCMU]");
+            v.error(
+                "spec.codecs",
+                "no codec is offered",
+                "list at least one, e.g. [PCMU]",
+            );
         }
         if let Some(ip) = &self.external_address.sip {
             v.ip("spec.externalAddress.sip", ip);

@@ -22,10 +22,22 @@ use crate::validation::{self as val, Validator};
     derive = "PartialEq",
     doc = "A PostgreSQL cluster under Patroni (etcd or Kubernetes as DCS) with an optional PgBouncer pooler; the platform's database.",
     printcolumn(name = "Instances", type_ = "integer", json_path = ".spec.instances"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyInstances"),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyInstances"
+    ),
     printcolumn(name = "Primary", type_ = "string", json_path = ".status.primary"),
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PgClusterSpec {
@@ -62,6 +74,11 @@ pub struct PgClusterSpec {
     /// Persistent volume of each member (Kubernetes).
     #[serde(default)]
     pub storage: StorageSpec,
+
+    /// Ports the local driver gives the members, etcd and HAProxy on 127.0.0.1 when
+    /// instances is more than 1. Not used on Kubernetes, where every member is its own pod.
+    #[serde(default)]
+    pub local: LocalPgSpec,
 
     /// Image, resources and host networking of the Patroni pods.
     /// Image default: ghcr.io/zalando/spilo-15:3.0-p1.
@@ -218,6 +235,100 @@ pub struct StorageSpec {
     pub storage_class: Option<String>,
 }
 
+/// Where the members of a local Patroni cluster listen. `spec.port` stays the
+/// read-write endpoint (HAProxy, following the primary), so clients never see
+/// which member is primary.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalPgSpec {
+    /// PostgreSQL port of member 0; member N listens on this port + N.
+    #[serde(default = "default_member_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub member_port: u16,
+    /// Patroni REST API port of member 0; member N listens on this port + N.
+    #[serde(default = "default_rest_api_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub rest_api_port: u16,
+    /// etcd client port of etcd member 0; member N uses this port + 2N for clients
+    /// and this port + 2N + 1 for its peers.
+    #[serde(default = "default_etcd_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub etcd_port: u16,
+    /// HAProxy's read-only endpoint, balanced over the replicas.
+    #[serde(default = "default_read_only_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub read_only_port: u16,
+}
+
+impl Default for LocalPgSpec {
+    fn default() -> Self {
+        Self {
+            member_port: default_member_port(),
+            rest_api_port: default_rest_api_port(),
+            etcd_port: default_etcd_port(),
+            read_only_port: default_read_only_port(),
+        }
+    }
+}
+
+fn default_member_port() -> u16 {
+    15432
+}
+fn default_rest_api_port() -> u16 {
+    8008
+}
+fn default_etcd_port() -> u16 {
+    2379
+}
+fn default_read_only_port() -> u16 {
+    5433
+}
+
+impl PgClusterSpec {
+    /// Whether the local driver starts its own etcd for this cluster: a cluster of more
+    /// than one member that names no etcd endpoints (with DCS kind kubernetes too, since
+    /// there is no Kubernetes API locally).
+    pub fn runs_local_etcd(&self) -> bool {
+        self.instances > 1 && self.dcs.etcd_endpoints.is_empty()
+    }
+
+    /// The TCP ports a local cluster of this spec binds on 127.0.0.1, each with the field
+    /// that gives it (member ports and etcd ports are ranges from one base field).
+    pub fn local_ports(&self) -> Vec<(String, u32)> {
+        let mut ports: Vec<(String, u32)> = vec![("spec.port".into(), self.port as u32)];
+        if self.pooler.enabled {
+            ports.push(("spec.pooler.port".into(), self.pooler.port as u32));
+        }
+        if self.instances > 1 {
+            let l = &self.local;
+            ports.push(("spec.local.readOnlyPort".into(), l.read_only_port as u32));
+            for n in 0..self.instances as u32 {
+                ports.push((
+                    format!("spec.local.memberPort (member {n})"),
+                    l.member_port as u32 + n,
+                ));
+                ports.push((
+                    format!("spec.local.restApiPort (member {n})"),
+                    l.rest_api_port as u32 + n,
+                ));
+            }
+            if self.runs_local_etcd() {
+                for n in 0..self.dcs.etcd_members {
+                    ports.push((
+                        format!("spec.local.etcdPort (etcd member {n} clients)"),
+                        l.etcd_port as u32 + 2 * n,
+                    ));
+                    ports.push((
+                        format!("spec.local.etcdPort (etcd member {n} peers)"),
+                        l.etcd_port as u32 + 2 * n + 1,
+                    ));
+                }
+            }
+        }
+        ports
+    }
+}
+
 /// Observed state of a PgCluster.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -277,7 +388,10 @@ fn default_storage_size() -> String {
 
 impl Default for PlatformDatabaseSpec {
     fn default() -> Self {
-        Self { name: default_db_name(), owner: default_db_owner() }
+        Self {
+            name: default_db_name(),
+            owner: default_db_owner(),
+        }
     }
 }
 impl Default for PatroniSpec {
@@ -293,7 +407,11 @@ impl Default for PatroniSpec {
 }
 impl Default for DcsSpec {
     fn default() -> Self {
-        Self { kind: DcsKind::Kubernetes, etcd_endpoints: Vec::new(), etcd_members: default_etcd_members() }
+        Self {
+            kind: DcsKind::Kubernetes,
+            etcd_endpoints: Vec::new(),
+            etcd_members: default_etcd_members(),
+        }
     }
 }
 impl Default for PoolerSpec {
@@ -309,7 +427,10 @@ impl Default for PoolerSpec {
 }
 impl Default for StorageSpec {
     fn default() -> Self {
-        Self { size: default_storage_size(), storage_class: None }
+        Self {
+            size: default_storage_size(),
+            storage_class: None,
+        }
     }
 }
 
@@ -318,7 +439,10 @@ impl PgClusterSpec {
     pub fn validate(&self, v: &mut Validator) {
         v.range("spec.instances", self.instances, 1, 9);
         v.port("spec.port", self.port);
-        for (path, value) in [("spec.database.name", &self.database.name), ("spec.database.owner", &self.database.owner)] {
+        for (path, value) in [
+            ("spec.database.name", &self.database.name),
+            ("spec.database.owner", &self.database.owner),
+        ] {
             v.pattern(
                 path,
                 value,
@@ -328,7 +452,11 @@ impl PgClusterSpec {
             );
         }
         if self.database.owner == "postgres" {
-            v.error("spec.database.owner", "\"postgres\" is the superuser", "name an ordinary role, e.g. sipstack");
+            v.error(
+                "spec.database.owner",
+                "\"postgres\" is the superuser",
+                "name an ordinary role, e.g. sipstack",
+            );
         }
         let p = &self.patroni;
         v.range("spec.patroni.ttl", p.ttl, 5, 3600);
@@ -363,27 +491,67 @@ impl PgClusterSpec {
             );
         }
         if self.dcs.kind == DcsKind::Kubernetes && !self.dcs.etcd_endpoints.is_empty() {
-            v.error("spec.dcs.etcdEndpoints", "endpoints are given but kind is kubernetes", "set spec.dcs.kind to etcd, or remove the endpoints");
+            v.error(
+                "spec.dcs.etcdEndpoints",
+                "endpoints are given but kind is kubernetes",
+                "set spec.dcs.kind to etcd, or remove the endpoints",
+            );
         }
         v.range("spec.dcs.etcdMembers", self.dcs.etcd_members, 1, 7);
         if self.dcs.etcd_members > 0 && self.dcs.etcd_members.is_multiple_of(2) {
             v.error(
                 "spec.dcs.etcdMembers",
-                format!("{} etcd members tolerate no more failures than {}", self.dcs.etcd_members, self.dcs.etcd_members - 1),
+                format!(
+                    "{} etcd members tolerate no more failures than {}",
+                    self.dcs.etcd_members,
+                    self.dcs.etcd_members - 1
+                ),
                 "use an odd number: 1, 3 or 5",
             );
         }
         let pool = &self.pooler;
-        v.range("spec.pooler.defaultPoolSize", pool.default_pool_size, 1, 10000);
-        v.range("spec.pooler.maxClientConn", pool.max_client_conn, 1, 100_000);
+        v.range(
+            "spec.pooler.defaultPoolSize",
+            pool.default_pool_size,
+            1,
+            10000,
+        );
+        v.range(
+            "spec.pooler.maxClientConn",
+            pool.max_client_conn,
+            1,
+            100_000,
+        );
         v.port("spec.pooler.port", pool.port);
         if pool.enabled && pool.port == self.port {
-            v.error("spec.pooler.port", format!("port {} is also spec.port", pool.port), "give PgBouncer its own port, e.g. 6432");
+            v.error(
+                "spec.pooler.port",
+                format!("port {} is also spec.port", pool.port),
+                "give PgBouncer its own port, e.g. 6432",
+            );
         }
         v.quantity("spec.storage.size", &self.storage.size);
         if let Some(sc) = &self.storage.storage_class {
             v.name("spec.storage.storageClass", sc);
         }
         self.pod.validate(v, "spec");
+
+        // the local driver's ports: all on 127.0.0.1, so no two may be the same
+        let ports = self.local_ports();
+        for (i, (field, port)) in ports.iter().enumerate() {
+            if *port > 65535 {
+                v.error(
+                    field.as_str(),
+                    format!("the port would be {port}"),
+                    "lower the base port so every member's port is at most 65535",
+                );
+            } else if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                v.error(
+                    field.as_str(),
+                    format!("port {port} is also {other}"),
+                    "give every endpoint its own port",
+                );
+            }
+        }
     }
 }

@@ -22,7 +22,12 @@ pub enum PlatformError {
     #[error("document {document}: {message}")]
     Document { document: usize, message: String },
     #[error("document {document} ({object}): unknown field{} {}; check the spelling against `kubectl explain {kind}.spec` or the CRDs in crds/generated/", if .fields.len() > 1 { "s" } else { "" }, .fields.join(", "))]
-    UnknownFields { document: usize, object: String, kind: String, fields: Vec<String> },
+    UnknownFields {
+        document: usize,
+        object: String,
+        kind: String,
+        fields: Vec<String>,
+    },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<ValidationErrors>),
     #[error("the file declares no SipEdge")]
@@ -48,12 +53,23 @@ impl Platform {
         let mut platform = Platform::default();
         for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let document = index + 1;
-            let value = Value::deserialize(doc).map_err(|e| PlatformError::Yaml { document, message: e.to_string() })?;
+            let value = Value::deserialize(doc).map_err(|e| PlatformError::Yaml {
+                document,
+                message: e.to_string(),
+            })?;
             if value.is_null() {
                 continue; // an empty document, e.g. after a trailing `---`
             }
-            let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-            let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+            let api_version = value
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let kind = value
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             if api_version.is_empty() || kind.is_empty() {
                 return Err(PlatformError::Document {
                     document,
@@ -121,7 +137,10 @@ impl Platform {
             if self.pg_cluster(&edge.spec.database.pg_cluster).is_none() {
                 v.error(
                     "spec.database.pgCluster",
-                    format!("no PgCluster named {:?} is declared", edge.spec.database.pg_cluster),
+                    format!(
+                        "no PgCluster named {:?} is declared",
+                        edge.spec.database.pg_cluster
+                    ),
                     "declare it in the same file or correct the name",
                 );
             }
@@ -137,7 +156,10 @@ impl Platform {
                         if let Some(other) = set_ids.insert(pool.spec.set_id, name) {
                             v.error(
                                 format!("spec.mediaPools[{i}]"),
-                                format!("MediaPools {other:?} and {name:?} both use setId {}", pool.spec.set_id),
+                                format!(
+                                    "MediaPools {other:?} and {name:?} both use setId {}",
+                                    pool.spec.set_id
+                                ),
                                 "give each pool of one edge its own spec.setId",
                             );
                         }
@@ -149,7 +171,11 @@ impl Platform {
         for ((kind, name), count) in names {
             if count > 1 {
                 let mut v = Validator::new();
-                v.error("metadata.name", format!("{count} objects are named {name:?}"), "give each object of a kind its own name");
+                v.error(
+                    "metadata.name",
+                    format!("{count} objects are named {name:?}"),
+                    "give each object of a kind its own name",
+                );
                 collect(&mut all, v, format!("{kind}/{name}"));
             }
         }
@@ -170,17 +196,28 @@ impl Platform {
 
     /// The SipEdge named `name`, or the only one when no name is given.
     pub fn edge(&self, name: Option<&str>) -> Result<&SipEdge, PlatformError> {
-        let available = || self.sip_edges.iter().map(|e| e.name_any()).collect::<Vec<_>>().join(", ");
+        let available = || {
+            self.sip_edges
+                .iter()
+                .map(|e| e.name_any())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         match name {
             Some(n) => self
                 .sip_edges
                 .iter()
                 .find(|e| e.name_any() == n)
-                .ok_or_else(|| PlatformError::EdgeNotFound { name: n.to_string(), available: available() }),
+                .ok_or_else(|| PlatformError::EdgeNotFound {
+                    name: n.to_string(),
+                    available: available(),
+                }),
             None => match self.sip_edges.as_slice() {
                 [] => Err(PlatformError::NoEdge),
                 [one] => Ok(one),
-                _ => Err(PlatformError::EdgeAmbiguous { available: available() }),
+                _ => Err(PlatformError::EdgeAmbiguous {
+                    available: available(),
+                }),
             },
         }
     }
@@ -188,7 +225,11 @@ impl Platform {
     /// The MediaPools an edge uses, in the edge's order. The platform was validated, so
     /// every name resolves.
     pub fn pools_of(&self, edge: &SipEdge) -> Vec<&MediaPool> {
-        edge.spec.media_pools.iter().filter_map(|n| self.media_pool(n)).collect()
+        edge.spec
+            .media_pools
+            .iter()
+            .filter_map(|n| self.media_pool(n))
+            .collect()
     }
 }
 
@@ -198,7 +239,11 @@ fn collect(all: &mut Vec<ValidationErrors>, v: Validator, object: String) {
     }
 }
 
-fn parse<T: DeserializeOwned + Serialize>(document: usize, kind: &str, value: Value) -> Result<T, PlatformError> {
+fn parse<T: DeserializeOwned + Serialize>(
+    document: usize,
+    kind: &str,
+    value: Value,
+) -> Result<T, PlatformError> {
     let name = value
         .get("metadata")
         .and_then(|m| m.get("name"))
@@ -206,16 +251,25 @@ fn parse<T: DeserializeOwned + Serialize>(document: usize, kind: &str, value: Va
         .unwrap_or("(no name)")
         .to_string();
     let object = format!("{kind}/{name}");
-    let parsed: T = serde_path_to_error::deserialize(value.clone()).map_err(|e| PlatformError::Document {
-        document,
-        message: format!("{object}: {}: {}", e.path(), e.inner()),
-    })?;
+    let parsed: T =
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| PlatformError::Document {
+            document,
+            message: format!("{object}: {}: {}", e.path(), e.inner()),
+        })?;
     // Anything in the input that does not come back out was not understood.
-    let echoed = serde_yaml::to_value(&parsed).map_err(|e| PlatformError::Document { document, message: format!("{object}: {e}") })?;
+    let echoed = serde_yaml::to_value(&parsed).map_err(|e| PlatformError::Document {
+        document,
+        message: format!("{object}: {e}"),
+    })?;
     let mut fields = Vec::new();
     unknown_fields(&value, &echoed, "", &mut fields);
     if !fields.is_empty() {
-        return Err(PlatformError::UnknownFields { document, object, kind: kind.to_lowercase(), fields });
+        return Err(PlatformError::UnknownFields {
+            document,
+            object,
+            kind: kind.to_lowercase(),
+            fields,
+        });
     }
     Ok(parsed)
 }
@@ -225,8 +279,15 @@ fn unknown_fields(input: &Value, echoed: &Value, path: &str, out: &mut Vec<Strin
     match (input, echoed) {
         (Value::Mapping(i), Value::Mapping(e)) => {
             for (k, v) in i {
-                let key = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let key = k
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{k:?}"));
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 match e.get(k) {
                     Some(ev) => unknown_fields(v, ev, &child, out),
                     None if v.is_null() => {}
@@ -281,7 +342,10 @@ spec:
 
     #[test]
     fn unknown_fields_are_named() {
-        let text = MINIMAL.replace("domains: [example.com]", "domains: [example.com]\n  registrar: {maxExpire: 10}");
+        let text = MINIMAL.replace(
+            "domains: [example.com]",
+            "domains: [example.com]\n  registrar: {maxExpire: 10}",
+        );
         let err = Platform::from_yaml(&text).unwrap_err().to_string();
         assert!(err.contains("spec.registrar.maxExpire"), "{err}");
         assert!(err.contains("document 3 (SipEdge/edge)"), "{err}");
@@ -298,22 +362,35 @@ spec:
     fn dangling_references_are_errors() {
         let text = MINIMAL.replace("mediaPools: [media]", "mediaPools: [medai]");
         let err = Platform::from_yaml(&text).unwrap_err().to_string();
-        assert!(err.contains("SipEdge/edge") && err.contains("spec.mediaPools[0]") && err.contains("\"medai\""), "{err}");
+        assert!(
+            err.contains("SipEdge/edge")
+                && err.contains("spec.mediaPools[0]")
+                && err.contains("\"medai\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn other_kinds_are_skipped_and_foreign_sipstack_kinds_refused() {
         let text = format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\n---\n{MINIMAL}");
         assert!(Platform::from_yaml(&text).is_ok());
-        let text = format!("{MINIMAL}---\napiVersion: sipstack.io/v1alpha1\nkind: Trunk\nmetadata: {{name: t}}\n");
-        assert!(Platform::from_yaml(&text).unwrap_err().to_string().contains("\"Trunk\""));
+        let text = format!(
+            "{MINIMAL}---\napiVersion: sipstack.io/v1alpha1\nkind: Trunk\nmetadata: {{name: t}}\n"
+        );
+        assert!(Platform::from_yaml(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("\"Trunk\""));
     }
 
     #[test]
     fn wrong_types_name_the_object() {
         let text = MINIMAL.replace("setId: 1", "setId: one");
         let err = Platform::from_yaml(&text).unwrap_err().to_string();
-        assert!(err.contains("document 2") && err.contains("MediaPool/media") && err.contains("setId"), "{err}");
+        assert!(
+            err.contains("document 2") && err.contains("MediaPool/media") && err.contains("setId"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -347,9 +424,15 @@ mod listener_tests {
     #[test]
     fn a_wildcard_address_needs_advertise() {
         let err = errors("    - {transport: udp, address: 0.0.0.0, port: 5060}\n");
-        assert!(err.contains("spec.listen[0].address") && err.contains("advertise"), "{err}");
+        assert!(
+            err.contains("spec.listen[0].address") && err.contains("advertise"),
+            "{err}"
+        );
         assert_eq!(errors("    - {transport: udp, address: 0.0.0.0, port: 5060, advertise: {address: 203.0.113.1}}\n"), "");
-        assert_eq!(errors("    - {transport: udp, address: eth0, port: 5060}\n"), "");
+        assert_eq!(
+            errors("    - {transport: udp, address: eth0, port: 5060}\n"),
+            ""
+        );
     }
 
     #[test]

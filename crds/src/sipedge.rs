@@ -25,14 +25,25 @@ use crate::validation::{self as val, Validator};
     doc = "A SIP edge: Kamailio as registrar, digest authenticator, router and dispatcher load balancer in front of MediaPools, with its state in a PgCluster.",
     printcolumn(name = "Domains", type_ = "string", json_path = ".spec.domains"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SipEdgeSpec {
     /// SIP domains this edge serves. Subscribers register as user@domain, the domain is the
     /// digest realm, and requests for other domains are not accepted as local.
-    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 63), pattern(val::DOMAIN_PATTERN)))]
+    #[schemars(
+        length(min = 1, max = 32),
+        inner(length(min = 1, max = 63), pattern(val::DOMAIN_PATTERN))
+    )]
     pub domains: Vec<String>,
 
     /// The PostgreSQL that keeps subscribers, registrations, dispatcher members and routes.
@@ -40,7 +51,10 @@ pub struct SipEdgeSpec {
 
     /// MediaPools (same namespace) this edge balances calls over; each pool is one dispatcher set.
     #[serde(default)]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 63), pattern(val::NAME_PATTERN)))]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 63), pattern(val::NAME_PATTERN))
+    )]
     pub media_pools: Vec<String>,
 
     /// SIP sockets to listen on; at least one must be UDP (media nodes are reached and
@@ -484,8 +498,18 @@ fn default_sip_port() -> u16 {
 }
 fn default_listen() -> Vec<Listener> {
     vec![
-        Listener { transport: Transport::Udp, address: default_loopback(), port: 5060, advertise: None },
-        Listener { transport: Transport::Tcp, address: default_loopback(), port: 5060, advertise: None },
+        Listener {
+            transport: Transport::Udp,
+            address: default_loopback(),
+            port: 5060,
+            advertise: None,
+        },
+        Listener {
+            transport: Transport::Tcp,
+            address: default_loopback(),
+            port: 5060,
+            advertise: None,
+        },
     ]
 }
 fn default_tls_certificate() -> String {
@@ -588,27 +612,47 @@ impl SipEdgeSpec {
     /// Checks every field; errors name the field and the fix.
     pub fn validate(&self, v: &mut Validator) {
         if self.domains.is_empty() {
-            v.error("spec.domains", "no domain is given", "list the SIP domains this edge serves, e.g. [example.com]");
+            v.error(
+                "spec.domains",
+                "no domain is given",
+                "list the SIP domains this edge serves, e.g. [example.com]",
+            );
         }
         if self.domains.len() > 32 {
-            v.error("spec.domains", format!("{} domains are listed", self.domains.len()), "list at most 32");
+            v.error(
+                "spec.domains",
+                format!("{} domains are listed", self.domains.len()),
+                "list at most 32",
+            );
         }
         for (i, d) in self.domains.iter().enumerate() {
             v.domain(&format!("spec.domains[{i}]"), d);
             if self.domains[..i].contains(d) {
-                v.error(format!("spec.domains[{i}]"), format!("{} is listed twice", val::shown(d)), "list each domain once");
+                v.error(
+                    format!("spec.domains[{i}]"),
+                    format!("{} is listed twice", val::shown(d)),
+                    "list each domain once",
+                );
             }
         }
         self.database.validate(v, "spec.database");
         for (i, p) in self.media_pools.iter().enumerate() {
             v.name(&format!("spec.mediaPools[{i}]"), p);
             if self.media_pools[..i].contains(p) {
-                v.error(format!("spec.mediaPools[{i}]"), format!("{} is listed twice", val::shown(p)), "list each pool once");
+                v.error(
+                    format!("spec.mediaPools[{i}]"),
+                    format!("{} is listed twice", val::shown(p)),
+                    "list each pool once",
+                );
             }
         }
 
         if self.listen.is_empty() {
-            v.error("spec.listen", "no listener is given", "give at least one, e.g. {transport: udp, port: 5060}");
+            v.error(
+                "spec.listen",
+                "no listener is given",
+                "give at least one, e.g. {transport: udp, port: 5060}",
+            );
         }
         for (i, l) in self.listen.iter().enumerate() {
             let path = format!("spec.listen[{i}]");
@@ -652,7 +696,11 @@ impl SipEdgeSpec {
                 }
             });
             if clash {
-                v.error(&path, "this socket overlaps an earlier listener", "give each transport/address/port one listener (TCP and TLS share ports)");
+                v.error(
+                    &path,
+                    "this socket overlaps an earlier listener",
+                    "give each transport/address/port one listener (TCP and TLS share ports)",
+                );
             }
             if l.port == self.rpc.port && l.transport != Transport::Udp {
                 v.error(
@@ -698,20 +746,36 @@ impl SipEdgeSpec {
         let r = &self.registrar;
         v.range("spec.registrar.minExpires", r.min_expires, 1, 86400);
         v.range("spec.registrar.maxExpires", r.max_expires, 1, 604800);
-        v.range("spec.registrar.defaultExpires", r.default_expires, 1, 604800);
+        v.range(
+            "spec.registrar.defaultExpires",
+            r.default_expires,
+            1,
+            604800,
+        );
         v.range("spec.registrar.maxContacts", r.max_contacts, 0, 1000);
-        v.range("spec.registrar.flushIntervalSeconds", r.flush_interval_seconds, 1, 300);
+        v.range(
+            "spec.registrar.flushIntervalSeconds",
+            r.flush_interval_seconds,
+            1,
+            300,
+        );
         if r.min_expires > r.max_expires {
             v.error(
                 "spec.registrar.minExpires",
-                format!("minExpires {} is larger than maxExpires {}", r.min_expires, r.max_expires),
+                format!(
+                    "minExpires {} is larger than maxExpires {}",
+                    r.min_expires, r.max_expires
+                ),
                 "make minExpires at most maxExpires",
             );
         }
         if r.default_expires < r.min_expires || r.default_expires > r.max_expires {
             v.error(
                 "spec.registrar.defaultExpires",
-                format!("{} is outside minExpires..maxExpires ({}..{})", r.default_expires, r.min_expires, r.max_expires),
+                format!(
+                    "{} is outside minExpires..maxExpires ({}..{})",
+                    r.default_expires, r.min_expires, r.max_expires
+                ),
                 "choose a default between minExpires and maxExpires",
             );
         }
@@ -719,11 +783,31 @@ impl SipEdgeSpec {
         v.range("spec.auth.cacheSeconds", self.auth.cache_seconds, 0, 86400);
 
         let d = &self.dispatcher;
-        v.range("spec.dispatcher.failoverTimeoutMs", d.failover_timeout_ms, 200, 30000);
+        v.range(
+            "spec.dispatcher.failoverTimeoutMs",
+            d.failover_timeout_ms,
+            200,
+            30000,
+        );
         v.range("spec.dispatcher.maxAttempts", d.max_attempts, 1, 16);
-        v.range("spec.dispatcher.probing.intervalSeconds", d.probing.interval_seconds, 1, 3600);
-        v.range("spec.dispatcher.probing.inactiveThreshold", d.probing.inactive_threshold, 1, 100);
-        v.range("spec.dispatcher.probing.activeThreshold", d.probing.active_threshold, 1, 100);
+        v.range(
+            "spec.dispatcher.probing.intervalSeconds",
+            d.probing.interval_seconds,
+            1,
+            3600,
+        );
+        v.range(
+            "spec.dispatcher.probing.inactiveThreshold",
+            d.probing.inactive_threshold,
+            1,
+            100,
+        );
+        v.range(
+            "spec.dispatcher.probing.activeThreshold",
+            d.probing.active_threshold,
+            1,
+            100,
+        );
         for (i, c) in d.probing.extra_alive_codes.iter().enumerate() {
             let path = format!("spec.dispatcher.probing.extraAliveCodes[{i}]");
             if *c == 408 {
@@ -746,12 +830,27 @@ impl SipEdgeSpec {
             }
         }
 
-        v.range("spec.nat.keepaliveIntervalSeconds", self.nat.keepalive_interval_seconds, 5, 3600);
+        v.range(
+            "spec.nat.keepaliveIntervalSeconds",
+            self.nat.keepalive_interval_seconds,
+            5,
+            3600,
+        );
 
         let f = &self.flood_protection;
-        v.range("spec.floodProtection.windowSeconds", f.window_seconds, 1, 60);
+        v.range(
+            "spec.floodProtection.windowSeconds",
+            f.window_seconds,
+            1,
+            60,
+        );
         // pike keeps the limit in 16 bits: a larger value silently wraps to a small one
-        v.range("spec.floodProtection.requestsPerWindow", f.requests_per_window, 1, 65_534);
+        v.range(
+            "spec.floodProtection.requestsPerWindow",
+            f.requests_per_window,
+            1,
+            65_534,
+        );
         v.range("spec.floodProtection.banSeconds", f.ban_seconds, 1, 86400);
         for (i, n) in f.exempt_networks.iter().enumerate() {
             v.cidr(&format!("spec.floodProtection.exemptNetworks[{i}]"), n);
@@ -770,13 +869,21 @@ impl SipEdgeSpec {
         v.ip("spec.rpc.address", &self.rpc.address);
         v.port("spec.rpc.port", self.rpc.port);
         if self.rpc.allow_from.is_empty() {
-            v.error("spec.rpc.allowFrom", "no network may call the RPC endpoint", "list the control plane's networks, e.g. [127.0.0.1/32]");
+            v.error(
+                "spec.rpc.allowFrom",
+                "no network may call the RPC endpoint",
+                "list the control plane's networks, e.g. [127.0.0.1/32]",
+            );
         }
         for (i, n) in self.rpc.allow_from.iter().enumerate() {
             v.cidr(&format!("spec.rpc.allowFrom[{i}]"), n);
         }
         if self.metrics.allow_from.is_empty() {
-            v.error("spec.metrics.allowFrom", "no network may scrape the metrics", "list the scrapers' networks, e.g. [127.0.0.1/32]");
+            v.error(
+                "spec.metrics.allowFrom",
+                "no network may scrape the metrics",
+                "list the scrapers' networks, e.g. [127.0.0.1/32]",
+            );
         }
         for (i, n) in self.metrics.allow_from.iter().enumerate() {
             v.cidr(&format!("spec.metrics.allowFrom[{i}]"), n);

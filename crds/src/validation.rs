@@ -14,8 +14,7 @@ use std::net::IpAddr;
 /// DNS-1123 label, the form Kubernetes requires of object names.
 pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A host name: dot-separated labels of letters, digits and inner hyphens.
-pub const DOMAIN_PATTERN: &str =
-    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
+pub const DOMAIN_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
 /// Characters an IPv4 or IPv6 address can hold; the exact form is checked by parsing.
 pub const IP_PATTERN: &str = r"^[0-9A-Fa-f:.]{2,45}$";
 /// An IP address, or the name of a network interface (eth0, ens3, ...).
@@ -82,7 +81,12 @@ pub struct Validator {
 /// Shows a value the way a person can see what is wrong with it:
 /// quoted, with control characters escaped, and cut if very long.
 pub fn shown(value: &str) -> String {
-    let mut s: String = value.chars().take(80).collect::<String>().escape_debug().to_string();
+    let mut s: String = value
+        .chars()
+        .take(80)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
     if value.chars().count() > 80 {
         s.push('…');
     }
@@ -100,8 +104,17 @@ impl Validator {
     }
 
     /// Records an error at `path`.
-    pub fn error(&mut self, path: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) {
-        self.errors.push(FieldError { path: path.into(), problem: problem.into(), fix: fix.into() });
+    pub fn error(
+        &mut self,
+        path: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.errors.push(FieldError {
+            path: path.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,7 +126,10 @@ impl Validator {
         if self.errors.is_empty() {
             Ok(())
         } else {
-            Err(ValidationErrors { object: object.into(), errors: self.errors })
+            Err(ValidationErrors {
+                object: object.into(),
+                errors: self.errors,
+            })
         }
     }
 
@@ -189,13 +205,27 @@ impl Validator {
 
     pub fn port(&mut self, path: &str, value: u16) {
         if value == 0 {
-            self.error(path, "port 0 is not a usable port", "use a port between 1 and 65535");
+            self.error(
+                path,
+                "port 0 is not a usable port",
+                "use a port between 1 and 65535",
+            );
         }
     }
 
-    pub fn range<T: PartialOrd + fmt::Display + Copy>(&mut self, path: &str, value: T, min: T, max: T) {
+    pub fn range<T: PartialOrd + fmt::Display + Copy>(
+        &mut self,
+        path: &str,
+        value: T,
+        min: T,
+        max: T,
+    ) {
         if value < min || value > max {
-            self.error(path, format!("{value} is out of range"), format!("use a value from {min} to {max}"));
+            self.error(
+                path,
+                format!("{value} is out of range"),
+                format!("use a value from {min} to {max}"),
+            );
         }
     }
 
@@ -273,7 +303,11 @@ impl SipMemberUri {
             Some(p) => Some(p.parse::<u16>().ok()?),
             None => None,
         };
-        Some(Self { host, port, transport })
+        Some(Self {
+            host,
+            port,
+            transport,
+        })
     }
 }
 
@@ -313,7 +347,17 @@ mod tests {
             v.domain("d", ok);
         }
         assert!(v.is_empty(), "{v:?}");
-        for bad in ["", "-a.com", "a..com", "a.com\n#!define X", "a\"b", "$(id)", "a;b", "a b", "a.com."] {
+        for bad in [
+            "",
+            "-a.com",
+            "a..com",
+            "a.com\n#!define X",
+            "a\"b",
+            "$(id)",
+            "a;b",
+            "a b",
+            "a.com.",
+        ] {
             let mut v = Validator::new();
             v.domain("d", bad);
             assert!(!v.is_empty(), "{bad:?} accepted");
@@ -322,12 +366,25 @@ mod tests {
 
     #[test]
     fn member_uris() {
-        for ok in ["sip:10.0.0.5:5080", "sip:media-0.media.default.svc:5080;transport=tcp", "sip:[::1]:5080", "sip:a.b"] {
+        for ok in [
+            "sip:10.0.0.5:5080",
+            "sip:media-0.media.default.svc:5080;transport=tcp",
+            "sip:[::1]:5080",
+            "sip:a.b",
+        ] {
             let mut v = Validator::new();
             v.sip_member_uri("u", ok);
             assert!(v.is_empty(), "{ok:?} refused: {v:?}");
         }
-        for bad in ["sip:1.2.3.4:0", "sip:1.2.3.4:70000", "sips:x", "sip:a;lr", "sip:a\n", "sip:a:5080;transport=sctp", "sip:\"a\""] {
+        for bad in [
+            "sip:1.2.3.4:0",
+            "sip:1.2.3.4:70000",
+            "sips:x",
+            "sip:a;lr",
+            "sip:a\n",
+            "sip:a:5080;transport=sctp",
+            "sip:\"a\"",
+        ] {
             let mut v = Validator::new();
             v.sip_member_uri("u", bad);
             assert!(!v.is_empty(), "{bad:?} accepted");
@@ -341,7 +398,14 @@ mod tests {
             v.cidr("c", ok);
             assert!(v.is_empty(), "{ok:?}");
         }
-        for bad in ["10.0.0.0/33", "10.0.0.0", "x/8", "::1/129", "10.0.0.0/+8", "1.2.3.4/8\"); "] {
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0",
+            "x/8",
+            "::1/129",
+            "10.0.0.0/+8",
+            "1.2.3.4/8\"); ",
+        ] {
             let mut v = Validator::new();
             v.cidr("c", bad);
             assert!(!v.is_empty(), "{bad:?}");

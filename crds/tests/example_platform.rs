@@ -12,15 +12,28 @@ fn example() -> String {
 }
 
 fn schema_of(kind: &str) -> serde_json::Value {
-    let crd = sipstack_crds::crds().into_iter().find(|c| c.spec.names.kind == kind).unwrap();
-    let schema = serde_json::to_value(&crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema).unwrap();
+    let crd = sipstack_crds::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .unwrap();
+    let schema = serde_json::to_value(
+        &crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema,
+    )
+    .unwrap();
     schema
 }
 
 #[test]
 fn the_example_platform_loads() {
     let p = sipstack_crds::Platform::from_yaml(&example()).unwrap();
-    assert_eq!((p.pg_clusters.len(), p.media_pools.len(), p.sip_edges.len()), (1, 1, 1));
+    assert_eq!(
+        (p.pg_clusters.len(), p.media_pools.len(), p.sip_edges.len()),
+        (1, 1, 1)
+    );
 }
 
 #[test]
@@ -31,7 +44,10 @@ fn the_example_platform_validates_against_the_crd_schemas() {
         let kind = value["kind"].as_str().unwrap().to_string();
         let schema = schema_of(&kind);
         let validator = jsonschema::validator_for(&schema).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
         assert!(errors.is_empty(), "{kind}: {errors:#?}");
         checked += 1;
     }
@@ -48,8 +64,18 @@ fn the_crd_schema_refuses_what_the_api_server_would() {
         "spec": {"domains": ["bad domain\n#!x"], "database": {"pgCluster": "pg"},
                  "registrar": {"maxExpires": 0}, "dispatcher": {"failoverTimeoutMs": 5}}
     });
-    let errors: Vec<String> = validator.iter_errors(&bad).map(|e| e.instance_path.to_string()).collect();
-    for path in ["/spec/domains/0", "/spec/registrar/maxExpires", "/spec/dispatcher/failoverTimeoutMs"] {
-        assert!(errors.iter().any(|e| e == path), "{path} not refused: {errors:?}");
+    let errors: Vec<String> = validator
+        .iter_errors(&bad)
+        .map(|e| e.instance_path.to_string())
+        .collect();
+    for path in [
+        "/spec/domains/0",
+        "/spec/registrar/maxExpires",
+        "/spec/dispatcher/failoverTimeoutMs",
+    ] {
+        assert!(
+            errors.iter().any(|e| e == path),
+            "{path} not refused: {errors:?}"
+        );
     }
 }

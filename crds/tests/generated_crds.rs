@@ -11,7 +11,10 @@ fn committed_crds_match_the_types() {
     let dirs = [root.join("generated"), root.join("../charts/sipstack/crds")];
     let update = std::env::var_os("SIPSTACK_UPDATE_CRDS").is_some();
     let mut stale = Vec::new();
-    for (dir, (name, yaml)) in dirs.iter().flat_map(|d| sipstack_crds::crd_files().into_iter().map(move |f| (d, f))) {
+    for (dir, (name, yaml)) in dirs
+        .iter()
+        .flat_map(|d| sipstack_crds::crd_files().into_iter().map(move |f| (d, f)))
+    {
         let path = dir.join(&name);
         if update {
             std::fs::write(&path, &yaml).unwrap();
@@ -35,8 +38,15 @@ fn every_field_has_a_description() {
         if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
             for (k, v) in props {
                 let p = format!("{path}.{k}");
-                let standard = matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status" | "spec");
-                if v.get("description").is_none() && !standard && !p.contains(".resources.") && !p.contains(".conditions") {
+                let standard = matches!(
+                    k.as_str(),
+                    "apiVersion" | "kind" | "metadata" | "status" | "spec"
+                );
+                if v.get("description").is_none()
+                    && !standard
+                    && !p.contains(".resources.")
+                    && !p.contains(".conditions")
+                {
                     missing.push(p.clone());
                 }
                 walk(&p, v, missing);
@@ -51,5 +61,8 @@ fn every_field_has_a_description() {
         let v = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
         walk(&crd.spec.names.kind, &v["openAPIV3Schema"], &mut missing);
     }
-    assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:#?}"
+    );
 }

@@ -79,13 +79,18 @@ fn validate_query(query: &CdrQuery) -> Result<(), DbError> {
     }
     if let Some(limit) = query.limit {
         if limit < 0 {
-            return Err(invalid("limit", format!("{limit} is negative"), "give 0 or more (0: all records)"));
+            return Err(invalid(
+                "limit",
+                format!("{limit} is negative"),
+                "give 0 or more (0: all records)",
+            ));
         }
     }
     Ok(())
 }
 
-const CDR_COLUMNS: &str = "id, call_uuid, caller_number, callee_number, edge_node, media_node, start_time, \
+const CDR_COLUMNS: &str =
+    "id, call_uuid, caller_number, callee_number, edge_node, media_node, start_time, \
      answer_time, end_time, duration, billsec, hangup_cause";
 
 fn cdr_from_row(row: &Row) -> Cdr {
@@ -119,7 +124,16 @@ pub async fn list(client: &impl GenericClient, query: &CdrQuery) -> Result<Vec<C
          LIMIT $5::bigint"
     );
     let rows = client
-        .query(&sql, &[&query.since, &query.until, &query.from_prefix, &query.to_prefix, &query.limit])
+        .query(
+            &sql,
+            &[
+                &query.since,
+                &query.until,
+                &query.from_prefix,
+                &query.to_prefix,
+                &query.limit,
+            ],
+        )
         .await
         .map_err(DbError::query("cannot read call detail records"))?;
     Ok(rows.iter().map(cdr_from_row).collect())
@@ -128,7 +142,11 @@ pub async fn list(client: &impl GenericClient, query: &CdrQuery) -> Result<Vec<C
 /// Records one call.
 pub async fn insert(client: &impl GenericClient, cdr: &NewCdr) -> Result<Cdr, DbError> {
     if cdr.call_uuid.is_empty() {
-        return Err(invalid("call_uuid", "the call UUID is empty", "give the call's UUID"));
+        return Err(invalid(
+            "call_uuid",
+            "the call UUID is empty",
+            "give the call's UUID",
+        ));
     }
     validate::one_line_text("call_uuid", &cdr.call_uuid, 255)?;
     for (field, value) in [
@@ -142,7 +160,11 @@ pub async fn insert(client: &impl GenericClient, cdr: &NewCdr) -> Result<Cdr, Db
     }
     for (field, value) in [("duration", cdr.duration), ("billsec", cdr.billsec)] {
         if value < 0 {
-            return Err(invalid(field, format!("{value} is negative"), "give seconds, 0 or more"));
+            return Err(invalid(
+                field,
+                format!("{value} is negative"),
+                "give seconds, 0 or more",
+            ));
         }
     }
     let sql = format!(
@@ -171,10 +193,14 @@ pub async fn insert(client: &impl GenericClient, cdr: &NewCdr) -> Result<Cdr, Db
         .await;
     match result {
         Ok(row) => Ok(cdr_from_row(&row)),
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            Err(DbError::AlreadyExists { kind: "call detail record", name: cdr.call_uuid.clone() })
-        }
-        Err(e) => Err(DbError::query(format!("cannot record call {}", shown(&cdr.call_uuid)))(e)),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(DbError::AlreadyExists {
+            kind: "call detail record",
+            name: cdr.call_uuid.clone(),
+        }),
+        Err(e) => Err(DbError::query(format!(
+            "cannot record call {}",
+            shown(&cdr.call_uuid)
+        ))(e)),
     }
 }
 
@@ -195,14 +221,27 @@ mod tests {
     fn queries_are_checked() {
         assert!(validate_query(&CdrQuery::default()).is_ok());
         let now = SystemTime::now();
-        let q = CdrQuery { since: Some(now), until: Some(now - Duration::from_secs(1)), ..Default::default() };
+        let q = CdrQuery {
+            since: Some(now),
+            until: Some(now - Duration::from_secs(1)),
+            ..Default::default()
+        };
         assert_eq!(field_of(validate_query(&q).unwrap_err()), "since");
-        let q = CdrQuery { limit: Some(-1), ..Default::default() };
+        let q = CdrQuery {
+            limit: Some(-1),
+            ..Default::default()
+        };
         assert_eq!(field_of(validate_query(&q).unwrap_err()), "limit");
-        let q = CdrQuery { to_prefix: Some("44\n".into()), ..Default::default() };
+        let q = CdrQuery {
+            to_prefix: Some("44\n".into()),
+            ..Default::default()
+        };
         assert_eq!(field_of(validate_query(&q).unwrap_err()), "to");
         // quotes are just characters of a prefix
-        let q = CdrQuery { from_prefix: Some("'; DROP TABLE sipstack_cdr; --".into()), ..Default::default() };
+        let q = CdrQuery {
+            from_prefix: Some("'; DROP TABLE sipstack_cdr; --".into()),
+            ..Default::default()
+        };
         assert!(validate_query(&q).is_ok());
     }
 }

@@ -52,7 +52,11 @@ impl SetChange {
 /// Dispatcher set ids sipstack uses, matching MediaPool's setId.
 pub fn validate_set_id(set_id: i32) -> Result<(), DbError> {
     if !(1..=9999).contains(&set_id) {
-        return Err(invalid("setId", format!("{set_id} is out of range"), "use a set id from 1 to 9999"));
+        return Err(invalid(
+            "setId",
+            format!("{set_id} is out of range"),
+            "use a set id from 1 to 9999",
+        ));
     }
     Ok(())
 }
@@ -91,7 +95,11 @@ fn weight_attrs(weight: i32) -> String {
 /// Rows of members that stay are kept with their flags, so a member's probing
 /// state survives; new members are inserted active (flags 0); the rest are deleted.
 /// Kamailio sees the change on its next `dispatcher.reload`.
-pub async fn replace_set(client: &impl GenericClient, set_id: i32, members: &[Member]) -> Result<SetChange, DbError> {
+pub async fn replace_set(
+    client: &impl GenericClient,
+    set_id: i32,
+    members: &[Member],
+) -> Result<SetChange, DbError> {
     validate_set_id(set_id)?;
     let mut seen = BTreeSet::new();
     for (i, m) in members.iter().enumerate() {
@@ -285,10 +293,17 @@ pub async fn set_drained(
             })
         }
         many => {
-            let sets: Vec<String> = many.iter().map(|r| r.get::<_, i32>(1).to_string()).collect();
+            let sets: Vec<String> = many
+                .iter()
+                .map(|r| r.get::<_, i32>(1).to_string())
+                .collect();
             Err(invalid(
                 "set",
-                format!("{} is a member of sets {}", shown(destination), sets.join(", ")),
+                format!(
+                    "{} is a member of sets {}",
+                    shown(destination),
+                    sets.join(", ")
+                ),
                 format!("name one of the sets: {}", sets.join(", ")),
             ))
         }
@@ -300,15 +315,31 @@ mod tests {
     use super::*;
 
     fn member(destination: &str) -> Member {
-        Member { destination: destination.into(), weight: 50, priority: 0, description: String::new() }
+        Member {
+            destination: destination.into(),
+            weight: 50,
+            priority: 0,
+            description: String::new(),
+        }
     }
 
     #[test]
     fn destinations() {
-        for ok in ["sip:10.0.0.5", "sip:fs-0.media:5080", "sip:[fd00::1]:5060;transport=tcp"] {
+        for ok in [
+            "sip:10.0.0.5",
+            "sip:fs-0.media:5080",
+            "sip:[fd00::1]:5060;transport=tcp",
+        ] {
             assert!(validate_member(0, &member(ok)).is_ok(), "{ok} refused");
         }
-        for bad in ["10.0.0.5", "sips:a", "sip:a;transport=sctp", "sip:a b", "sip:a\n", "sip:user@a"] {
+        for bad in [
+            "10.0.0.5",
+            "sips:a",
+            "sip:a;transport=sctp",
+            "sip:a b",
+            "sip:a\n",
+            "sip:user@a",
+        ] {
             let err = validate_member(3, &member(bad)).unwrap_err().to_string();
             assert!(err.starts_with("members[3].destination: "), "{err}");
         }

@@ -34,7 +34,12 @@ pub enum DbError {
          checksum {embedded}: the migration was changed after it was applied; run the sipstack release that \
          applied it, or repair the database by hand"
     )]
-    ChecksumMismatch { version: i32, name: String, applied: String, embedded: String },
+    ChecksumMismatch {
+        version: i32,
+        name: String,
+        applied: String,
+        embedded: String,
+    },
 
     #[error(
         "the database records migration {version:04} ({name}), which this sipstack does not have; \
@@ -43,7 +48,11 @@ pub enum DbError {
     UnknownMigration { version: i32, name: String },
 
     #[error("{field}: {problem}; {fix}")]
-    Invalid { field: String, problem: String, fix: String },
+    Invalid {
+        field: String,
+        problem: String,
+        fix: String,
+    },
 
     #[error("{kind} {name:?} already exists")]
     AlreadyExists { kind: &'static str, name: String },
@@ -56,7 +65,9 @@ pub enum DbError {
 }
 
 impl DbError {
-    pub(crate) fn query(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> DbError {
+    pub(crate) fn query(
+        context: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> DbError {
         let context = context.into();
         move |source| DbError::Query { context, source }
     }

@@ -21,8 +21,12 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 4] =
-        [Algorithm::RoundRobin, Algorithm::CallIdHash, Algorithm::Weighted, Algorithm::ActiveFailover];
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::RoundRobin,
+        Algorithm::CallIdHash,
+        Algorithm::Weighted,
+        Algorithm::ActiveFailover,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,13 +54,16 @@ impl FromStr for Algorithm {
     type Err = DbError;
 
     fn from_str(s: &str) -> Result<Self, DbError> {
-        Algorithm::ALL.into_iter().find(|a| a.as_str() == s).ok_or_else(|| {
-            invalid(
-                "algorithm",
-                format!("{} is not an algorithm", shown(s)),
-                "use roundRobin, callIdHash, weighted or activeFailover",
-            )
-        })
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                invalid(
+                    "algorithm",
+                    format!("{} is not an algorithm", shown(s)),
+                    "use roundRobin, callIdHash, weighted or activeFailover",
+                )
+            })
     }
 }
 
@@ -107,34 +114,53 @@ pub async fn upsert(
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             let owner = client
-                .query_opt("SELECT name FROM sipstack_media_pool WHERE set_id = $1", &[&set_id])
+                .query_opt(
+                    "SELECT name FROM sipstack_media_pool WHERE set_id = $1",
+                    &[&set_id],
+                )
                 .await
                 .map_err(DbError::query("cannot look up the owner of a set id"))?
                 .map(|r| r.get::<_, String>(0))
                 .unwrap_or_default();
             Err(DbError::Conflict {
-                problem: format!("media pool {name:?} wants set id {set_id}, which media pool {owner:?} has"),
+                problem: format!(
+                    "media pool {name:?} wants set id {set_id}, which media pool {owner:?} has"
+                ),
                 fix: "give each media pool its own setId".into(),
             })
         }
-        Err(e) => Err(DbError::query(format!("cannot store media pool {name:?}"))(e)),
+        Err(e) => Err(DbError::query(format!("cannot store media pool {name:?}"))(
+            e,
+        )),
     }
 }
 
 /// Every pool, by name.
 pub async fn list(client: &impl GenericClient) -> Result<Vec<MediaPool>, DbError> {
     let rows = client
-        .query("SELECT name, set_id, algorithm FROM sipstack_media_pool ORDER BY name", &[])
+        .query(
+            "SELECT name, set_id, algorithm FROM sipstack_media_pool ORDER BY name",
+            &[],
+        )
         .await
         .map_err(DbError::query("cannot list media pools"))?;
     rows.iter()
-        .map(|r| Ok(MediaPool { name: r.get(0), set_id: r.get(1), algorithm: r.get::<_, &str>(2).parse()? }))
+        .map(|r| {
+            Ok(MediaPool {
+                name: r.get(0),
+                set_id: r.get(1),
+                algorithm: r.get::<_, &str>(2).parse()?,
+            })
+        })
         .collect()
 }
 
 /// Deletes the pools not named in `keep`, except those routes still use: those
 /// are reported, so a pool disappearing never breaks a route.
-pub async fn remove_absent(client: &impl GenericClient, keep: &[String]) -> Result<PoolCleanup, DbError> {
+pub async fn remove_absent(
+    client: &impl GenericClient,
+    keep: &[String],
+) -> Result<PoolCleanup, DbError> {
     let rows = client
         .query(
             "WITH absent AS (
@@ -157,12 +183,15 @@ pub async fn remove_absent(client: &impl GenericClient, keep: &[String]) -> Resu
         .map_err(DbError::query("cannot remove media pools"))?;
     let mut cleanup = PoolCleanup::default();
     for row in &rows {
-        let (name, removed, routes): (String, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
+        let (name, removed, routes): (String, bool, Vec<String>) =
+            (row.get(0), row.get(1), row.get(2));
         if removed {
             cleanup.removed.push(name);
         } else {
             tracing::warn!(pool = %name, ?routes, "media pool is gone but routes still use it; keeping it");
-            cleanup.still_referenced.push(ReferencedPool { name, routes });
+            cleanup
+                .still_referenced
+                .push(ReferencedPool { name, routes });
         }
     }
     Ok(cleanup)
@@ -178,6 +207,9 @@ mod tests {
             assert_eq!(a.as_str().parse::<Algorithm>().unwrap(), a);
         }
         let err = "round-robin".parse::<Algorithm>().unwrap_err().to_string();
-        assert!(err.contains("roundRobin, callIdHash, weighted or activeFailover"), "{err}");
+        assert!(
+            err.contains("roundRobin, callIdHash, weighted or activeFailover"),
+            "{err}"
+        );
     }
 }

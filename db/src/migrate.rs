@@ -23,8 +23,16 @@ impl Migration {
 }
 
 static MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "kamailio_core", sql: include_str!("../migrations/0001_kamailio_core.sql") },
-    Migration { version: 2, name: "routing", sql: include_str!("../migrations/0002_routing.sql") },
+    Migration {
+        version: 1,
+        name: "kamailio_core",
+        sql: include_str!("../migrations/0001_kamailio_core.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "routing",
+        sql: include_str!("../migrations/0002_routing.sql"),
+    },
     Migration {
         version: 3,
         name: "subscriber_listing",
@@ -77,18 +85,28 @@ const CREATE_BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS sipstack_schema_mig
 /// the database as it was. Refuses a database migrated by a newer sipstack, and
 /// one whose applied migrations differ from this binary's.
 pub async fn migrate(client: &mut Client) -> Result<MigrationReport, DbError> {
-    let tx = client.transaction().await.map_err(DbError::query("cannot begin the migration transaction"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("cannot begin the migration transaction"))?;
     // Waiting for another migrator is expected; waiting forever is not.
     tx.batch_execute("SET LOCAL lock_timeout = '120s'")
         .await
         .map_err(DbError::query("cannot set the migration lock timeout"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
-        .map_err(DbError::query("cannot take the migration lock (is another migration stuck?)"))?;
-    tx.batch_execute(CREATE_BOOKKEEPING).await.map_err(DbError::query("cannot create sipstack_schema_migrations"))?;
+        .map_err(DbError::query(
+            "cannot take the migration lock (is another migration stuck?)",
+        ))?;
+    tx.batch_execute(CREATE_BOOKKEEPING)
+        .await
+        .map_err(DbError::query("cannot create sipstack_schema_migrations"))?;
 
     let rows = tx
-        .query("SELECT version, name, checksum FROM sipstack_schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version, name, checksum FROM sipstack_schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .map_err(DbError::query("cannot read sipstack_schema_migrations"))?;
     let mut applied_versions = Vec::with_capacity(rows.len());
@@ -102,32 +120,57 @@ pub async fn migrate(client: &mut Client) -> Result<MigrationReport, DbError> {
     let version_before = applied_versions.iter().copied().max().unwrap_or(0);
 
     let mut applied = Vec::new();
-    for migration in MIGRATIONS.iter().filter(|m| !applied_versions.contains(&m.version)) {
-        tracing::info!(version = migration.version, name = migration.name, "applying schema migration");
+    for migration in MIGRATIONS
+        .iter()
+        .filter(|m| !applied_versions.contains(&m.version))
+    {
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applying schema migration"
+        );
         tx.batch_execute(migration.sql)
             .await
-            .map_err(DbError::query(format!("migration {:04} ({}) failed", migration.version, migration.name)))?;
+            .map_err(DbError::query(format!(
+                "migration {:04} ({}) failed",
+                migration.version, migration.name
+            )))?;
         tx.execute(
             "INSERT INTO sipstack_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
             &[&migration.version, &migration.name, &migration.checksum()],
         )
         .await
         .map_err(DbError::query("cannot record the applied migration"))?;
-        applied.push(AppliedMigration { version: migration.version, name: migration.name.to_string() });
+        applied.push(AppliedMigration {
+            version: migration.version,
+            name: migration.name.to_string(),
+        });
     }
-    tx.commit().await.map_err(DbError::query("cannot commit the schema migrations"))?;
+    tx.commit()
+        .await
+        .map_err(DbError::query("cannot commit the schema migrations"))?;
 
     let version = version_before.max(applied.iter().map(|m| m.version).max().unwrap_or(0));
-    Ok(MigrationReport { version_before, version, applied })
+    Ok(MigrationReport {
+        version_before,
+        version,
+        applied,
+    })
 }
 
 fn check_applied(version: i32, name: &str, checksum: &str) -> Result<(), DbError> {
     let latest = latest_version();
     if version > latest {
-        return Err(DbError::SchemaTooNew { database: version, known: latest });
+        return Err(DbError::SchemaTooNew {
+            database: version,
+            known: latest,
+        });
     }
     let Some(known) = MIGRATIONS.iter().find(|m| m.version == version) else {
-        return Err(DbError::UnknownMigration { version, name: name.to_string() });
+        return Err(DbError::UnknownMigration {
+            version,
+            name: name.to_string(),
+        });
     };
     let embedded = known.checksum();
     if checksum != embedded {
@@ -144,14 +187,20 @@ fn check_applied(version: i32, name: &str, checksum: &str) -> Result<(), DbError
 /// The highest applied migration; 0 for a database sipstack never migrated.
 pub async fn schema_version(client: &impl GenericClient) -> Result<i32, DbError> {
     let row = client
-        .query_one("SELECT to_regclass('sipstack_schema_migrations') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('sipstack_schema_migrations') IS NOT NULL",
+            &[],
+        )
         .await
         .map_err(DbError::query("cannot look for sipstack_schema_migrations"))?;
     if !row.get::<_, bool>(0) {
         return Ok(0);
     }
     let row = client
-        .query_one("SELECT coalesce(max(version), 0) FROM sipstack_schema_migrations", &[])
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM sipstack_schema_migrations",
+            &[],
+        )
         .await
         .map_err(DbError::query("cannot read the schema version"))?;
     Ok(row.get(0))
@@ -170,8 +219,14 @@ mod tests {
             .filter(|n| n.ends_with(".sql"))
             .collect();
         files.sort();
-        let expected: Vec<String> = MIGRATIONS.iter().map(|m| format!("{:04}_{}.sql", m.version, m.name)).collect();
-        assert_eq!(files, expected, "each file in db/migrations must be listed in MIGRATIONS");
+        let expected: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
+            .collect();
+        assert_eq!(
+            files, expected,
+            "each file in db/migrations must be listed in MIGRATIONS"
+        );
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version, i as i32 + 1, "versions are consecutive from 1");
             let on_disk = std::fs::read_to_string(dir.join(&expected[i])).unwrap();
@@ -184,16 +239,32 @@ mod tests {
         for m in MIGRATIONS {
             let upper = m.sql.to_uppercase();
             for word in ["BEGIN;", "COMMIT;", "ROLLBACK;"] {
-                assert!(!upper.contains(word), "migration {} must not contain {word}", m.name);
+                assert!(
+                    !upper.contains(word),
+                    "migration {} must not contain {word}",
+                    m.name
+                );
             }
         }
     }
 
     #[test]
     fn checksum_ignores_line_endings_but_not_content() {
-        let a = Migration { version: 1, name: "x", sql: "CREATE TABLE t (a int);\n" };
-        let b = Migration { version: 1, name: "x", sql: "CREATE TABLE t (a int);\r\n" };
-        let c = Migration { version: 1, name: "x", sql: "CREATE TABLE t (b int);\n" };
+        let a = Migration {
+            version: 1,
+            name: "x",
+            sql: "CREATE TABLE t (a int);\n",
+        };
+        let b = Migration {
+            version: 1,
+            name: "x",
+            sql: "CREATE TABLE t (a int);\r\n",
+        };
+        let c = Migration {
+            version: 1,
+            name: "x",
+            sql: "CREATE TABLE t (b int);\n",
+        };
         assert_eq!(a.checksum(), b.checksum());
         assert_ne!(a.checksum(), c.checksum());
         assert!(a.checksum().starts_with("md5:"));
@@ -203,10 +274,16 @@ mod tests {
     fn refusals_explain_what_to_do() {
         let too_new = check_applied(latest_version() + 1, "future", "md5:0").unwrap_err();
         assert!(matches!(too_new, DbError::SchemaTooNew { .. }));
-        assert!(too_new.to_string().contains("upgrade sipstack"), "{too_new}");
+        assert!(
+            too_new.to_string().contains("upgrade sipstack"),
+            "{too_new}"
+        );
 
         let changed = check_applied(1, "kamailio_core", "md5:0").unwrap_err();
-        assert!(changed.to_string().contains("0001 (kamailio_core)"), "{changed}");
+        assert!(
+            changed.to_string().contains("0001 (kamailio_core)"),
+            "{changed}"
+        );
 
         assert!(check_applied(1, "kamailio_core", &MIGRATIONS[0].checksum()).is_ok());
     }

@@ -46,7 +46,11 @@ impl FromStr for MatchKind {
             "prefix" => Ok(MatchKind::Prefix),
             "exact" => Ok(MatchKind::Exact),
             "regex" => Ok(MatchKind::Regex),
-            _ => Err(invalid("match_kind", format!("{} is not a match kind", shown(s)), "use prefix, exact or regex")),
+            _ => Err(invalid(
+                "match_kind",
+                format!("{} is not a match kind", shown(s)),
+                "use prefix, exact or regex",
+            )),
         }
     }
 }
@@ -154,7 +158,10 @@ pub fn validate(route: &NewRoute) -> Result<NewRoute, DbError> {
     };
     validate_target(&route.target)?;
     validate::one_line_text("description", &route.description, 255)?;
-    Ok(NewRoute { source_domain, ..route.clone() })
+    Ok(NewRoute {
+        source_domain,
+        ..route.clone()
+    })
 }
 
 fn validate_match(kind: MatchKind, value: &str) -> Result<(), DbError> {
@@ -184,15 +191,26 @@ fn validate_match(kind: MatchKind, value: &str) -> Result<(), DbError> {
                 ));
             }
             if let Err(e) = regex::Regex::new(value) {
-                let reason = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+                let reason = e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 return Err(invalid(
                     "match_value",
-                    format!("{} is not a valid regular expression: {reason}", shown(value)),
+                    format!(
+                        "{} is not a valid regular expression: {reason}",
+                        shown(value)
+                    ),
                     "fix the expression (no look-around or back-references), e.g. ^00[1-9][0-9]+$",
                 ));
             }
             if let Some((problem, fix)) = pcre_difference(value) {
-                return Err(invalid("match_value", format!("{}: {problem}", shown(value)), fix));
+                return Err(invalid(
+                    "match_value",
+                    format!("{}: {problem}", shown(value)),
+                    fix,
+                ));
             }
         }
     }
@@ -236,7 +254,8 @@ fn validate_target(target: &Target) -> Result<(), DbError> {
     }
 }
 
-const ROUTE_COLUMNS: &str = "r.id, r.name, r.priority, r.match_kind, r.match_value, r.source_domain, r.target_kind, \
+const ROUTE_COLUMNS: &str =
+    "r.id, r.name, r.priority, r.match_kind, r.match_value, r.source_domain, r.target_kind, \
      r.target_pool, r.target_uri, r.reject_code, r.reject_reason, r.description, r.created_at";
 
 fn route_from_row(row: &Row) -> Result<Route, DbError> {
@@ -246,7 +265,10 @@ fn route_from_row(row: &Row) -> Result<Route, DbError> {
         "user" => Target::User,
         "uri" => Target::Uri(row.get::<_, Option<String>>(8).unwrap_or_default()),
         _ => Target::Reject {
-            code: row.get::<_, Option<i32>>(9).and_then(|c| u16::try_from(c).ok()).unwrap_or_default(),
+            code: row
+                .get::<_, Option<i32>>(9)
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or_default(),
             reason: row.get::<_, Option<String>>(10).unwrap_or_default(),
         },
     };
@@ -273,7 +295,9 @@ fn pcre_difference(re: &str) -> Option<(&'static str, &'static str)> {
     while i < chars.len() {
         match chars[i] {
             '\\' => {
-                if matches!(at(i + 1), Some('<' | '>')) || (at(i + 1) == Some('b') && at(i + 2) == Some('{')) {
+                if matches!(at(i + 1), Some('<' | '>'))
+                    || (at(i + 1) == Some('b') && at(i + 2) == Some('{'))
+                {
                     return Some((
                         "word-boundary assertions like \\< \\> \\b{start} are read as literal characters by PCRE (the edge)",
                         "use \\b, or leave the assertion out",
@@ -330,7 +354,10 @@ fn pcre_difference(re: &str) -> Option<(&'static str, &'static str)> {
 /// The media pools routes can name, by name.
 async fn pool_names(client: &impl GenericClient) -> Result<Vec<String>, DbError> {
     let rows = client
-        .query("SELECT name::text FROM sipstack_media_pool ORDER BY name", &[])
+        .query(
+            "SELECT name::text FROM sipstack_media_pool ORDER BY name",
+            &[],
+        )
         .await
         .map_err(DbError::query("cannot list media pools"))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -361,7 +388,9 @@ pub async fn add(client: &impl GenericClient, route: &NewRoute) -> Result<Route,
         Target::Pool(p) => (Some(p.as_str()), None, None, None),
         Target::User => (None, None, None, None),
         Target::Uri(u) => (None, Some(u.as_str()), None, None),
-        Target::Reject { code, reason } => (None, None, Some(i32::from(*code)), Some(reason.as_str())),
+        Target::Reject { code, reason } => {
+            (None, None, Some(i32::from(*code)), Some(reason.as_str()))
+        }
     };
     let sql = format!(
         "INSERT INTO sipstack_route AS r (name, priority, match_kind, match_value, source_domain, target_kind,
@@ -389,13 +418,17 @@ pub async fn add(client: &impl GenericClient, route: &NewRoute) -> Result<Route,
         .await;
     match result {
         Ok(row) => route_from_row(&row),
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            Err(DbError::AlreadyExists { kind: "route", name: r.name.clone() })
-        }
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(DbError::AlreadyExists {
+            kind: "route",
+            name: r.name.clone(),
+        }),
         // the pool was deleted between the check above and the insert
         Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Err(invalid(
             "target_pool",
-            format!("media pool {} does not exist", shown(pool.unwrap_or_default())),
+            format!(
+                "media pool {} does not exist",
+                shown(pool.unwrap_or_default())
+            ),
             "apply the MediaPool first, or name an existing pool",
         )),
         Err(e) => Err(DbError::query(format!("cannot add route {:?}", r.name))(e)),
@@ -405,7 +438,10 @@ pub async fn add(client: &impl GenericClient, route: &NewRoute) -> Result<Route,
 /// Every route, in the order they are tried (priority, then id).
 pub async fn list(client: &impl GenericClient) -> Result<Vec<Route>, DbError> {
     let rows = client
-        .query(&format!("SELECT {ROUTE_COLUMNS} FROM sipstack_route AS r ORDER BY r.priority, r.id"), &[])
+        .query(
+            &format!("SELECT {ROUTE_COLUMNS} FROM sipstack_route AS r ORDER BY r.priority, r.id"),
+            &[],
+        )
         .await
         .map_err(DbError::query("cannot list routes"))?;
     rows.iter().map(route_from_row).collect()
@@ -419,7 +455,10 @@ pub async fn delete(client: &impl GenericClient, name: &str) -> Result<(), DbErr
         .await
         .map_err(DbError::query(format!("cannot delete route {name:?}")))?;
     if deleted == 0 {
-        return Err(DbError::NotFound { kind: "route", name: name.to_string() });
+        return Err(DbError::NotFound {
+            kind: "route",
+            name: name.to_string(),
+        });
     }
     Ok(())
 }
@@ -428,18 +467,27 @@ pub async fn delete(client: &impl GenericClient, name: &str) -> Result<(), DbErr
 pub async fn get(client: &impl GenericClient, name: &str) -> Result<Route, DbError> {
     validate::name("name", name)?;
     let row = client
-        .query_opt(&format!("SELECT {ROUTE_COLUMNS} FROM sipstack_route AS r WHERE r.name = $1"), &[&name])
+        .query_opt(
+            &format!("SELECT {ROUTE_COLUMNS} FROM sipstack_route AS r WHERE r.name = $1"),
+            &[&name],
+        )
         .await
         .map_err(DbError::query(format!("cannot read route {name:?}")))?;
     match row {
         Some(row) => route_from_row(&row),
-        None => Err(DbError::NotFound { kind: "route", name: name.to_string() }),
+        None => Err(DbError::NotFound {
+            kind: "route",
+            name: name.to_string(),
+        }),
     }
 }
 
 /// Deletes routes by name, all or none: when one of them does not exist, nothing
 /// is deleted and the first missing name is reported. Returns the names deleted.
-pub async fn delete_all(client: &impl GenericClient, names: &[String]) -> Result<Vec<String>, DbError> {
+pub async fn delete_all(
+    client: &impl GenericClient,
+    names: &[String],
+) -> Result<Vec<String>, DbError> {
     for name in names {
         validate::name("name", name)?;
     }
@@ -467,7 +515,8 @@ pub async fn delete_all(client: &impl GenericClient, names: &[String]) -> Result
     let mut missing: Vec<String> = Vec::new();
     let mut deleted: Vec<(i32, i32, String)> = Vec::new();
     for row in &rows {
-        let (what, name, priority, id): (&str, String, i32, i32) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (what, name, priority, id): (&str, String, i32, i32) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         if what == "missing" {
             missing.push(name);
         } else {
@@ -476,8 +525,15 @@ pub async fn delete_all(client: &impl GenericClient, names: &[String]) -> Result
     }
     if !missing.is_empty() {
         // report in the order given
-        let first = names.iter().find(|n| missing.contains(n)).cloned().unwrap_or_default();
-        return Err(DbError::NotFound { kind: "route", name: first });
+        let first = names
+            .iter()
+            .find(|n| missing.contains(n))
+            .cloned()
+            .unwrap_or_default();
+        return Err(DbError::NotFound {
+            kind: "route",
+            name: first,
+        });
     }
     deleted.sort();
     Ok(deleted.into_iter().map(|(_, _, name)| name).collect())
@@ -485,7 +541,10 @@ pub async fn delete_all(client: &impl GenericClient, names: &[String]) -> Result
 
 /// The route id a dialplan rule was made from (`id=N` in its attrs).
 pub fn rule_route_id(attrs: &str) -> Option<i32> {
-    attrs.split(';').find_map(|kv| kv.strip_prefix("id=")).and_then(|v| v.parse().ok())
+    attrs
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("id="))
+        .and_then(|v| v.parse().ok())
 }
 
 /// What one dialplan rule did with a number.
@@ -524,7 +583,10 @@ pub struct Evaluation {
 impl Evaluation {
     /// The rule that decides the call, if any matched.
     pub fn matched(&self) -> Option<&DialplanRule> {
-        self.verdicts.iter().find(|v| v.outcome == RuleOutcome::Matched).map(|v| &v.rule)
+        self.verdicts
+            .iter()
+            .find(|v| v.outcome == RuleOutcome::Matched)
+            .map(|v| &v.rule)
     }
 }
 
@@ -537,7 +599,11 @@ pub fn regex_matches(exp: &str, input: &str) -> Result<bool, String> {
         // e.g. \p{..} needs Unicode mode
         Err(_) => match regex::Regex::new(exp) {
             Ok(re) => Ok(re.is_match(input)),
-            Err(e) => Err(e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")),
+            Err(e) => Err(e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")),
         },
     }
 }
@@ -559,17 +625,35 @@ fn ordered_rules(rules: &[DialplanRule], dpid: i32, len: usize) -> Vec<(Dialplan
     let len = i32::try_from(len).unwrap_or(i32::MAX);
     let mut out: Vec<(DialplanRule, bool)> = Vec::new();
     if len != 0 {
-        out.extend(of_set.iter().filter(|r| r.match_len == len).map(|r| ((*r).clone(), true)));
+        out.extend(
+            of_set
+                .iter()
+                .filter(|r| r.match_len == len)
+                .map(|r| ((*r).clone(), true)),
+        );
     }
-    out.extend(of_set.iter().filter(|r| r.match_len == 0).map(|r| ((*r).clone(), true)));
-    out.extend(of_set.iter().filter(|r| r.match_len != 0 && r.match_len != len).map(|r| ((*r).clone(), false)));
+    out.extend(
+        of_set
+            .iter()
+            .filter(|r| r.match_len == 0)
+            .map(|r| ((*r).clone(), true)),
+    );
+    out.extend(
+        of_set
+            .iter()
+            .filter(|r| r.match_len != 0 && r.match_len != len)
+            .map(|r| ((*r).clone(), false)),
+    );
     out
 }
 
 /// The first rule of `dpid` that matches `input`, as dialplan's translation does.
 fn translate<'a>(rules: &'a [DialplanRule], dpid: i32, input: &str) -> Option<&'a DialplanRule> {
     let ordered = ordered_rules(rules, dpid, input.len());
-    let hit = ordered.into_iter().filter(|(_, tried)| *tried).find(|(r, _)| rule_matches(r, input) == Ok(true))?;
+    let hit = ordered
+        .into_iter()
+        .filter(|(_, tried)| *tried)
+        .find(|(r, _)| rule_matches(r, input) == Ok(true))?;
     rules.iter().find(|r| **r == hit.0)
 }
 
@@ -608,7 +692,11 @@ pub fn evaluate(rules: &[DialplanRule], number: &str, from_domain: Option<&str>)
         };
         verdicts.push(RuleVerdict { rule, outcome });
     }
-    Evaluation { dpid, domain_rule_set, verdicts }
+    Evaluation {
+        dpid,
+        domain_rule_set,
+        verdicts,
+    }
 }
 
 /// The dialplan rules as Kamailio loads them, by dpid and pr.
@@ -675,7 +763,10 @@ mod tests {
     fn valid_routes_pass_and_domains_are_lower_cased() {
         let mut r = route(MatchKind::Prefix, "+44", Target::Pool("pstn".into()));
         r.source_domain = Some("ACME.example".into());
-        assert_eq!(validate(&r).unwrap().source_domain.as_deref(), Some("acme.example"));
+        assert_eq!(
+            validate(&r).unwrap().source_domain.as_deref(),
+            Some("acme.example")
+        );
         assert!(validate(&route(MatchKind::Exact, "112", Target::User)).is_ok());
         assert!(validate(&route(
             MatchKind::Regex,
@@ -683,39 +774,146 @@ mod tests {
             Target::Uri("sip:a@b.example:5060;transport=tcp".into())
         ))
         .is_ok());
-        assert!(
-            validate(&route(MatchKind::Prefix, "9", Target::Reject { code: 403, reason: "Forbidden".into() })).is_ok()
-        );
+        assert!(validate(&route(
+            MatchKind::Prefix,
+            "9",
+            Target::Reject {
+                code: 403,
+                reason: "Forbidden".into()
+            }
+        ))
+        .is_ok());
     }
 
     #[test]
     fn invalid_routes_name_the_field() {
         let cases: Vec<(NewRoute, &str)> = vec![
-            (NewRoute { name: "Bad".into(), ..route(MatchKind::Exact, "1", Target::User) }, "name"),
-            (NewRoute { priority: 10000, ..route(MatchKind::Exact, "1", Target::User) }, "priority"),
-            (NewRoute { priority: -1, ..route(MatchKind::Exact, "1", Target::User) }, "priority"),
-            (route(MatchKind::Prefix, "12 3", Target::User), "match_value"),
+            (
+                NewRoute {
+                    name: "Bad".into(),
+                    ..route(MatchKind::Exact, "1", Target::User)
+                },
+                "name",
+            ),
+            (
+                NewRoute {
+                    priority: 10000,
+                    ..route(MatchKind::Exact, "1", Target::User)
+                },
+                "priority",
+            ),
+            (
+                NewRoute {
+                    priority: -1,
+                    ..route(MatchKind::Exact, "1", Target::User)
+                },
+                "priority",
+            ),
+            (
+                route(MatchKind::Prefix, "12 3", Target::User),
+                "match_value",
+            ),
             (route(MatchKind::Exact, "1$", Target::User), "match_value"),
             (route(MatchKind::Exact, "", Target::User), "match_value"),
-            (route(MatchKind::Exact, &"1".repeat(129), Target::User), "match_value"),
-            (route(MatchKind::Regex, "^1\n2", Target::User), "match_value"),
-            (route(MatchKind::Regex, "^(1", Target::User), "match_value"),
-            (route(MatchKind::Regex, r"^(\d)\1$", Target::User), "match_value"),
             (
-                NewRoute { source_domain: Some("a b".into()), ..route(MatchKind::Exact, "1", Target::User) },
+                route(MatchKind::Exact, &"1".repeat(129), Target::User),
+                "match_value",
+            ),
+            (
+                route(MatchKind::Regex, "^1\n2", Target::User),
+                "match_value",
+            ),
+            (route(MatchKind::Regex, "^(1", Target::User), "match_value"),
+            (
+                route(MatchKind::Regex, r"^(\d)\1$", Target::User),
+                "match_value",
+            ),
+            (
+                NewRoute {
+                    source_domain: Some("a b".into()),
+                    ..route(MatchKind::Exact, "1", Target::User)
+                },
                 "source_domain",
             ),
-            (route(MatchKind::Exact, "1", Target::Pool("Pool_1".into())), "target_pool"),
-            (route(MatchKind::Exact, "1", Target::Uri("tel:123".into())), "target_uri"),
-            (route(MatchKind::Exact, "1", Target::Uri("sip:$ru".into())), "target_uri"),
-            (route(MatchKind::Exact, "1", Target::Uri(r"sip:a\1".into())), "target_uri"),
-            (route(MatchKind::Exact, "1", Target::Uri("sip:a\"b".into())), "target_uri"),
-            (route(MatchKind::Exact, "1", Target::Uri(format!("sip:{}", "a".repeat(124)))), "target_uri"),
-            (route(MatchKind::Exact, "1", Target::Reject { code: 399, reason: "No".into() }), "reject_code"),
-            (route(MatchKind::Exact, "1", Target::Reject { code: 700, reason: "No".into() }), "reject_code"),
-            (route(MatchKind::Exact, "1", Target::Reject { code: 403, reason: "Not-OK".into() }), "reject_reason"),
-            (route(MatchKind::Exact, "1", Target::Reject { code: 403, reason: String::new() }), "reject_reason"),
-            (NewRoute { description: "a\nb".into(), ..route(MatchKind::Exact, "1", Target::User) }, "description"),
+            (
+                route(MatchKind::Exact, "1", Target::Pool("Pool_1".into())),
+                "target_pool",
+            ),
+            (
+                route(MatchKind::Exact, "1", Target::Uri("tel:123".into())),
+                "target_uri",
+            ),
+            (
+                route(MatchKind::Exact, "1", Target::Uri("sip:$ru".into())),
+                "target_uri",
+            ),
+            (
+                route(MatchKind::Exact, "1", Target::Uri(r"sip:a\1".into())),
+                "target_uri",
+            ),
+            (
+                route(MatchKind::Exact, "1", Target::Uri("sip:a\"b".into())),
+                "target_uri",
+            ),
+            (
+                route(
+                    MatchKind::Exact,
+                    "1",
+                    Target::Uri(format!("sip:{}", "a".repeat(124))),
+                ),
+                "target_uri",
+            ),
+            (
+                route(
+                    MatchKind::Exact,
+                    "1",
+                    Target::Reject {
+                        code: 399,
+                        reason: "No".into(),
+                    },
+                ),
+                "reject_code",
+            ),
+            (
+                route(
+                    MatchKind::Exact,
+                    "1",
+                    Target::Reject {
+                        code: 700,
+                        reason: "No".into(),
+                    },
+                ),
+                "reject_code",
+            ),
+            (
+                route(
+                    MatchKind::Exact,
+                    "1",
+                    Target::Reject {
+                        code: 403,
+                        reason: "Not-OK".into(),
+                    },
+                ),
+                "reject_reason",
+            ),
+            (
+                route(
+                    MatchKind::Exact,
+                    "1",
+                    Target::Reject {
+                        code: 403,
+                        reason: String::new(),
+                    },
+                ),
+                "reject_reason",
+            ),
+            (
+                NewRoute {
+                    description: "a\nb".into(),
+                    ..route(MatchKind::Exact, "1", Target::User)
+                },
+                "description",
+            ),
         ];
         for (r, field) in cases {
             let err = validate(&r).expect_err(&format!("{r:?} accepted"));
@@ -731,12 +929,30 @@ mod tests {
 
     #[test]
     fn regexes_pcre_reads_differently_are_refused() {
-        for bad in [r"^[0-9&&[^5]]$", r"^[0-9--5]$", r"^[a[bc]]", r"\<12", r"12\>", r"\b{start}1"] {
+        for bad in [
+            r"^[0-9&&[^5]]$",
+            r"^[0-9--5]$",
+            r"^[a[bc]]",
+            r"\<12",
+            r"12\>",
+            r"\b{start}1",
+        ] {
             let err = validate(&route(MatchKind::Regex, bad, Target::User)).expect_err(bad);
             assert_eq!(field_of(err), "match_value", "{bad}");
         }
-        for ok in [r"^[[:digit:]]{4}$", r"^[]a]", r"^[\[]1", r"^[a-]", r"^0[1-9][0-9]+$", r"^\+?49", "^[^5]$"] {
-            assert!(validate(&route(MatchKind::Regex, ok, Target::User)).is_ok(), "{ok} refused");
+        for ok in [
+            r"^[[:digit:]]{4}$",
+            r"^[]a]",
+            r"^[\[]1",
+            r"^[a-]",
+            r"^0[1-9][0-9]+$",
+            r"^\+?49",
+            "^[^5]$",
+        ] {
+            assert!(
+                validate(&route(MatchKind::Regex, ok, Target::User)).is_ok(),
+                "{ok} refused"
+            );
         }
     }
 
@@ -768,7 +984,14 @@ mod tests {
         assert!(!e.domain_rule_set);
         assert_eq!(e.matched().map(|r| rule_route_id(&r.attrs)), Some(Some(2)));
         let outcomes: Vec<&RuleOutcome> = e.verdicts.iter().map(|v| &v.outcome).collect();
-        assert_eq!(outcomes, [&RuleOutcome::NoMatch, &RuleOutcome::Matched, &RuleOutcome::NotTried]);
+        assert_eq!(
+            outcomes,
+            [
+                &RuleOutcome::NoMatch,
+                &RuleOutcome::Matched,
+                &RuleOutcome::NotTried
+            ]
+        );
 
         // the domain is compared lower-cased and picks its own set
         let e = evaluate(&rules, "+4420", Some("ACME.example"));
@@ -787,11 +1010,17 @@ mod tests {
 
     #[test]
     fn rules_with_a_match_length_go_first() {
-        let rules =
-            vec![rule(2, 1, 1, "^1", 0, "id=1"), rule(2, 9, 1, "^1", 3, "id=2"), rule(2, 5, 1, "^1", 2, "id=3")];
+        let rules = vec![
+            rule(2, 1, 1, "^1", 0, "id=1"),
+            rule(2, 9, 1, "^1", 3, "id=2"),
+            rule(2, 5, 1, "^1", 2, "id=3"),
+        ];
         let e = evaluate(&rules, "123", None);
         assert_eq!(e.matched().and_then(|r| rule_route_id(&r.attrs)), Some(2));
-        assert_eq!(e.verdicts.last().map(|v| &v.outcome), Some(&RuleOutcome::OtherLength));
+        assert_eq!(
+            e.verdicts.last().map(|v| &v.outcome),
+            Some(&RuleOutcome::OtherLength)
+        );
     }
 
     #[test]

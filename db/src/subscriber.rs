@@ -45,7 +45,10 @@ pub fn validate_username(username: &str) -> Result<(), DbError> {
     if !validate::USERNAME.is_match(username) {
         return Err(invalid(
             "username",
-            format!("{} is not a SIP user name sipstack accepts", shown(username)),
+            format!(
+                "{} is not a SIP user name sipstack accepts",
+                shown(username)
+            ),
             "use 1 to 64 letters, digits and . _ ~ + -",
         ));
     }
@@ -117,7 +120,12 @@ impl Credentials {
     }
 
     /// Hashes computed elsewhere (e.g. read from another Kamailio database).
-    pub fn from_hashes(username: &str, domain: &str, ha1: &str, ha1b: &str) -> Result<Self, DbError> {
+    pub fn from_hashes(
+        username: &str,
+        domain: &str,
+        ha1: &str,
+        ha1b: &str,
+    ) -> Result<Self, DbError> {
         validate_username(username)?;
         Ok(Self {
             username: username.to_string(),
@@ -159,7 +167,12 @@ fn account(username: &str, domain: &str, password: &str) -> Result<Credentials, 
 }
 
 /// Adds a subscriber; fails if `username@domain` exists. The domain is stored lower-case.
-pub async fn add(client: &impl GenericClient, username: &str, domain: &str, password: &str) -> Result<(), DbError> {
+pub async fn add(
+    client: &impl GenericClient,
+    username: &str,
+    domain: &str,
+    password: &str,
+) -> Result<(), DbError> {
     let a = account(username, domain, password)?;
     let inserted = client
         .execute(
@@ -170,7 +183,10 @@ pub async fn add(client: &impl GenericClient, username: &str, domain: &str, pass
         .await
         .map_err(DbError::query(format!("cannot add subscriber {}@{}", a.username, a.domain)))?;
     if inserted == 0 {
-        return Err(DbError::AlreadyExists { kind: "subscriber", name: format!("{}@{}", a.username, a.domain) });
+        return Err(DbError::AlreadyExists {
+            kind: "subscriber",
+            name: format!("{}@{}", a.username, a.domain),
+        });
     }
     Ok(())
 }
@@ -196,15 +212,27 @@ pub async fn upsert(
 }
 
 /// Removes a subscriber.
-pub async fn remove(client: &impl GenericClient, username: &str, domain: &str) -> Result<(), DbError> {
+pub async fn remove(
+    client: &impl GenericClient,
+    username: &str,
+    domain: &str,
+) -> Result<(), DbError> {
     validate_username(username)?;
     let domain = validate::domain("domain", domain)?;
     let deleted = client
-        .execute("DELETE FROM subscriber WHERE username = $1 AND domain = $2", &[&username, &domain])
+        .execute(
+            "DELETE FROM subscriber WHERE username = $1 AND domain = $2",
+            &[&username, &domain],
+        )
         .await
-        .map_err(DbError::query(format!("cannot remove subscriber {username}@{domain}")))?;
+        .map_err(DbError::query(format!(
+            "cannot remove subscriber {username}@{domain}"
+        )))?;
     if deleted == 0 {
-        return Err(DbError::NotFound { kind: "subscriber", name: format!("{username}@{domain}") });
+        return Err(DbError::NotFound {
+            kind: "subscriber",
+            name: format!("{username}@{domain}"),
+        });
     }
     Ok(())
 }
@@ -212,10 +240,19 @@ pub async fn remove(client: &impl GenericClient, username: &str, domain: &str) -
 /// Every subscriber, ordered by domain and name.
 pub async fn list(client: &impl GenericClient) -> Result<Vec<Subscriber>, DbError> {
     let rows = client
-        .query("SELECT username, domain FROM subscriber ORDER BY domain, username", &[])
+        .query(
+            "SELECT username, domain FROM subscriber ORDER BY domain, username",
+            &[],
+        )
         .await
         .map_err(DbError::query("cannot list subscribers"))?;
-    Ok(rows.iter().map(|r| Subscriber { username: r.get(0), domain: r.get(1) }).collect())
+    Ok(rows
+        .iter()
+        .map(|r| Subscriber {
+            username: r.get(0),
+            domain: r.get(1),
+        })
+        .collect())
 }
 
 /// A subscriber as listed: who it is and which credentials its row holds.
@@ -255,16 +292,28 @@ macro_rules! select_info {
 }
 
 /// One subscriber.
-pub async fn get(client: &impl GenericClient, username: &str, domain: &str) -> Result<SubscriberInfo, DbError> {
+pub async fn get(
+    client: &impl GenericClient,
+    username: &str,
+    domain: &str,
+) -> Result<SubscriberInfo, DbError> {
     validate_username(username)?;
     let domain = validate::domain("domain", domain)?;
     let row = client
-        .query_opt(select_info!("WHERE username = $1 AND domain = $2"), &[&username, &domain])
+        .query_opt(
+            select_info!("WHERE username = $1 AND domain = $2"),
+            &[&username, &domain],
+        )
         .await
-        .map_err(DbError::query(format!("cannot read subscriber {username}@{domain}")))?;
+        .map_err(DbError::query(format!(
+            "cannot read subscriber {username}@{domain}"
+        )))?;
     match row {
         Some(row) => Ok(SubscriberInfo::from_row(&row)),
-        None => Err(DbError::NotFound { kind: "subscriber", name: format!("{username}@{domain}") }),
+        None => Err(DbError::NotFound {
+            kind: "subscriber",
+            name: format!("{username}@{domain}"),
+        }),
     }
 }
 
@@ -281,13 +330,24 @@ pub struct PageQuery {
 
 /// Subscribers ordered by (domain, username), a page at a time: keyset
 /// pagination, so a page costs the same wherever it is in the table.
-pub async fn page(client: &impl GenericClient, query: &PageQuery) -> Result<Vec<SubscriberInfo>, DbError> {
+pub async fn page(
+    client: &impl GenericClient,
+    query: &PageQuery,
+) -> Result<Vec<SubscriberInfo>, DbError> {
     if let Some(limit) = query.limit {
         if limit < 0 {
-            return Err(invalid("limit", format!("{limit} is negative"), "give 0 or more (0: all)"));
+            return Err(invalid(
+                "limit",
+                format!("{limit} is negative"),
+                "give 0 or more (0: all)",
+            ));
         }
     }
-    let domain = query.domain.as_deref().map(|d| validate::domain("domain", d)).transpose()?;
+    let domain = query
+        .domain
+        .as_deref()
+        .map(|d| validate::domain("domain", d))
+        .transpose()?;
     let after = match &query.after {
         Some((username, domain)) => {
             validate_username(username)?;
@@ -341,7 +401,10 @@ pub async fn set_password(
         .await
         .map_err(DbError::query(format!("cannot set the password of subscriber {}", a.aor())))?;
     if updated == 0 {
-        return Err(DbError::NotFound { kind: "subscriber", name: a.aor() });
+        return Err(DbError::NotFound {
+            kind: "subscriber",
+            name: a.aor(),
+        });
     }
     Ok(())
 }
@@ -357,7 +420,10 @@ pub enum Removal {
 
 /// Removes subscribers given as (username, domain), all or none: if any does
 /// not exist, nothing is removed and the missing ones are returned.
-pub async fn remove_all(client: &mut impl GenericClient, subscribers: &[(String, String)]) -> Result<Removal, DbError> {
+pub async fn remove_all(
+    client: &mut impl GenericClient,
+    subscribers: &[(String, String)],
+) -> Result<Removal, DbError> {
     let mut wanted: Vec<(String, String)> = Vec::with_capacity(subscribers.len());
     let mut seen = HashSet::new();
     for (username, domain) in subscribers {
@@ -369,7 +435,10 @@ pub async fn remove_all(client: &mut impl GenericClient, subscribers: &[(String,
     }
     let usernames: Vec<&str> = wanted.iter().map(|(u, _)| u.as_str()).collect();
     let domains: Vec<&str> = wanted.iter().map(|(_, d)| d.as_str()).collect();
-    let tx = client.transaction().await.map_err(DbError::query("cannot begin a transaction"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("cannot begin a transaction"))?;
     let rows = tx
         .query(
             "DELETE FROM subscriber s USING unnest($1::text[], $2::text[]) AS d(username, domain)
@@ -380,13 +449,20 @@ pub async fn remove_all(client: &mut impl GenericClient, subscribers: &[(String,
         .await
         .map_err(DbError::query("cannot remove subscribers"))?;
     let removed: HashSet<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let missing: Vec<String> =
-        wanted.iter().filter(|key| !removed.contains(*key)).map(|(u, d)| format!("{u}@{d}")).collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|key| !removed.contains(*key))
+        .map(|(u, d)| format!("{u}@{d}"))
+        .collect();
     if !missing.is_empty() {
-        tx.rollback().await.map_err(DbError::query("cannot roll back the removal"))?;
+        tx.rollback()
+            .await
+            .map_err(DbError::query("cannot roll back the removal"))?;
         return Ok(Removal::Missing(missing));
     }
-    tx.commit().await.map_err(DbError::query("cannot commit the removal"))?;
+    tx.commit()
+        .await
+        .map_err(DbError::query("cannot commit the removal"))?;
     Ok(Removal::Removed(removed.len() as u64))
 }
 
@@ -444,7 +520,10 @@ pub async fn import(
     }
     drop(seen);
     let total = rows.len() as u64;
-    let tx = client.transaction().await.map_err(DbError::query("cannot begin the import transaction"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("cannot begin the import transaction"))?;
     tx.batch_execute(
         "CREATE TEMP TABLE sipstack_subscriber_import (
              username text NOT NULL, domain text NOT NULL, ha1 text NOT NULL, ha1b text NOT NULL
@@ -457,21 +536,34 @@ pub async fn import(
         .copy_in("COPY sipstack_subscriber_import (username, domain, ha1, ha1b) FROM STDIN (FORMAT binary)")
         .await
         .map_err(DbError::query("cannot start COPY of the imported subscribers"))?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT]));
+    let mut writer = pin!(BinaryCopyInWriter::new(
+        sink,
+        &[Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT]
+    ));
     for (i, r) in rows.iter().enumerate() {
         let values: [&(dyn ToSql + Sync); 4] = [&r.username, &r.domain, &r.ha1, &r.ha1b];
-        writer.as_mut().write(&values).await.map_err(DbError::query("cannot COPY the imported subscribers"))?;
+        writer
+            .as_mut()
+            .write(&values)
+            .await
+            .map_err(DbError::query("cannot COPY the imported subscribers"))?;
         if i % 1024 == 1023 {
             progress(ImportStep::Copied(i as u64 + 1));
         }
     }
-    writer.as_mut().finish().await.map_err(DbError::query("cannot COPY the imported subscribers"))?;
+    writer
+        .as_mut()
+        .finish()
+        .await
+        .map_err(DbError::query("cannot COPY the imported subscribers"))?;
     progress(ImportStep::Copied(total));
     progress(ImportStep::Writing);
     // Statistics for the joins below (a fresh temporary table has none).
     tx.batch_execute("ANALYZE sipstack_subscriber_import")
         .await
-        .map_err(DbError::query("cannot analyze the import's temporary table"))?;
+        .map_err(DbError::query(
+            "cannot analyze the import's temporary table",
+        ))?;
 
     let existing = tx
         .query(
@@ -484,9 +576,13 @@ pub async fn import(
         .map_err(DbError::query("cannot look for existing subscribers"))?;
     let existing_count: i64 = existing.first().map_or(0, |r| r.get(2));
     if existing_count > 0 && !options.upsert {
-        tx.rollback().await.map_err(DbError::query("cannot roll back the import"))?;
-        let mut names: Vec<String> =
-            existing.iter().map(|r| format!("{}@{}", r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+        tx.rollback()
+            .await
+            .map_err(DbError::query("cannot roll back the import"))?;
+        let mut names: Vec<String> = existing
+            .iter()
+            .map(|r| format!("{}@{}", r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect();
         if existing_count > CONFLICTS_SHOWN {
             names.push(format!("and {} more", existing_count - CONFLICTS_SHOWN));
         }
@@ -511,7 +607,9 @@ pub async fn import(
             )
             .await
             .map_err(DbError::query("cannot count what the import would change"))?;
-        tx.rollback().await.map_err(DbError::query("cannot roll back the dry run"))?;
+        tx.rollback()
+            .await
+            .map_err(DbError::query("cannot roll back the dry run"))?;
         return Ok(report(total, row.get(0), row.get(1)));
     }
 
@@ -545,7 +643,9 @@ pub async fn import(
     let result = report(total, row.get(0), row.get(1));
     if !options.upsert && result.inserted != total {
         // Someone added some of them between the check and the insert.
-        tx.rollback().await.map_err(DbError::query("cannot roll back the import"))?;
+        tx.rollback()
+            .await
+            .map_err(DbError::query("cannot roll back the import"))?;
         return Err(DbError::Conflict {
             problem: format!(
                 "{} of the subscribers were added by someone else during the import; nothing was imported",
@@ -558,14 +658,21 @@ pub async fn import(
     tx.batch_execute("DROP TABLE sipstack_subscriber_import")
         .await
         .map_err(DbError::query("cannot drop the import's temporary table"))?;
-    tx.commit().await.map_err(DbError::query("cannot commit the import"))?;
+    tx.commit()
+        .await
+        .map_err(DbError::query("cannot commit the import"))?;
     Ok(result)
 }
 
 fn report(rows: u64, inserted: i64, updated: i64) -> ImportReport {
     let inserted = inserted.max(0) as u64;
     let updated = updated.max(0) as u64;
-    ImportReport { rows, inserted, updated, unchanged: rows.saturating_sub(inserted + updated) }
+    ImportReport {
+        rows,
+        inserted,
+        updated,
+        unchanged: rows.saturating_sub(inserted + updated),
+    }
 }
 
 /// A subscriber's stored credentials as they are in the table (rows written by
@@ -588,15 +695,23 @@ impl ExportStream {
     pub async fn next(&mut self) -> Option<Result<ExportRow, DbError>> {
         let row = self.rows.next().await?;
         Some(
-            row.map(|r| ExportRow { username: r.get(0), domain: r.get(1), ha1: r.get(2), ha1b: r.get(3) })
-                .map_err(DbError::query("cannot read the exported subscribers")),
+            row.map(|r| ExportRow {
+                username: r.get(0),
+                domain: r.get(1),
+                ha1: r.get(2),
+                ha1b: r.get(3),
+            })
+            .map_err(DbError::query("cannot read the exported subscribers")),
         )
     }
 }
 
 /// Every subscriber's credentials (of one domain, if given), ordered by
 /// (domain, username), streamed: the rows are not all held in memory.
-pub async fn export(client: &impl GenericClient, domain: Option<&str>) -> Result<ExportStream, DbError> {
+pub async fn export(
+    client: &impl GenericClient,
+    domain: Option<&str>,
+) -> Result<ExportStream, DbError> {
     let domain = domain.map(|d| validate::domain("domain", d)).transpose()?;
     let rows = match &domain {
         Some(d) => {
@@ -616,7 +731,9 @@ pub async fn export(client: &impl GenericClient, domain: Option<&str>) -> Result
         }
     }
     .map_err(DbError::query("cannot export subscribers"))?;
-    Ok(ExportStream { rows: Box::pin(rows) })
+    Ok(ExportStream {
+        rows: Box::pin(rows),
+    })
 }
 
 #[cfg(test)]
@@ -626,15 +743,24 @@ mod tests {
     #[test]
     fn ha1_matches_rfc_2617_example() {
         // RFC 2617 §3.5: Mufasa / testrealm@host.com / Circle Of Life.
-        assert_eq!(ha1("Mufasa", "testrealm@host.com", "Circle Of Life"), "939e7578ed9e3c518a452acee763bce9");
+        assert_eq!(
+            ha1("Mufasa", "testrealm@host.com", "Circle Of Life"),
+            "939e7578ed9e3c518a452acee763bce9"
+        );
     }
 
     #[test]
     fn ha1_and_ha1b_match_md5sum() {
         // echo -n 'alice:example.com:secret' | md5sum
-        assert_eq!(ha1("alice", "example.com", "secret"), "b1726872c344b6dc8365b774f8fd6412");
+        assert_eq!(
+            ha1("alice", "example.com", "secret"),
+            "b1726872c344b6dc8365b774f8fd6412"
+        );
         // echo -n 'alice@example.com:example.com:secret' | md5sum
-        assert_eq!(ha1b("alice", "example.com", "example.com", "secret"), "c79656e4f06dbae9fdf6727654273c65");
+        assert_eq!(
+            ha1b("alice", "example.com", "example.com", "secret"),
+            "c79656e4f06dbae9fdf6727654273c65"
+        );
     }
 
     #[test]
@@ -642,7 +768,10 @@ mod tests {
         let a = account("alice", "Example.COM", "secret").unwrap();
         assert_eq!(a.domain, "example.com");
         assert_eq!(a.ha1, ha1("alice", "example.com", "secret"));
-        assert_eq!(a.ha1b, ha1b("alice", "example.com", "example.com", "secret"));
+        assert_eq!(
+            a.ha1b,
+            ha1b("alice", "example.com", "example.com", "secret")
+        );
     }
 
     #[test]
@@ -650,7 +779,17 @@ mod tests {
         for ok in ["alice", "1001", "a.b_c~d+e-f", &"u".repeat(64)] {
             assert!(validate_username(ok).is_ok(), "{ok:?} refused");
         }
-        for bad in ["", "a b", "a@b", "a:b", "a;b", "a\"b", "a\nb", &"u".repeat(65), "ä"] {
+        for bad in [
+            "",
+            "a b",
+            "a@b",
+            "a:b",
+            "a;b",
+            "a\"b",
+            "a\nb",
+            &"u".repeat(65),
+            "ä",
+        ] {
             let err = validate_username(bad).unwrap_err().to_string();
             assert!(err.starts_with("username: "), "{err}");
         }
@@ -658,11 +797,26 @@ mod tests {
 
     #[test]
     fn aors_split_into_checked_parts() {
-        assert_eq!(parse_aor("alice@Example.COM").unwrap(), ("alice".to_string(), "example.com".to_string()));
-        assert_eq!(parse_aor("sip:bob@example.com").unwrap(), ("bob".to_string(), "example.com".to_string()));
-        assert!(parse_aor("alice").unwrap_err().to_string().starts_with("aor: \"alice\" is not an address of record"));
-        assert!(parse_aor("a b@example.com").unwrap_err().to_string().starts_with("username: "));
-        assert!(parse_aor("alice@exa mple.com").unwrap_err().to_string().starts_with("domain: "));
+        assert_eq!(
+            parse_aor("alice@Example.COM").unwrap(),
+            ("alice".to_string(), "example.com".to_string())
+        );
+        assert_eq!(
+            parse_aor("sip:bob@example.com").unwrap(),
+            ("bob".to_string(), "example.com".to_string())
+        );
+        assert!(parse_aor("alice")
+            .unwrap_err()
+            .to_string()
+            .starts_with("aor: \"alice\" is not an address of record"));
+        assert!(parse_aor("a b@example.com")
+            .unwrap_err()
+            .to_string()
+            .starts_with("username: "));
+        assert!(parse_aor("alice@exa mple.com")
+            .unwrap_err()
+            .to_string()
+            .starts_with("domain: "));
         assert!(parse_aor("'; DROP TABLE subscriber; --@x").is_err());
         assert!(parse_aor("alice@example.com'; DROP TABLE subscriber; --").is_err());
     }
@@ -670,8 +824,17 @@ mod tests {
     #[test]
     fn digests_are_32_hex_characters_lower_cased() {
         let upper = "B1726872C344B6DC8365B774F8FD6412";
-        assert_eq!(validate_ha1("ha1", upper).unwrap(), upper.to_ascii_lowercase());
-        for bad in ["", "abc", &"g".repeat(32), &"a".repeat(33), "b1726872c344b6dc8365b774f8fd641 "] {
+        assert_eq!(
+            validate_ha1("ha1", upper).unwrap(),
+            upper.to_ascii_lowercase()
+        );
+        for bad in [
+            "",
+            "abc",
+            &"g".repeat(32),
+            &"a".repeat(33),
+            "b1726872c344b6dc8365b774f8fd641 ",
+        ] {
             let err = validate_ha1("ha1b", bad).unwrap_err().to_string();
             assert!(err.starts_with("ha1b: "), "{err}");
         }
@@ -680,7 +843,8 @@ mod tests {
     #[test]
     fn credentials_from_password_and_from_hashes_agree() {
         let a = Credentials::from_password("alice", "Example.com", "secret").unwrap();
-        let b = Credentials::from_hashes("alice", "example.com", &a.ha1().to_uppercase(), a.ha1b()).unwrap();
+        let b = Credentials::from_hashes("alice", "example.com", &a.ha1().to_uppercase(), a.ha1b())
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.aor(), "alice@example.com");
     }

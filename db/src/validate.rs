@@ -11,8 +11,7 @@ use crate::DbError;
 /// Kubernetes object names: route and media pool names.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A host name: dot-separated labels of letters, digits and inner hyphens.
-pub const DOMAIN_PATTERN: &str =
-    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
+pub const DOMAIN_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
 /// SIP user parts that need no escaping in a URI, a digest header or a config file.
 pub const USERNAME_PATTERN: &str = r"^[A-Za-z0-9._~+-]{1,64}$";
 /// Dialled prefixes and exact numbers.
@@ -45,7 +44,12 @@ pub(crate) static DESTINATION: LazyLock<Regex> = LazyLock::new(|| builtin(DESTIN
 /// characters escaped, long values cut.
 pub fn shown(value: &str) -> String {
     const MAX: usize = 80;
-    let mut out: String = value.chars().take(MAX).collect::<String>().escape_debug().to_string();
+    let mut out: String = value
+        .chars()
+        .take(MAX)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
     if value.chars().count() > MAX {
         out.push('…');
     }
@@ -53,7 +57,11 @@ pub fn shown(value: &str) -> String {
 }
 
 pub(crate) fn invalid(field: &str, problem: impl Into<String>, fix: impl Into<String>) -> DbError {
-    DbError::Invalid { field: field.to_string(), problem: problem.into(), fix: fix.into() }
+    DbError::Invalid {
+        field: field.to_string(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
 }
 
 /// A route or pool name: a DNS label of at most 63 characters.
@@ -84,7 +92,11 @@ pub fn domain(field: &str, value: &str) -> Result<String, DbError> {
 /// Free text of at most `max` characters on one line.
 pub fn one_line_text(field: &str, value: &str, max: usize) -> Result<(), DbError> {
     if value.chars().count() > max {
-        return Err(invalid(field, format!("{} is longer than {max} characters", shown(value)), "shorten it"));
+        return Err(invalid(
+            field,
+            format!("{} is longer than {max} characters", shown(value)),
+            "shorten it",
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(invalid(
@@ -102,7 +114,15 @@ mod tests {
 
     #[test]
     fn every_pattern_compiles() {
-        for re in [&DNS_LABEL, &DOMAIN, &USERNAME, &DIAL_STRING, &TARGET_URI, &REJECT_REASON, &DESTINATION] {
+        for re in [
+            &DNS_LABEL,
+            &DOMAIN,
+            &USERNAME,
+            &DIAL_STRING,
+            &TARGET_URI,
+            &REJECT_REASON,
+            &DESTINATION,
+        ] {
             assert!(!re.as_str().is_empty());
         }
     }
@@ -119,7 +139,15 @@ mod tests {
     #[test]
     fn domains_are_lower_cased() {
         assert_eq!(domain("d", "SIP.Example.com").unwrap(), "sip.example.com");
-        for bad in ["", ".a", "a..b", "a b", "a\nb", "-a.com", &format!("{}.com", "a".repeat(64))] {
+        for bad in [
+            "",
+            ".a",
+            "a..b",
+            "a b",
+            "a\nb",
+            "-a.com",
+            &format!("{}.com", "a".repeat(64)),
+        ] {
             assert!(domain("d", bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -133,7 +161,10 @@ mod tests {
     #[test]
     fn errors_name_field_problem_and_fix() {
         let err = name("route.name", "Bad Name").unwrap_err().to_string();
-        assert!(err.starts_with("route.name: \"Bad Name\" is not a valid name; use"), "{err}");
+        assert!(
+            err.starts_with("route.name: \"Bad Name\" is not a valid name; use"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -56,7 +56,11 @@ fn sipp_registry() -> &'static Mutex<HashSet<u32>> {
 /// Kills the load-generating SIPp processes still running (for Ctrl-C: a
 /// blocking SIPp run cannot be cancelled otherwise).
 pub fn kill_running_sipp() {
-    let pids: Vec<u32> = sipp_registry().lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+    let pids: Vec<u32> = sipp_registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
     for pid in pids {
         if let Ok(pid) = i32::try_from(pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -75,7 +79,10 @@ pub async fn run_sipp(cmd: SippCommand) -> Result<SippOutcome> {
 pub async fn run_sipp_measured(cmd: SippCommand) -> Result<(SippOutcome, Duration)> {
     let process = cmd.spawn()?;
     let pid = process.pid();
-    sipp_registry().lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+    sipp_registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid);
     let used = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampler = {
         let used = std::sync::Arc::clone(&used);
@@ -87,9 +94,14 @@ pub async fn run_sipp_measured(cmd: SippCommand) -> Result<(SippOutcome, Duratio
             }
         })
     };
-    let outcome = tokio::task::spawn_blocking(move || process.wait()).await.context("sipp runner thread");
+    let outcome = tokio::task::spawn_blocking(move || process.wait())
+        .await
+        .context("sipp runner thread");
     sampler.abort();
-    sipp_registry().lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+    sipp_registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&pid);
     let cpu = Duration::from_nanos(used.load(std::sync::atomic::Ordering::Relaxed));
     Ok((outcome??, cpu))
 }
@@ -111,10 +123,20 @@ pub struct BenchPlatform {
 impl BenchPlatform {
     /// Brings `spec` up with `sharedMemoryMb: shared_memory_mb` and, when the
     /// spec has flood protection on, `windowSeconds: flood_window_seconds`.
-    pub async fn up(spec: &TestbedSpec, shared_memory_mb: u32, flood_window_seconds: u32) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("sipstack-bench-").tempdir().context("temporary state dir")?;
+    pub async fn up(
+        spec: &TestbedSpec,
+        shared_memory_mb: u32,
+        flood_window_seconds: u32,
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("sipstack-bench-")
+            .tempdir()
+            .context("temporary state dir")?;
         // PostgreSQL runs as the postgres user when we run as root.
-        fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
         let ports = Ports::free()?;
         let yaml = spec.yaml(ports);
         let shm_line = "sharedMemoryMb: 256";
@@ -134,7 +156,10 @@ impl BenchPlatform {
                 ),
             );
         }
-        let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: false };
+        let options = UpOptions {
+            state_dir: dir.path().to_path_buf(),
+            standins: false,
+        };
         let (state, _report) = match sipstack_local::up(&yaml, &options).await {
             Ok(ok) => ok,
             Err(e) => {
@@ -143,7 +168,13 @@ impl BenchPlatform {
             }
         };
         let db_url = state.db_url()?;
-        Ok(Self { dir: Some(dir), ports, yaml, state, db_url })
+        Ok(Self {
+            dir: Some(dir),
+            ports,
+            yaml,
+            state,
+            db_url,
+        })
     }
 
     pub fn edge(&self) -> SocketAddr {
@@ -176,8 +207,13 @@ impl BenchPlatform {
     /// Starts our Kamailio again after [`stop_edge`](Self::stop_edge) (the
     /// local driver starts what is not running).
     pub async fn start_edge(&self) -> Result<()> {
-        let options = UpOptions { state_dir: self.state.state_dir.clone(), standins: false };
-        sipstack_local::up(&self.yaml, &options).await.context("starting our edge again")?;
+        let options = UpOptions {
+            state_dir: self.state.state_dir.clone(),
+            standins: false,
+        };
+        sipstack_local::up(&self.yaml, &options)
+            .await
+            .context("starting our edge again")?;
         Ok(())
     }
 
@@ -244,7 +280,9 @@ pub async fn seed_subscribers(db: &Client, users: u32) -> Result<i64> {
 /// configs, so that both start alike and neither meets autovacuum cleaning up
 /// after the other).
 pub async fn clear_location(db: &Client) -> Result<()> {
-    db.batch_execute("TRUNCATE location; TRUNCATE location_attrs").await.context("emptying location")?;
+    db.batch_execute("TRUNCATE location; TRUNCATE location_attrs")
+        .await
+        .context("emptying location")?;
     vacuum(db).await
 }
 
@@ -252,13 +290,18 @@ pub async fn clear_location(db: &Client) -> Result<()> {
 /// each: VACUUM does not run inside a transaction block).
 pub async fn vacuum(db: &Client) -> Result<()> {
     for table in ["subscriber", "location", "location_attrs"] {
-        db.batch_execute(&format!("VACUUM (ANALYZE) {table}")).await.with_context(|| format!("vacuuming {table}"))?;
+        db.batch_execute(&format!("VACUUM (ANALYZE) {table}"))
+            .await
+            .with_context(|| format!("vacuuming {table}"))?;
     }
     Ok(())
 }
 
 pub async fn location_rows(db: &Client) -> Result<i64> {
-    Ok(db.query_one("SELECT count(*) FROM location", &[]).await?.get(0))
+    Ok(db
+        .query_one("SELECT count(*) FROM location", &[])
+        .await?
+        .get(0))
 }
 
 // ---------------------------------------------------------------------------
@@ -281,7 +324,9 @@ pub fn stock_config(
         bail!("the database URL cannot be written into a #!define");
     }
     let mut text = String::new();
-    let (first, rest) = stock.split_once('\n').ok_or_else(|| anyhow!("{STOCK_CONFIG} is empty"))?;
+    let (first, rest) = stock
+        .split_once('\n')
+        .ok_or_else(|| anyhow!("{STOCK_CONFIG} is empty"))?;
     text.push_str(first);
     text.push_str(&format!(
         "\n# --- edge-bench: the stock config with these switches and these changes:\n\
@@ -292,10 +337,19 @@ pub fn stock_config(
     text.push_str(rest);
     let dir = runtime_dir.display();
     let replacements = [
-        ("loadmodule \"db_mysql.so\"", "loadmodule \"db_postgres.so\"".to_string()),
+        (
+            "loadmodule \"db_mysql.so\"",
+            "loadmodule \"db_postgres.so\"".to_string(),
+        ),
         ("\nchildren=8\n", format!("\nchildren={children}\n")),
-        ("# listen=udp:10.0.0.10:5060", format!("listen=udp:{listen}")),
-        ("# alias=\"sip.mydomain.com\"", format!("alias=\"{DOMAIN}\"")),
+        (
+            "# listen=udp:10.0.0.10:5060",
+            format!("listen=udp:{listen}"),
+        ),
+        (
+            "# alias=\"sip.mydomain.com\"",
+            format!("alias=\"{DOMAIN}\""),
+        ),
         (
             "####### Routing Logic ########",
             format!(
@@ -310,7 +364,10 @@ pub fn stock_config(
     for (from, to) in replacements {
         match text.matches(from).count() {
             1 => text = text.replacen(from, &to, 1),
-            n => bail!("{STOCK_CONFIG}: expected `{}` once, found it {n} times", from.trim()),
+            n => bail!(
+                "{STOCK_CONFIG}: expected `{}` once, found it {n} times",
+                from.trim()
+            ),
         }
     }
     Ok(text)
@@ -327,16 +384,28 @@ pub struct StockKamailio {
 impl StockKamailio {
     /// Writes the config, checks it with `kamailio -c`, starts Kamailio with the
     /// same memory sizes as ours and waits until it listens.
-    pub async fn start(db_url: &str, children: u32, shared_memory_mb: u32, private_memory_mb: u32) -> Result<Self> {
-        let stock =
-            fs::read_to_string(STOCK_CONFIG).with_context(|| format!("reading {STOCK_CONFIG} (package kamailio)"))?;
-        let dir = tempfile::Builder::new().prefix("stock-kamailio-").tempdir()?;
+    pub async fn start(
+        db_url: &str,
+        children: u32,
+        shared_memory_mb: u32,
+        private_memory_mb: u32,
+    ) -> Result<Self> {
+        let stock = fs::read_to_string(STOCK_CONFIG)
+            .with_context(|| format!("reading {STOCK_CONFIG} (package kamailio)"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("stock-kamailio-")
+            .tempdir()?;
         let port = free_udp_and_tcp_port()?;
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
         let text = stock_config(&stock, db_url, addr, children, dir.path())?;
         let cfg = dir.path().join("kamailio.cfg");
         fs::write(&cfg, text)?;
-        let check = tokio::process::Command::new("kamailio").arg("-c").arg("-f").arg(&cfg).output().await?;
+        let check = tokio::process::Command::new("kamailio")
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg)
+            .output()
+            .await?;
         if !check.status.success() {
             bail!(
                 "`kamailio -c` refused the stock config {}:\n{}",
@@ -363,7 +432,11 @@ impl StockKamailio {
             .stderr(Stdio::from(log))
             .status()
             .await?;
-        let mut me = Self { dir, pid: None, addr };
+        let mut me = Self {
+            dir,
+            pid: None,
+            addr,
+        };
         if !status.success() {
             bail!("stock kamailio exited with {status}:\n{}", me.log_tail(20));
         }
@@ -376,7 +449,10 @@ impl StockKamailio {
                 return Ok(me);
             }
             if Instant::now() > ready_by {
-                bail!("stock kamailio did not come up within 20 s:\n{}", me.log_tail(20));
+                bail!(
+                    "stock kamailio did not come up within 20 s:\n{}",
+                    me.log_tail(20)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -443,7 +519,10 @@ pub async fn register_callees(target: SocketAddr, standins: [SocketAddr; 2]) -> 
         .rate(10)
         .max_calls(2)
         .deadline(Duration::from_secs(15));
-    run_sipp(cmd).await?.ensure_all_succeeded(2).context("registering the callees")
+    run_sipp(cmd)
+        .await?
+        .ensure_all_succeeded(2)
+        .context("registering the callees")
 }
 
 // ---------------------------------------------------------------------------
@@ -467,13 +546,25 @@ pub fn process_cpu(pid: i32) -> Option<Duration> {
 /// (Kamailio's workers and timers, PostgreSQL's backends).
 pub fn process_tree_cpu(main_pid: i32) -> Duration {
     let mut total = Duration::ZERO;
-    let Ok(entries) = fs::read_dir("/proc") else { return total };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return total;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
-        let ppid = rest.split_whitespace().nth(1).and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<i32>().ok())
+            .unwrap_or(0);
         if pid == main_pid || ppid == main_pid {
             total += process_cpu(pid).unwrap_or_default();
         }
@@ -483,7 +574,13 @@ pub fn process_tree_cpu(main_pid: i32) -> Duration {
 
 /// The postmaster's pid, from `postmaster.pid` in the data directory.
 pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
-    fs::read_to_string(data_dir.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
+    fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -536,11 +633,19 @@ pub struct Load {
 /// How many lines of a Kamailio log say it ran out of shared memory.
 pub fn out_of_memory_lines(log: &Path) -> u64 {
     let text = fs::read_to_string(log).unwrap_or_default();
-    text.lines().filter(|l| l.contains("could not allocate shared memory") || l.contains("out of mem")).count() as u64
+    text.lines()
+        .filter(|l| l.contains("could not allocate shared memory") || l.contains("out of mem"))
+        .count() as u64
 }
 
 impl Load {
-    pub fn new(kind: LoadKind, target: SocketAddr, local_port: u16, users: u32, kamailio_pid: Option<i32>) -> Self {
+    pub fn new(
+        kind: LoadKind,
+        target: SocketAddr,
+        local_port: u16,
+        users: u32,
+        kamailio_pid: Option<i32>,
+    ) -> Self {
         let mut injection = InjectionFile::sequential();
         for i in 1..=users {
             let (user, password) = bench_user(i);
@@ -589,7 +694,9 @@ impl Load {
     /// Waits until every destination is active (at most 30 s); returns how
     /// long that took.
     async fn wait_for_active_destinations(&self) -> Result<Duration> {
-        let Some(rpc) = &self.dispatcher_rpc else { return Ok(Duration::ZERO) };
+        let Some(rpc) = &self.dispatcher_rpc else {
+            return Ok(Duration::ZERO);
+        };
         let start = Instant::now();
         loop {
             let list = rpc.dispatcher_list().await.context("dispatcher.list")?;
@@ -656,7 +763,8 @@ impl Load {
         let cpu_before = self.kamailio_pid.map(process_tree_cpu);
         let pg_before = self.postgres_pid.map(process_tree_cpu);
         let oom_before = self.log.as_deref().map(out_of_memory_lines).unwrap_or(0);
-        let standins_before: Vec<Option<Duration>> = self.standin_pids.iter().map(|p| process_cpu(*p)).collect();
+        let standins_before: Vec<Option<Duration>> =
+            self.standin_pids.iter().map(|p| process_cpu(*p)).collect();
         let (outcome, sipp_cpu) = run_sipp_measured(self.command(rate, calls, duration)).await?;
         let standin_cpu = self
             .standin_pids
@@ -673,7 +781,12 @@ impl Load {
         let pg_cpu = since(pg_before, self.postgres_pid);
 
         self.check_not_banned()?;
-        let out_of_memory = self.log.as_deref().map(out_of_memory_lines).unwrap_or(0).saturating_sub(oom_before);
+        let out_of_memory = self
+            .log
+            .as_deref()
+            .map(out_of_memory_lines)
+            .unwrap_or(0)
+            .saturating_sub(oom_before);
         let Some(stats) = &outcome.stats else {
             bail!("SIPp wrote no statistics:\n{}", outcome.diagnostics());
         };
@@ -699,9 +812,14 @@ impl Load {
             exit: outcome.exit,
             attempt: 1,
         };
-        if matches!(outcome.exit, SippExit::Fatal(_) | SippExit::BindFailed | SippExit::Other(_) | SippExit::Signal(_))
-        {
-            bail!("SIPp did not run the step ({result}):\n{}", outcome.diagnostics());
+        if matches!(
+            outcome.exit,
+            SippExit::Fatal(_) | SippExit::BindFailed | SippExit::Other(_) | SippExit::Signal(_)
+        ) {
+            bail!(
+                "SIPp did not run the step ({result}):\n{}",
+                outcome.diagnostics()
+            );
         }
         Ok(result)
     }
@@ -755,7 +873,9 @@ impl Load {
         let mut clean_rate: Option<u32> = None;
         let mut unclean_rate: Option<u32> = None;
         for &rate in rates {
-            let (step, transient) = self.decided_step(rate, duration, settle, &mut report).await?;
+            let (step, transient) = self
+                .decided_step(rate, duration, settle, &mut report)
+                .await?;
             ramp.transients.extend(transient);
             let clean = step.clean();
             ramp.steps.push(step);
@@ -774,7 +894,9 @@ impl Load {
                 if mid <= low || mid >= high || mid == 0 {
                     break;
                 }
-                let (step, transient) = self.decided_step(mid, duration, settle, &mut report).await?;
+                let (step, transient) = self
+                    .decided_step(mid, duration, settle, &mut report)
+                    .await?;
                 ramp.transients.extend(transient);
                 let clean = step.clean();
                 ramp.steps.push(step);
@@ -906,10 +1028,17 @@ impl StepResult {
             ));
         }
         if self.out_of_memory > 0 {
-            why.push(format!("Kamailio out of shared memory ({} log lines; see --shm-mb)", self.out_of_memory));
+            why.push(format!(
+                "Kamailio out of shared memory ({} log lines; see --shm-mb)",
+                self.out_of_memory
+            ));
         }
         if !self.unexpected_codes.is_empty() {
-            let codes: Vec<String> = self.unexpected_codes.iter().map(|(c, n)| format!("{c}x{n}")).collect();
+            let codes: Vec<String> = self
+                .unexpected_codes
+                .iter()
+                .map(|(c, n)| format!("{c}x{n}"))
+                .collect();
             why.push(format!("unexpected answers {}", codes.join(" ")));
         }
         if why.is_empty() {
@@ -945,7 +1074,11 @@ impl fmt::Display for StepResult {
             write!(f, " (busiest stand-in {:.0} %)", load * 100.0)?;
         }
         if self.waited_for_media > Duration::from_millis(500) {
-            write!(f, " (waited {:.1} s for the media nodes)", self.waited_for_media.as_secs_f64())?;
+            write!(
+                f,
+                " (waited {:.1} s for the media nodes)",
+                self.waited_for_media.as_secs_f64()
+            )?;
         }
         write!(f, " -> {}", self.verdict())?;
         if self.transient() {
@@ -971,12 +1104,18 @@ pub struct Ramp {
 impl Ramp {
     /// The highest clean step: the sustained rate.
     pub fn sustained(&self) -> Option<&StepResult> {
-        self.steps.iter().filter(|s| s.clean()).max_by_key(|s| s.offered)
+        self.steps
+            .iter()
+            .filter(|s| s.clean())
+            .max_by_key(|s| s.offered)
     }
 
     /// The lowest step that was not clean.
     pub fn first_unclean(&self) -> Option<&StepResult> {
-        self.steps.iter().filter(|s| !s.clean()).min_by_key(|s| s.offered)
+        self.steps
+            .iter()
+            .filter(|s| !s.clean())
+            .min_by_key(|s| s.offered)
     }
 
     pub fn step_at(&self, rate: u32) -> Option<&StepResult> {
@@ -989,7 +1128,11 @@ impl Ramp {
 
     /// Retransmissions over every run, the transient first runs included.
     pub fn total_retransmissions(&self) -> u64 {
-        self.steps.iter().chain(&self.transients).map(|s| s.retransmissions).sum()
+        self.steps
+            .iter()
+            .chain(&self.transients)
+            .map(|s| s.retransmissions)
+            .sum()
     }
 }
 
@@ -999,9 +1142,18 @@ mod tests {
 
     #[test]
     fn the_stock_config_gets_only_the_announced_changes() {
-        let Ok(stock) = fs::read_to_string(STOCK_CONFIG) else { return };
+        let Ok(stock) = fs::read_to_string(STOCK_CONFIG) else {
+            return;
+        };
         let addr: SocketAddr = "127.0.0.1:15060".parse().unwrap();
-        let text = stock_config(&stock, "postgres://u:p@127.0.0.1:5432/db", addr, 8, Path::new("/tmp/x")).unwrap();
+        let text = stock_config(
+            &stock,
+            "postgres://u:p@127.0.0.1:5432/db",
+            addr,
+            8,
+            Path::new("/tmp/x"),
+        )
+        .unwrap();
         assert!(text.starts_with("#!KAMAILIO\n"));
         for line in [
             "#!define WITH_AUTH",
@@ -1015,7 +1167,10 @@ mod tests {
             assert!(text.contains(line), "{line} missing");
         }
         assert!(!text.contains("db_mysql.so"));
-        assert!(text.contains("modparam(\"auth_db\", \"calculate_ha1\", yes)"), "still the plaintext password check");
+        assert!(
+            text.contains("modparam(\"auth_db\", \"calculate_ha1\", yes)"),
+            "still the plaintext password check"
+        );
     }
 
     #[test]
@@ -1039,12 +1194,44 @@ mod tests {
             attempt: 1,
         };
         assert!(step.clean(), "{}", step.verdict());
-        assert!(!StepResult { retransmissions: 1, ..step.clone() }.clean());
-        assert!(!StepResult { failed: 1, successful: 4999, ..step.clone() }.clean());
-        assert!(!StepResult { elapsed: Duration::from_secs(7), ..step.clone() }.clean());
-        assert!(StepResult { retransmissions: 2, ..step.clone() }.transient());
-        assert!(!StepResult { retransmissions: 2, attempt: 2, ..step.clone() }.transient());
-        assert!(!StepResult { retransmissions: 3, ..step.clone() }.transient());
-        assert!(!StepResult { retransmissions: 1, failed: 1, successful: 4999, ..step.clone() }.transient());
+        assert!(!StepResult {
+            retransmissions: 1,
+            ..step.clone()
+        }
+        .clean());
+        assert!(!StepResult {
+            failed: 1,
+            successful: 4999,
+            ..step.clone()
+        }
+        .clean());
+        assert!(!StepResult {
+            elapsed: Duration::from_secs(7),
+            ..step.clone()
+        }
+        .clean());
+        assert!(StepResult {
+            retransmissions: 2,
+            ..step.clone()
+        }
+        .transient());
+        assert!(!StepResult {
+            retransmissions: 2,
+            attempt: 2,
+            ..step.clone()
+        }
+        .transient());
+        assert!(!StepResult {
+            retransmissions: 3,
+            ..step.clone()
+        }
+        .transient());
+        assert!(!StepResult {
+            retransmissions: 1,
+            failed: 1,
+            successful: 4999,
+            ..step.clone()
+        }
+        .transient());
     }
 }

@@ -1,5 +1,6 @@
 //! Support for the integration tests: SIPp runs, free ports, process cleanup.
 
 pub mod bench;
+pub mod pgha;
 pub mod sipp;
 pub mod testbed;

@@ -69,8 +69,14 @@ const SIPP: &str = "sipp";
 
 /// Path of a scenario in `e2e/scenarios` (`name` with or without `.xml`).
 pub fn scenario_path(name: &str) -> PathBuf {
-    let file = if name.ends_with(".xml") { name.to_string() } else { format!("{name}.xml") };
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(file)
+    let file = if name.ends_with(".xml") {
+        name.to_string()
+    } else {
+        format!("{name}.xml")
+    };
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(file)
 }
 
 /// A UDP port on 127.0.0.1 that is free now and not handed out before by this
@@ -90,7 +96,10 @@ pub fn free_udp_port_on(ip: IpAddr) -> io::Result<u16> {
             return Ok(port);
         }
     }
-    Err(io::Error::new(io::ErrorKind::AddrInUse, "no new free UDP port found"))
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no new free UDP port found",
+    ))
 }
 
 /// Whether some process has a UDP socket bound to `port`, from /proc/net/udp{,6}
@@ -100,9 +109,11 @@ pub fn udp_port_bound(port: u16) -> bool {
     let suffix = format!(":{port:04X}");
     ["/proc/net/udp", "/proc/net/udp6"].iter().any(|table| {
         fs::read_to_string(table).is_ok_and(|text| {
-            text.lines()
-                .skip(1)
-                .any(|line| line.split_whitespace().nth(1).is_some_and(|local| local.ends_with(&suffix)))
+            text.lines().skip(1).any(|line| {
+                line.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|local| local.ends_with(&suffix))
+            })
         })
     })
 }
@@ -125,7 +136,10 @@ pub struct InjectionFile {
 
 impl InjectionFile {
     pub fn new(order: InjectionOrder) -> Self {
-        Self { order, lines: Vec::new() }
+        Self {
+            order,
+            lines: Vec::new(),
+        }
     }
 
     /// An empty file read line after line.
@@ -139,7 +153,8 @@ impl InjectionFile {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.lines.push(fields.into_iter().map(Into::into).collect());
+        self.lines
+            .push(fields.into_iter().map(Into::into).collect());
         self
     }
 
@@ -148,9 +163,15 @@ impl InjectionFile {
     /// field because SIPp 3.6.1 does not expand `[fieldN]` inside
     /// `[authentication …]`.
     pub fn users(users: &[(&str, &str, &str)]) -> Self {
-        users.iter().fold(Self::sequential(), |file, (user, domain, password)| {
-            file.line([user.to_string(), domain.to_string(), Self::auth_keyword(user, password)])
-        })
+        users
+            .iter()
+            .fold(Self::sequential(), |file, (user, domain, password)| {
+                file.line([
+                    user.to_string(),
+                    domain.to_string(),
+                    Self::auth_keyword(user, password),
+                ])
+            })
     }
 
     /// The `[authentication …]` keyword for one user.
@@ -259,12 +280,16 @@ impl SippCommand {
     /// A media node stand-in answering on `ip:port` (media_standin.xml). It
     /// keeps no dead calls, so Call-IDs can be reused right away.
     pub fn media_standin(ip: IpAddr, port: u16) -> Self {
-        Self::scenario("media_standin").local(ip, port).deadcall_wait(Duration::ZERO)
+        Self::scenario("media_standin")
+            .local(ip, port)
+            .deadcall_wait(Duration::ZERO)
     }
 
     /// A draining media node on `ip:port`: 503 to OPTIONS and INVITE.
     pub fn busy_media_standin(ip: IpAddr, port: u16) -> Self {
-        Self::scenario("media_standin_busy").local(ip, port).deadcall_wait(Duration::ZERO)
+        Self::scenario("media_standin_busy")
+            .local(ip, port)
+            .deadcall_wait(Duration::ZERO)
     }
 
     /// Where requests go, `host:port` (client scenarios).
@@ -404,13 +429,16 @@ impl SippCommand {
 
     /// `ip:port` SIPp listens on, when the port was given.
     pub fn local_addr(&self) -> Option<String> {
-        self.local_port.map(|port| join_host_port(self.local_ip, port))
+        self.local_port
+            .map(|port| join_host_port(self.local_ip, port))
     }
 
     /// The arguments for a run whose files go to `files`.
     fn args(&self, files: &RunFiles) -> Vec<OsString> {
         let mut args = Vec::new();
-        let mut push = |items: &[&dyn AsRef<OsStr>]| args.extend(items.iter().map(|i| i.as_ref().to_os_string()));
+        let mut push = |items: &[&dyn AsRef<OsStr>]| {
+            args.extend(items.iter().map(|i| i.as_ref().to_os_string()))
+        };
         if let Some(remote) = &self.remote {
             push(&[remote]);
         }
@@ -428,7 +456,11 @@ impl SippCommand {
         if let Some((calls, period)) = self.rate {
             push(&[&"-r", &calls.to_string(), &"-rp", &millis(period)]);
         }
-        let call_limit = if self.fixed_call_id.is_some() { Some(1) } else { self.call_limit };
+        let call_limit = if self.fixed_call_id.is_some() {
+            Some(1)
+        } else {
+            self.call_limit
+        };
         if let Some(limit) = call_limit {
             push(&[&"-l", &limit.to_string()]);
         }
@@ -445,7 +477,11 @@ impl SippCommand {
             // -cid_str expands %u, %p, %s; a literal % is %%.
             push(&[&"-cid_str", &call_id.replace('%', "%%")]);
         }
-        let deadcall_wait = if self.fixed_call_id.is_some() { Some(Duration::ZERO) } else { self.deadcall_wait };
+        let deadcall_wait = if self.fixed_call_id.is_some() {
+            Some(Duration::ZERO)
+        } else {
+            self.deadcall_wait
+        };
         if let Some(wait) = deadcall_wait {
             push(&[&"-deadcall_wait", &millis(wait)]);
         }
@@ -453,10 +489,19 @@ impl SippCommand {
             push(&[&"-key", name, value]);
         }
         let timeout = self.timeout.unwrap_or(self.deadline);
-        push(&[&"-timeout", &format!("{}s", whole_seconds_up(timeout)), &"-timeout_error"]);
+        push(&[
+            &"-timeout",
+            &format!("{}s", whole_seconds_up(timeout)),
+            &"-timeout_error",
+        ]);
         push(&[&"-trace_stat", &"-stf", &files.stats, &"-fd", &"1"]);
         push(&[&"-trace_logs", &"-log_file", &files.logs]);
-        push(&[&"-trace_err", &"-error_file", &files.errors, &"-trace_error_codes"]);
+        push(&[
+            &"-trace_err",
+            &"-error_file",
+            &files.errors,
+            &"-trace_error_codes",
+        ]);
         if self.trace_messages {
             push(&[&"-trace_msg", &"-message_file", &files.messages]);
         }
@@ -485,16 +530,27 @@ impl SippCommand {
                 fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
                 WorkDir::Given(path.clone())
             }
-            None => WorkDir::Temp(tempfile::Builder::new().prefix("sipp-").tempdir().context("creating a work dir")?),
+            None => WorkDir::Temp(
+                tempfile::Builder::new()
+                    .prefix("sipp-")
+                    .tempdir()
+                    .context("creating a work dir")?,
+            ),
         };
         static RUNS: AtomicU64 = AtomicU64::new(0);
         let stem = scenario_stem(&self.scenario);
-        let run_name = format!("{stem}-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
+        let run_name = format!(
+            "{stem}-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        );
         let files = RunFiles::new(dir.path(), &run_name);
         if let Some(injection) = &self.injection {
             injection.write(&files.injection)?;
         }
-        let create = |path: &Path| fs::File::create(path).with_context(|| format!("creating {}", path.display()));
+        let create = |path: &Path| {
+            fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+        };
         let child = Command::new(SIPP)
             .args(self.args(&files))
             .current_dir(dir.path())
@@ -503,12 +559,19 @@ impl SippCommand {
             .stderr(create(&files.stderr)?)
             .spawn()
             .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => anyhow!("`{SIPP}` not found: install the sip-tester package"),
+                io::ErrorKind::NotFound => {
+                    anyhow!("`{SIPP}` not found: install the sip-tester package")
+                }
                 _ => anyhow!(e).context(format!("starting {SIPP}")),
             })?;
         let started = Instant::now();
         let kill_at = started + self.deadline + KILL_GRACE;
-        let info = RunInfo { files, stem, started, command: self.command_line() };
+        let info = RunInfo {
+            files,
+            stem,
+            started,
+            command: self.command_line(),
+        };
         Ok((child, dir, info, kill_at))
     }
 
@@ -533,7 +596,9 @@ impl SippCommand {
 
     /// [`run`](Self::run) on a blocking thread, for async tests.
     pub async fn run_async(self) -> Result<SippOutcome> {
-        tokio::task::spawn_blocking(move || self.run()).await.context("sipp runner thread")?
+        tokio::task::spawn_blocking(move || self.run())
+            .await
+            .context("sipp runner thread")?
     }
 
     /// Starts SIPp and returns while it runs. When a local port was given, waits
@@ -577,7 +642,10 @@ impl SippCommand {
             while !udp_port_bound(port) {
                 if !process.is_alive() || Instant::now() >= ready_by {
                     let outcome = process.kill_and_collect()?;
-                    bail!("sipp did not start listening on port {port}:\n{}", outcome.diagnostics());
+                    bail!(
+                        "sipp did not start listening on port {port}:\n{}",
+                        outcome.diagnostics()
+                    );
                 }
                 thread::sleep(Duration::from_millis(10));
             }
@@ -602,7 +670,9 @@ fn join_host_port(ip: IpAddr, port: u16) -> String {
 }
 
 fn scenario_stem(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "scenario".into())
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "scenario".into())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -667,14 +737,25 @@ impl RunInfo {
     /// Reads what the run left behind.
     fn collect(&self, status: ExitStatus, killed: bool, pid: u32, dir: WorkDir) -> SippOutcome {
         let files = &self.files;
-        let stats = fs::read_to_string(&files.stats).ok().and_then(|text| SippStats::parse(&text));
+        let stats = fs::read_to_string(&files.stats)
+            .ok()
+            .and_then(|text| SippStats::parse(&text));
         let log_lines = read_log_lines(&files.logs);
         // -trace_error_codes has no file name option: <scenario>_<pid>_error_codes.csv.
-        let codes_file = dir.path().join(format!("{}_{pid}_error_codes.csv", self.stem));
-        let unexpected_codes = fs::read_to_string(codes_file).map(|t| parse_error_codes(&t)).unwrap_or_default();
+        let codes_file = dir
+            .path()
+            .join(format!("{}_{pid}_error_codes.csv", self.stem));
+        let unexpected_codes = fs::read_to_string(codes_file)
+            .map(|t| parse_error_codes(&t))
+            .unwrap_or_default();
         let errors = fs::read_to_string(&files.errors).unwrap_or_default();
         let stderr = fs::read_to_string(&files.stderr).unwrap_or_default();
-        let exit = SippExit::classify(status, killed, stats.is_some(), &format!("{errors}\n{stderr}"));
+        let exit = SippExit::classify(
+            status,
+            killed,
+            stats.is_some(),
+            &format!("{errors}\n{stderr}"),
+        );
         SippOutcome {
             exit,
             status,
@@ -691,7 +772,12 @@ impl RunInfo {
 
 fn read_log_lines(path: &Path) -> Vec<LogLine> {
     fs::read_to_string(path)
-        .map(|text| text.lines().filter(|l| !l.trim().is_empty()).map(LogLine::parse).collect())
+        .map(|text| {
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(LogLine::parse)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -763,7 +849,11 @@ impl SippStats {
         let mut lines = text.split_inclusive('\n');
         let header: Vec<&str> = lines.next()?.trim_end().split(';').collect();
         // A killed run may leave a half-written last line.
-        let last = lines.rev().filter(|l| l.ends_with('\n')).map(str::trim_end).find(|l| !l.is_empty())?;
+        let last = lines
+            .rev()
+            .filter(|l| l.ends_with('\n'))
+            .map(str::trim_end)
+            .find(|l| !l.is_empty())?;
         let values: Vec<&str> = last.split(';').collect();
         if values.len() < header.len() {
             return None;
@@ -779,7 +869,11 @@ impl SippStats {
 
     /// A numeric column; 0 when missing.
     pub fn count(&self, column: &str) -> u64 {
-        self.columns.get(column).and_then(|v| v.trim().parse::<f64>().ok()).map(|v| v as u64).unwrap_or(0)
+        self.columns
+            .get(column)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or(0)
     }
 
     pub fn total_created(&self) -> u64 {
@@ -825,8 +919,15 @@ impl LogLine {
     pub fn parse(line: &str) -> Self {
         let mut words = line.split_whitespace();
         let tag = words.next().unwrap_or_default().to_string();
-        let fields = words.filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self { tag, fields, text: line.to_string() }
+        let fields = words
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self {
+            tag,
+            fields,
+            text: line.to_string(),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -893,22 +994,31 @@ impl SippOutcome {
         if self.exit == SippExit::AllSucceeded && self.successful() == calls && self.failed() == 0 {
             return Ok(());
         }
-        bail!("expected {calls} successful calls and none failed:\n{}", self.diagnostics())
+        bail!(
+            "expected {calls} successful calls and none failed:\n{}",
+            self.diagnostics()
+        )
     }
 
     /// Exit, counters, the command and the tail of SIPp's error output.
     pub fn diagnostics(&self) -> String {
         let mut text = format!("{self}\ncommand: {}\n", self.command);
-        for (name, path, lines) in
-            [("errors", &self.files.errors, 30), ("stderr", &self.files.stderr, 10), ("stdout", &self.files.stdout, 40)]
-        {
+        for (name, path, lines) in [
+            ("errors", &self.files.errors, 30),
+            ("stderr", &self.files.stderr, 10),
+            ("stdout", &self.files.stdout, 40),
+        ] {
             let content = fs::read_to_string(path).unwrap_or_default();
             if content.trim().is_empty() {
                 continue;
             }
             let all: Vec<&str> = content.lines().collect();
             let tail = &all[all.len().saturating_sub(lines)..];
-            text.push_str(&format!("--- {name} (last {} lines)\n{}\n", tail.len(), tail.join("\n")));
+            text.push_str(&format!(
+                "--- {name} (last {} lines)\n{}\n",
+                tail.len(),
+                tail.join("\n")
+            ));
         }
         text
     }
@@ -916,7 +1026,11 @@ impl SippOutcome {
 
 impl fmt::Display for SippOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sipp {:?} ({}) after {:.1?}", self.exit, self.status, self.elapsed)?;
+        write!(
+            f,
+            "sipp {:?} ({}) after {:.1?}",
+            self.exit, self.status, self.elapsed
+        )?;
         match &self.stats {
             Some(s) => write!(
                 f,
@@ -964,7 +1078,9 @@ impl SippProcess {
 
     /// Whether SIPp still runs.
     pub fn is_alive(&self) -> bool {
-        lock(&self.child).as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+        lock(&self.child)
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// The `<log>` lines written so far (SIPp writes each one out at once).
@@ -978,7 +1094,8 @@ impl SippProcess {
         if let Some(child) = guard.as_mut() {
             if matches!(child.try_wait(), Ok(None)) {
                 let pid = i32::try_from(child.id()).context("pid out of range")?;
-                send_signal(Pid::from_raw(pid), signal).with_context(|| format!("sending {signal} to sipp {pid}"))?;
+                send_signal(Pid::from_raw(pid), signal)
+                    .with_context(|| format!("sending {signal} to sipp {pid}"))?;
             }
         }
         Ok(())
@@ -1045,7 +1162,9 @@ impl SippProcess {
     fn kill_and_collect(&mut self) -> Result<SippOutcome> {
         self.kill()?;
         self.stop_watchdog();
-        let mut child = lock(&self.child).take().ok_or_else(|| anyhow!("sipp process already collected"))?;
+        let mut child = lock(&self.child)
+            .take()
+            .ok_or_else(|| anyhow!("sipp process already collected"))?;
         let status = child.wait().context("reaping sipp")?;
         let killed = *lock(&self.killed);
         let dir = std::mem::replace(&mut self.dir, WorkDir::Given(PathBuf::new()));
@@ -1078,7 +1197,15 @@ mod tests {
                     2026-01-01\t10:00:01.0\t2.0;0;4;1;7;\n\
                     2026-01-01\t10:00:02.0\t3.0;0;9";
         let stats = SippStats::parse(text).unwrap();
-        assert_eq!((stats.successful(), stats.failed(), stats.retransmissions(), stats.current()), (4, 1, 7, 0));
+        assert_eq!(
+            (
+                stats.successful(),
+                stats.failed(),
+                stats.retransmissions(),
+                stats.current()
+            ),
+            (4, 1, 7, 0)
+        );
         assert!(SippStats::parse("StartTime;SuccessfulCall(C);\n").is_none());
     }
 
@@ -1096,14 +1223,38 @@ mod tests {
     fn exit_codes_map() {
         use std::os::unix::process::ExitStatusExt;
         let code = |c: i32| ExitStatus::from_raw(c << 8);
-        assert_eq!(SippExit::classify(code(0), false, true, ""), SippExit::AllSucceeded);
-        assert_eq!(SippExit::classify(code(1), false, true, ""), SippExit::SomeFailed);
-        assert_eq!(SippExit::classify(code(1), false, false, ""), SippExit::Fatal(1));
-        assert_eq!(SippExit::classify(code(255), false, true, "x timed out after '2.000' seconds"), SippExit::TimedOut);
-        assert_eq!(SippExit::classify(code(255), false, false, "boom"), SippExit::Fatal(255));
-        assert_eq!(SippExit::classify(code(254), false, false, ""), SippExit::BindFailed);
-        assert_eq!(SippExit::classify(ExitStatus::from_raw(9), true, false, ""), SippExit::Killed);
-        assert_eq!(SippExit::classify(ExitStatus::from_raw(15), false, false, ""), SippExit::Signal(15));
+        assert_eq!(
+            SippExit::classify(code(0), false, true, ""),
+            SippExit::AllSucceeded
+        );
+        assert_eq!(
+            SippExit::classify(code(1), false, true, ""),
+            SippExit::SomeFailed
+        );
+        assert_eq!(
+            SippExit::classify(code(1), false, false, ""),
+            SippExit::Fatal(1)
+        );
+        assert_eq!(
+            SippExit::classify(code(255), false, true, "x timed out after '2.000' seconds"),
+            SippExit::TimedOut
+        );
+        assert_eq!(
+            SippExit::classify(code(255), false, false, "boom"),
+            SippExit::Fatal(255)
+        );
+        assert_eq!(
+            SippExit::classify(code(254), false, false, ""),
+            SippExit::BindFailed
+        );
+        assert_eq!(
+            SippExit::classify(ExitStatus::from_raw(9), true, false, ""),
+            SippExit::Killed
+        );
+        assert_eq!(
+            SippExit::classify(ExitStatus::from_raw(15), false, false, ""),
+            SippExit::Signal(15)
+        );
     }
 
     #[test]
@@ -1113,7 +1264,13 @@ mod tests {
             .fixed_call_id("a%b")
             .deadline(Duration::from_millis(2500));
         let line = cmd.command_line();
-        for part in ["-timeout 3s -timeout_error", "-cid_str a%%b", "-l 1", "-deadcall_wait 0", "-nostdin"] {
+        for part in [
+            "-timeout 3s -timeout_error",
+            "-cid_str a%%b",
+            "-l 1",
+            "-deadcall_wait 0",
+            "-nostdin",
+        ] {
             assert!(line.contains(part), "{part} missing in {line}");
         }
     }

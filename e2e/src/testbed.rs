@@ -43,7 +43,12 @@ pub struct PoolSpec {
 
 impl PoolSpec {
     pub fn new(name: &str, set_id: i32, algorithm: &str) -> Self {
-        Self { name: name.into(), set_id, algorithm: algorithm.into(), members: Vec::new() }
+        Self {
+            name: name.into(),
+            set_id,
+            algorithm: algorithm.into(),
+            members: Vec::new(),
+        }
     }
     pub fn member(mut self, addr: SocketAddr, weight: u32, priority: i32) -> Self {
         self.members.push((format!("sip:{addr}"), weight, priority));
@@ -93,7 +98,11 @@ pub struct Ports {
 
 impl Ports {
     pub fn free() -> Result<Self> {
-        Ok(Self { postgres: free_tcp_port()?, sip: free_udp_and_tcp_port()?, rpc: free_tcp_port()? })
+        Ok(Self {
+            postgres: free_tcp_port()?,
+            sip: free_udp_and_tcp_port()?,
+            rpc: free_tcp_port()?,
+        })
     }
 }
 
@@ -112,7 +121,10 @@ impl TestbedSpec {
                 p.name, p.set_id, p.algorithm
             );
             for (uri, weight, priority) in &p.members {
-                let _ = writeln!(y, "    - {{uri: \"{uri}\", weight: {weight}, priority: {priority}}}");
+                let _ = writeln!(
+                    y,
+                    "    - {{uri: \"{uri}\", weight: {weight}, priority: {priority}}}"
+                );
             }
             if p.members.is_empty() {
                 y.truncate(y.len() - "  members:\n".len());
@@ -140,7 +152,10 @@ impl TestbedSpec {
         );
         match self.flood_requests_per_window {
             Some(n) => {
-                let _ = writeln!(y, "  floodProtection: {{enabled: true, requestsPerWindow: {n}}}");
+                let _ = writeln!(
+                    y,
+                    "  floodProtection: {{enabled: true, requestsPerWindow: {n}}}"
+                );
             }
             None => {
                 let _ = writeln!(y, "  floodProtection: {{enabled: false}}");
@@ -170,10 +185,19 @@ impl Testbed {
 
     /// Brings up a platform file written for `ports` (e.g. `TestbedSpec::yaml` edited).
     pub async fn up_yaml(yaml: String, ports: Ports) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("sipstack-test-").tempdir().context("temporary state dir")?;
+        let dir = tempfile::Builder::new()
+            .prefix("sipstack-test-")
+            .tempdir()
+            .context("temporary state dir")?;
         // PostgreSQL runs as the postgres user when the tests run as root.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: false };
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        let options = UpOptions {
+            state_dir: dir.path().to_path_buf(),
+            standins: false,
+        };
         let (state, _report) = match sipstack_local::up(&yaml, &options).await {
             Ok(ok) => ok,
             Err(e) => {
@@ -184,7 +208,14 @@ impl Testbed {
         };
         let rpc = EdgeRpc::new(&state.edges[0].rpc_url);
         let db_url = state.db_url()?;
-        Ok(Self { dir: Some(dir), ports, yaml, state, rpc, db_url })
+        Ok(Self {
+            dir: Some(dir),
+            ports,
+            yaml,
+            state,
+            rpc,
+            db_url,
+        })
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -208,15 +239,25 @@ impl Testbed {
 
     /// Stops Kamailio and brings the platform up again (it restarts nothing else).
     pub async fn restart_edge(&self) -> Result<()> {
-        let kam = sipstack_local::kamailio::LocalKamailio::new(&self.state.state_dir, &self.state.edges[0].name);
+        let kam = sipstack_local::kamailio::LocalKamailio::new(
+            &self.state.state_dir,
+            &self.state.edges[0].name,
+        );
         kam.stop().await?;
-        let options = UpOptions { state_dir: self.state.state_dir.clone(), standins: false };
+        let options = UpOptions {
+            state_dir: self.state.state_dir.clone(),
+            standins: false,
+        };
         sipstack_local::up(&self.yaml, &options).await?;
         Ok(())
     }
 
     fn postgres(&self) -> sipstack_local::postgres::LocalPostgres {
-        sipstack_local::postgres::LocalPostgres::new(self.state.state_dir.join("pg-pg"), self.ports.postgres, 15)
+        sipstack_local::postgres::LocalPostgres::new(
+            self.state.state_dir.join("pg-pg"),
+            self.ports.postgres,
+            15,
+        )
     }
 
     /// Stops PostgreSQL (a database outage); Kamailio keeps running.
@@ -232,11 +273,17 @@ impl Testbed {
 
     /// Reloads the routing rules, waiting out Kamailio's reload rate limit.
     pub async fn reload_routes(&self) -> Result<()> {
-        Ok(self.rpc.reload(Reload::Routes, Duration::from_secs(10)).await?)
+        Ok(self
+            .rpc
+            .reload(Reload::Routes, Duration::from_secs(10))
+            .await?)
     }
 
     pub async fn reload_dispatcher(&self) -> Result<()> {
-        Ok(self.rpc.reload(Reload::Dispatcher, Duration::from_secs(10)).await?)
+        Ok(self
+            .rpc
+            .reload(Reload::Dispatcher, Duration::from_secs(10))
+            .await?)
     }
 
     pub async fn destinations(&self) -> Result<Vec<LiveDestination>> {
@@ -266,7 +313,9 @@ impl Testbed {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > limit {
-                anyhow::bail!("dispatcher state did not reach the expected state within {limit:?}: {list:?}");
+                anyhow::bail!(
+                    "dispatcher state did not reach the expected state within {limit:?}: {list:?}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -299,7 +348,10 @@ impl Drop for Testbed {
 pub fn tear_down(dir: TempDir) {
     let path = dir.path().to_path_buf();
     let handle = std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             if let Err(e) = rt.block_on(sipstack_local::down(&path)) {
                 eprintln!("teardown of {}: {e}", path.display());
             }
@@ -331,11 +383,18 @@ pub async fn database_snapshot(db: &Client) -> Result<Vec<(String, String)>> {
 
 /// One call from subscriber `user` (digest auth) to `number`; `answered_by` tells
 /// which media node took it.
-pub async fn call_number(edge: SocketAddr, user: &str, password: &str, number: &str) -> Result<crate::sipp::SippOutcome> {
+pub async fn call_number(
+    edge: SocketAddr,
+    user: &str,
+    password: &str,
+    number: &str,
+) -> Result<crate::sipp::SippOutcome> {
     SippCommand::scenario("uac_call")
         .remote(edge)
         .service(number)
-        .injection(crate::sipp::InjectionFile::users(&[(user, DOMAIN, password)]))
+        .injection(crate::sipp::InjectionFile::users(&[(
+            user, DOMAIN, password,
+        )]))
         .max_calls(1)
         .deadline(Duration::from_secs(20))
         .run_async()
@@ -344,7 +403,10 @@ pub async fn call_number(edge: SocketAddr, user: &str, password: &str, number: &
 
 /// The media node (host:port) that answered the first call of a `uac_call` run.
 pub fn answered_by(out: &crate::sipp::SippOutcome) -> Option<String> {
-    out.lines("ANSWERED").next().and_then(|l| l.get("media")).map(str::to_string)
+    out.lines("ANSWERED")
+        .next()
+        .and_then(|l| l.get("media"))
+        .map(str::to_string)
 }
 
 /// A media stand-in on `media_ip(n)` at a free port.
@@ -357,12 +419,16 @@ pub fn standin(n: u8) -> Result<(SocketAddr, SippProcess)> {
 /// A media stand-in on a given address, e.g. one that comes back on the ip:port of
 /// a stand-in that was killed (the dispatcher knows members by their URI).
 pub fn standin_on(addr: SocketAddr) -> Result<SippProcess> {
-    SippCommand::media_standin(addr.ip(), addr.port()).deadline(Duration::from_secs(600)).spawn()
+    SippCommand::media_standin(addr.ip(), addr.port())
+        .deadline(Duration::from_secs(600))
+        .spawn()
 }
 
 /// A TCP port nobody listens on now.
 pub fn free_tcp_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 /// A port free for both UDP and TCP on 127.0.0.1 (a SIP listener uses both).
@@ -388,7 +454,9 @@ pub fn register_command(edge: SocketAddr, user: &str, password: &str, port: u16)
     SippCommand::scenario("register")
         .remote(edge)
         .local(EDGE_IP, port)
-        .injection(crate::sipp::InjectionFile::users(&[(user, DOMAIN, password)]))
+        .injection(crate::sipp::InjectionFile::users(&[(
+            user, DOMAIN, password,
+        )]))
         .key("expires", "600")
         .max_calls(1)
         .deadline(Duration::from_secs(15))
@@ -396,11 +464,19 @@ pub fn register_command(edge: SocketAddr, user: &str, password: &str, port: u16)
 
 /// Registers `user`'s phone at 127.0.0.1:`port`; fails unless the edge answered 200.
 pub async fn register_phone(edge: SocketAddr, user: &str, password: &str, port: u16) -> Result<()> {
-    register_command(edge, user, password, port).run_async().await?.ensure_all_succeeded(1)
+    register_command(edge, user, password, port)
+        .run_async()
+        .await?
+        .ensure_all_succeeded(1)
 }
 
 /// `calls` calls from a media node's address (trusted: no challenge) to `user`.
-pub async fn call_from_media(edge: SocketAddr, media: IpAddr, user: &str, calls: u64) -> Result<crate::sipp::SippOutcome> {
+pub async fn call_from_media(
+    edge: SocketAddr,
+    media: IpAddr,
+    user: &str,
+    calls: u64,
+) -> Result<crate::sipp::SippOutcome> {
     SippCommand::scenario("uac_trusted")
         .remote(edge)
         .local_ip(media)
@@ -414,5 +490,8 @@ pub async fn call_from_media(edge: SocketAddr, media: IpAddr, user: &str, calls:
 
 /// A registered user's phone answering calls at 127.0.0.1:`port`.
 pub fn phone(port: u16) -> Result<SippProcess> {
-    SippCommand::scenario("uas_user").local(EDGE_IP, port).deadline(Duration::from_secs(60)).spawn()
+    SippCommand::scenario("uas_user")
+        .local(EDGE_IP, port)
+        .deadline(Duration::from_secs(60))
+        .spawn()
 }

@@ -40,7 +40,10 @@ fn free_udp_port() -> u16 {
 
 /// A temporary directory the `postgres` system user can enter (when the tests run as root).
 fn test_dir() -> TempDir {
-    let dir = tempfile::Builder::new().prefix("sipstack-db-").tempdir().expect("create a temporary directory");
+    let dir = tempfile::Builder::new()
+        .prefix("sipstack-db-")
+        .tempdir()
+        .expect("create a temporary directory");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod the temporary directory");
     dir
@@ -58,16 +61,29 @@ impl TestPostgres {
         let dir = test_dir();
         let pg = LocalPostgres::new(dir.path().join("pg"), free_tcp_port(), PG_MAJOR)
             .with_start_timeout(Duration::from_secs(60));
-        assert!(pg.init().await.expect("initdb"), "a fresh directory is initialised");
+        assert!(
+            pg.init().await.expect("initdb"),
+            "a fresh directory is initialised"
+        );
         // From here on the guard stops the server whatever happens.
-        let mut guard = TestPostgres { pg, url: String::new(), dir };
+        let mut guard = TestPostgres {
+            pg,
+            url: String::new(),
+            dir,
+        };
         guard.pg.start().await.expect("start PostgreSQL");
-        guard.url = guard.pg.ensure_database(OWNER, DATABASE).await.expect("create the platform database");
+        guard.url = guard
+            .pg
+            .ensure_database(OWNER, DATABASE)
+            .await
+            .expect("create the platform database");
         guard
     }
 
     async fn client(&self) -> Client {
-        sipstack_db::connect(&self.url, Duration::from_secs(10)).await.expect("connect as the owner")
+        sipstack_db::connect(&self.url, Duration::from_secs(10))
+            .await
+            .expect("connect as the owner")
     }
 
     async fn migrated_client(&self) -> Client {
@@ -82,12 +98,18 @@ impl Drop for TestPostgres {
         // Drop runs inside the test's runtime; stop from a thread with its own.
         let pg = self.pg.clone();
         let stopped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             runtime.block_on(pg.stop()).ok()
         })
         .join();
         if !matches!(stopped, Ok(Some(_))) {
-            eprintln!("could not stop PostgreSQL in {}", self.pg.data_dir().display());
+            eprintln!(
+                "could not stop PostgreSQL in {}",
+                self.pg.data_dir().display()
+            );
         }
     }
 }
@@ -138,11 +160,19 @@ async fn fresh_database_gets_every_migration_and_a_second_run_changes_nothing() 
     let mut client = db.client().await;
     assert_eq!(sipstack_db::schema_version(&client).await.unwrap(), 0);
 
-    let first = sipstack_db::migrate(&mut client).await.expect("first migration");
-    let known: Vec<i32> = sipstack_db::known_migrations().iter().map(|m| m.version).collect();
+    let first = sipstack_db::migrate(&mut client)
+        .await
+        .expect("first migration");
+    let known: Vec<i32> = sipstack_db::known_migrations()
+        .iter()
+        .map(|m| m.version)
+        .collect();
     assert_eq!(first.version_before, 0);
     assert_eq!(first.version, sipstack_db::latest_version());
-    assert_eq!(first.applied.iter().map(|m| m.version).collect::<Vec<_>>(), known);
+    assert_eq!(
+        first.applied.iter().map(|m| m.version).collect::<Vec<_>>(),
+        known
+    );
 
     let tables = [
         "version",
@@ -166,10 +196,16 @@ async fn fresh_database_gets_every_migration_and_a_second_run_changes_nothing() 
         .collect();
     let versions_before = version_rows(&client).await;
 
-    let second = sipstack_db::migrate(&mut client).await.expect("second migration");
+    let second = sipstack_db::migrate(&mut client)
+        .await
+        .expect("second migration");
     assert_eq!(
         second,
-        MigrationReport { version_before: first.version, version: first.version, applied: Vec::new() },
+        MigrationReport {
+            version_before: first.version,
+            version: first.version,
+            applied: Vec::new()
+        },
         "a second run applies nothing"
     );
     assert_eq!(schema_fingerprint(&client, &tables).await, before);
@@ -182,7 +218,10 @@ async fn fresh_database_gets_every_migration_and_a_second_run_changes_nothing() 
         .collect();
     assert_eq!(bookkeeping_after, bookkeeping_before);
     assert_eq!(version_rows(&client).await, versions_before);
-    assert_eq!(sipstack_db::schema_version(&client).await.unwrap(), sipstack_db::latest_version());
+    assert_eq!(
+        sipstack_db::schema_version(&client).await.unwrap(),
+        sipstack_db::latest_version()
+    );
 
     let expected: BTreeMap<String, i32> = [
         ("version", 1),
@@ -205,23 +244,40 @@ async fn kamailio_tables_match_kamailio_schema_files() {
     let db = TestPostgres::start().await;
     let ours = db.migrated_client().await;
 
-    let admin = db.pg.connect_superuser().await.expect("connect as superuser");
+    let admin = db
+        .pg
+        .connect_superuser()
+        .await
+        .expect("connect as superuser");
     admin
         .batch_execute("CREATE DATABASE kamailio_reference OWNER sipstack")
         .await
         .expect("create the reference database");
-    let base = db.url.strip_suffix(DATABASE).expect("the URL ends with the database name");
+    let base = db
+        .url
+        .strip_suffix(DATABASE)
+        .expect("the URL ends with the database name");
     let reference_url = format!("{base}kamailio_reference");
-    let reference =
-        sipstack_db::connect(&reference_url, Duration::from_secs(10)).await.expect("connect to the reference");
+    let reference = sipstack_db::connect(&reference_url, Duration::from_secs(10))
+        .await
+        .expect("connect to the reference");
     for file in ["standard", "auth_db", "usrloc", "dispatcher"] {
         let path = format!("/usr/share/kamailio/postgres/{file}-create.sql");
-        let sql =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}; install kamailio-postgres-modules"));
-        reference.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let sql = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}; install kamailio-postgres-modules"));
+        reference
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
     }
 
-    let tables = ["version", "subscriber", "location", "location_attrs", "dispatcher"];
+    let tables = [
+        "version",
+        "subscriber",
+        "location",
+        "location_attrs",
+        "dispatcher",
+    ];
     let (our_columns, mut our_indexes) = schema_fingerprint(&ours, &tables).await;
     let (reference_columns, reference_indexes) = schema_fingerprint(&reference, &tables).await;
     assert_eq!(our_columns, reference_columns);
@@ -244,12 +300,25 @@ async fn kamailio_tables_match_kamailio_schema_files() {
 async fn concurrent_migrators_apply_each_migration_once() {
     let db = TestPostgres::start().await;
     let (mut a, mut b, mut c) = (db.client().await, db.client().await, db.client().await);
-    let (ra, rb, rc) =
-        tokio::join!(sipstack_db::migrate(&mut a), sipstack_db::migrate(&mut b), sipstack_db::migrate(&mut c));
-    let reports = [ra.expect("migrator a"), rb.expect("migrator b"), rc.expect("migrator c")];
+    let (ra, rb, rc) = tokio::join!(
+        sipstack_db::migrate(&mut a),
+        sipstack_db::migrate(&mut b),
+        sipstack_db::migrate(&mut c)
+    );
+    let reports = [
+        ra.expect("migrator a"),
+        rb.expect("migrator b"),
+        rc.expect("migrator c"),
+    ];
     let applied: usize = reports.iter().map(|r| r.applied.len()).sum();
-    assert_eq!(applied, sipstack_db::known_migrations().len(), "{reports:#?}");
-    assert!(reports.iter().all(|r| r.version == sipstack_db::latest_version()));
+    assert_eq!(
+        applied,
+        sipstack_db::known_migrations().len(),
+        "{reports:#?}"
+    );
+    assert!(reports
+        .iter()
+        .all(|r| r.version == sipstack_db::latest_version()));
 }
 
 #[tokio::test]
@@ -264,7 +333,9 @@ async fn newer_schema_is_refused() {
         )
         .await
         .unwrap();
-    let err = sipstack_db::migrate(&mut client).await.expect_err("a newer schema must be refused");
+    let err = sipstack_db::migrate(&mut client)
+        .await
+        .expect_err("a newer schema must be refused");
     match &err {
         DbError::SchemaTooNew { database, known } => {
             assert_eq!(*database, future);
@@ -280,12 +351,23 @@ async fn changed_migration_is_refused() {
     let db = TestPostgres::start().await;
     let mut client = db.migrated_client().await;
     client
-        .execute("UPDATE sipstack_schema_migrations SET checksum = 'md5:edited' WHERE version = 1", &[])
+        .execute(
+            "UPDATE sipstack_schema_migrations SET checksum = 'md5:edited' WHERE version = 1",
+            &[],
+        )
         .await
         .unwrap();
-    let err = sipstack_db::migrate(&mut client).await.expect_err("a changed migration must be refused");
-    assert!(matches!(&err, DbError::ChecksumMismatch { version: 1, .. }), "{err}");
-    assert!(err.to_string().contains("migration 0001 (kamailio_core)"), "{err}");
+    let err = sipstack_db::migrate(&mut client)
+        .await
+        .expect_err("a changed migration must be refused");
+    assert!(
+        matches!(&err, DbError::ChecksumMismatch { version: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("migration 0001 (kamailio_core)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -294,42 +376,89 @@ async fn repositories_keep_their_promises() {
     let client = db.migrated_client().await;
 
     // subscribers: hashes only, realm = domain
-    sipstack_db::subscriber::add(&client, "alice", "Acme.Example", "s3cret").await.unwrap();
-    let dup = sipstack_db::subscriber::add(&client, "alice", "acme.example", "other").await.unwrap_err();
+    sipstack_db::subscriber::add(&client, "alice", "Acme.Example", "s3cret")
+        .await
+        .unwrap();
+    let dup = sipstack_db::subscriber::add(&client, "alice", "acme.example", "other")
+        .await
+        .unwrap_err();
     assert!(matches!(dup, DbError::AlreadyExists { .. }), "{dup}");
     let row = client
-        .query_one("SELECT domain, password, ha1, ha1b FROM subscriber WHERE username = 'alice'", &[])
+        .query_one(
+            "SELECT domain, password, ha1, ha1b FROM subscriber WHERE username = 'alice'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "acme.example");
-    assert_eq!(row.get::<_, String>(1), "", "no plaintext password is stored");
-    assert_eq!(row.get::<_, String>(2), sipstack_db::subscriber::ha1("alice", "acme.example", "s3cret"));
+    assert_eq!(
+        row.get::<_, String>(1),
+        "",
+        "no plaintext password is stored"
+    );
+    assert_eq!(
+        row.get::<_, String>(2),
+        sipstack_db::subscriber::ha1("alice", "acme.example", "s3cret")
+    );
     assert_eq!(
         row.get::<_, String>(3),
         sipstack_db::subscriber::ha1b("alice", "acme.example", "acme.example", "s3cret")
     );
-    assert!(!sipstack_db::subscriber::upsert(&client, "alice", "acme.example", "new").await.unwrap());
-    assert!(sipstack_db::subscriber::upsert(&client, "bob", "acme.example", "pw").await.unwrap());
-    assert_eq!(sipstack_db::subscriber::list(&client).await.unwrap().len(), 2);
-    sipstack_db::subscriber::remove(&client, "bob", "acme.example").await.unwrap();
-    assert!(sipstack_db::subscriber::remove(&client, "bob", "acme.example").await.is_err());
+    assert!(
+        !sipstack_db::subscriber::upsert(&client, "alice", "acme.example", "new")
+            .await
+            .unwrap()
+    );
+    assert!(
+        sipstack_db::subscriber::upsert(&client, "bob", "acme.example", "pw")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        sipstack_db::subscriber::list(&client).await.unwrap().len(),
+        2
+    );
+    sipstack_db::subscriber::remove(&client, "bob", "acme.example")
+        .await
+        .unwrap();
+    assert!(
+        sipstack_db::subscriber::remove(&client, "bob", "acme.example")
+            .await
+            .is_err()
+    );
 
     // dispatcher: members that stay keep their flags
-    let member =
-        |d: &str, w: i32| Member { destination: d.into(), weight: w, priority: 0, description: "pool-a".into() };
+    let member = |d: &str, w: i32| Member {
+        destination: d.into(),
+        weight: w,
+        priority: 0,
+        description: "pool-a".into(),
+    };
     let change = sipstack_db::dispatcher::replace_set(
         &client,
         10,
-        &[member("sip:10.0.0.1:5080", 50), member("sip:10.0.0.2:5080", 50)],
+        &[
+            member("sip:10.0.0.1:5080", 50),
+            member("sip:10.0.0.2:5080", 50),
+        ],
     )
     .await
     .unwrap();
     assert_eq!(change.added, ["sip:10.0.0.1:5080", "sip:10.0.0.2:5080"]);
-    client.execute("UPDATE dispatcher SET flags = 4 WHERE destination = 'sip:10.0.0.1:5080'", &[]).await.unwrap();
+    client
+        .execute(
+            "UPDATE dispatcher SET flags = 4 WHERE destination = 'sip:10.0.0.1:5080'",
+            &[],
+        )
+        .await
+        .unwrap();
     let change = sipstack_db::dispatcher::replace_set(
         &client,
         10,
-        &[member("sip:10.0.0.1:5080", 70), member("sip:10.0.0.3:5080", 30)],
+        &[
+            member("sip:10.0.0.1:5080", 70),
+            member("sip:10.0.0.3:5080", 30),
+        ],
     )
     .await
     .unwrap();
@@ -337,32 +466,66 @@ async fn repositories_keep_their_promises() {
     assert_eq!(change.removed, ["sip:10.0.0.2:5080"]);
     assert_eq!(change.kept, ["sip:10.0.0.1:5080"]);
     let rows = sipstack_db::dispatcher::list(&client).await.unwrap();
-    let kept = rows.iter().find(|d| d.destination == "sip:10.0.0.1:5080").unwrap();
-    assert_eq!((kept.flags, kept.attrs.as_str()), (4, "weight=70;rweight=70"), "state kept, weight updated");
-    let added = rows.iter().find(|d| d.destination == "sip:10.0.0.3:5080").unwrap();
-    assert_eq!((added.flags, added.attrs.as_str(), added.set_id), (0, "weight=30;rweight=30", 10));
+    let kept = rows
+        .iter()
+        .find(|d| d.destination == "sip:10.0.0.1:5080")
+        .unwrap();
+    assert_eq!(
+        (kept.flags, kept.attrs.as_str()),
+        (4, "weight=70;rweight=70"),
+        "state kept, weight updated"
+    );
+    let added = rows
+        .iter()
+        .find(|d| d.destination == "sip:10.0.0.3:5080")
+        .unwrap();
+    assert_eq!(
+        (added.flags, added.attrs.as_str(), added.set_id),
+        (0, "weight=30;rweight=30", 10)
+    );
     let again = sipstack_db::dispatcher::replace_set(
         &client,
         10,
-        &[member("sip:10.0.0.1:5080", 70), member("sip:10.0.0.3:5080", 30)],
+        &[
+            member("sip:10.0.0.1:5080", 70),
+            member("sip:10.0.0.3:5080", 30),
+        ],
     )
     .await
     .unwrap();
     assert!(again.is_unchanged());
-    assert!(sipstack_db::dispatcher::replace_set(&client, 10, &[member("sip:a", 1), member("sip:a", 1)])
-        .await
-        .is_err());
+    assert!(sipstack_db::dispatcher::replace_set(
+        &client,
+        10,
+        &[member("sip:a", 1), member("sip:a", 1)]
+    )
+    .await
+    .is_err());
 
     // media pools and routes
-    sipstack_db::media_pool::upsert(&client, "pool-a", 10, Algorithm::RoundRobin).await.unwrap();
-    sipstack_db::media_pool::upsert(&client, "pool-b", 20, "weighted").await.unwrap();
-    sipstack_db::media_pool::upsert(&client, "pool-a", 10, "callIdHash").await.unwrap();
-    let conflict = sipstack_db::media_pool::upsert(&client, "pool-c", 20, "weighted").await.unwrap_err();
+    sipstack_db::media_pool::upsert(&client, "pool-a", 10, Algorithm::RoundRobin)
+        .await
+        .unwrap();
+    sipstack_db::media_pool::upsert(&client, "pool-b", 20, "weighted")
+        .await
+        .unwrap();
+    sipstack_db::media_pool::upsert(&client, "pool-a", 10, "callIdHash")
+        .await
+        .unwrap();
+    let conflict = sipstack_db::media_pool::upsert(&client, "pool-c", 20, "weighted")
+        .await
+        .unwrap_err();
     assert!(conflict.to_string().contains("\"pool-b\""), "{conflict}");
     let pools = sipstack_db::media_pool::list(&client).await.unwrap();
     assert_eq!(
-        pools.iter().map(|p| (p.name.as_str(), p.set_id, p.algorithm)).collect::<Vec<_>>(),
-        [("pool-a", 10, Algorithm::CallIdHash), ("pool-b", 20, Algorithm::Weighted)]
+        pools
+            .iter()
+            .map(|p| (p.name.as_str(), p.set_id, p.algorithm))
+            .collect::<Vec<_>>(),
+        [
+            ("pool-a", 10, Algorithm::CallIdHash),
+            ("pool-b", 20, Algorithm::Weighted)
+        ]
     );
 
     let new_route = |name: &str, target: Target| NewRoute {
@@ -374,13 +537,27 @@ async fn repositories_keep_their_promises() {
         target,
         description: "UK".into(),
     };
-    let stored = route::add(&client, &new_route("uk", Target::Pool("pool-b".into()))).await.unwrap();
+    let stored = route::add(&client, &new_route("uk", Target::Pool("pool-b".into())))
+        .await
+        .unwrap();
     assert_eq!(stored.target, Target::Pool("pool-b".into()));
     assert!(stored.created_at.is_some());
-    let dup = route::add(&client, &new_route("uk", Target::User)).await.unwrap_err();
+    let dup = route::add(&client, &new_route("uk", Target::User))
+        .await
+        .unwrap_err();
     assert!(matches!(dup, DbError::AlreadyExists { .. }), "{dup}");
-    let missing = route::add(&client, &new_route("nowhere", Target::Pool("pool-x".into()))).await.unwrap_err();
-    assert!(missing.to_string().starts_with("target_pool: media pool \"pool-x\" does not exist"), "{missing}");
+    let missing = route::add(
+        &client,
+        &new_route("nowhere", Target::Pool("pool-x".into())),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .starts_with("target_pool: media pool \"pool-x\" does not exist"),
+        "{missing}"
+    );
     assert_eq!(route::list(&client).await.unwrap().len(), 1);
 
     // the database enforces the same rules when written to directly
@@ -393,18 +570,29 @@ async fn repositories_keep_their_promises() {
             )
             .await
             .expect_err("a CHECK constraint refuses it");
-        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION), "{err}");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{err}"
+        );
     }
 
     // pools routes still use are kept and reported
-    let cleanup = sipstack_db::media_pool::remove_absent(&client, &[]).await.unwrap();
+    let cleanup = sipstack_db::media_pool::remove_absent(&client, &[])
+        .await
+        .unwrap();
     assert_eq!(cleanup.removed, ["pool-a"]);
     assert_eq!(cleanup.still_referenced.len(), 1);
     assert_eq!(cleanup.still_referenced[0].name, "pool-b");
     assert_eq!(cleanup.still_referenced[0].routes, ["uk"]);
     route::delete(&client, "uk").await.unwrap();
-    assert!(matches!(route::delete(&client, "uk").await, Err(DbError::NotFound { .. })));
-    let cleanup = sipstack_db::media_pool::remove_absent(&client, &["pool-b".to_string()]).await.unwrap();
+    assert!(matches!(
+        route::delete(&client, "uk").await,
+        Err(DbError::NotFound { .. })
+    ));
+    let cleanup = sipstack_db::media_pool::remove_absent(&client, &["pool-b".to_string()])
+        .await
+        .unwrap();
     assert!(cleanup.removed.is_empty() && cleanup.still_referenced.is_empty());
 }
 
@@ -412,17 +600,28 @@ async fn repositories_keep_their_promises() {
 async fn stop_and_start_keep_the_data() {
     let db = TestPostgres::start().await;
     let client = db.migrated_client().await;
-    sipstack_db::subscriber::add(&client, "carol", "acme.example", "pw").await.unwrap();
+    sipstack_db::subscriber::add(&client, "carol", "acme.example", "pw")
+        .await
+        .unwrap();
     drop(client);
 
     assert!(db.pg.is_running());
     assert!(db.pg.stop().await.unwrap(), "it was running");
     assert!(!db.pg.is_running());
-    assert!(!db.pg.stop().await.unwrap(), "stopping a stopped server is fine");
+    assert!(
+        !db.pg.stop().await.unwrap(),
+        "stopping a stopped server is fine"
+    );
     assert!(!db.pg.status().await.unwrap());
-    assert!(!db.pg.init().await.unwrap(), "an initialised cluster is kept");
+    assert!(
+        !db.pg.init().await.unwrap(),
+        "an initialised cluster is kept"
+    );
     db.pg.start().await.unwrap();
-    db.pg.start().await.expect("starting a running server is fine");
+    db.pg
+        .start()
+        .await
+        .expect("starting a running server is fine");
     assert!(db.pg.status().await.unwrap());
 
     // the owner's password was generated once and is reused
@@ -451,12 +650,19 @@ async fn unreachable_state_directory_is_explained_when_root() {
         .tempdir()
         .unwrap();
     let pg = LocalPostgres::new(dir.path().join("pg"), free_tcp_port(), PG_MAJOR);
-    let err = pg.init().await.expect_err("the postgres user cannot reach a 0700 directory");
+    let err = pg
+        .init()
+        .await
+        .expect_err("the postgres user cannot reach a 0700 directory");
     match &err {
         PostgresError::Unreachable { blocking, .. } => assert_eq!(blocking, dir.path()),
         other => panic!("unexpected error: {other}"),
     }
-    assert!(err.to_string().contains(&format!("chmod o+x {}", dir.path().display())), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("chmod o+x {}", dir.path().display())),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -490,7 +696,11 @@ impl KamailioProcess {
             .process_group(0)
             .spawn()
             .expect("start kamailio (apt-get install kamailio kamailio-postgres-modules)");
-        KamailioProcess { child, log, ctl: format!("unix:{}", dir.join("ctl.sock").display()) }
+        KamailioProcess {
+            child,
+            log,
+            ctl: format!("unix:{}", dir.join("ctl.sock").display()),
+        }
     }
 
     fn log_text(&self) -> String {
@@ -512,7 +722,11 @@ impl KamailioProcess {
             .output();
         match tokio::time::timeout(Duration::from_secs(10), run).await {
             Ok(Ok(out)) => {
-                let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 if out.status.success() && !text.starts_with("error:") {
                     Ok(text)
                 } else {
@@ -527,11 +741,19 @@ impl KamailioProcess {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            assert!(self.is_running(), "Kamailio exited during start-up:\n{}", self.log_text());
+            assert!(
+                self.is_running(),
+                "Kamailio exited during start-up:\n{}",
+                self.log_text()
+            );
             if self.rpc(&["core.uptime"]).await.is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "Kamailio did not answer RPC within 20 s:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "Kamailio did not answer RPC within 20 s:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -539,7 +761,14 @@ impl KamailioProcess {
     /// `dialplan.translate`: (output, attributes), or `None` for no match.
     async fn translate(&self, dpid: i32, input: &str) -> Option<(String, String)> {
         // "s:" keeps kamcmd from sending digits as an integer.
-        let text = match self.rpc(&["dialplan.translate", &dpid.to_string(), &format!("s:{input}")]).await {
+        let text = match self
+            .rpc(&[
+                "dialplan.translate",
+                &dpid.to_string(),
+                &format!("s:{input}"),
+            ])
+            .await
+        {
             Ok(text) => text,
             Err(text) if text.contains("No translation") => return None,
             Err(text) => panic!("dialplan.translate {dpid} {input}: {text}"),
@@ -629,8 +858,13 @@ fn md5_hex(text: &str) -> String {
 
 /// REGISTERs user@domain with digest authentication; returns the final status line.
 async fn register(sip_port: u16, user: &str, domain: &str, password: &str) -> String {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind a SIP client socket");
-    socket.connect(("127.0.0.1", sip_port)).await.expect("connect the SIP client socket");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind a SIP client socket");
+    socket
+        .connect(("127.0.0.1", sip_port))
+        .await
+        .expect("connect the SIP client socket");
     let local = socket.local_addr().expect("local address").port();
     let request = |cseq: u32, authorization: &str| {
         format!(
@@ -649,7 +883,10 @@ async fn register(sip_port: u16, user: &str, domain: &str, password: &str) -> St
     let exchange = |message: String| {
         let socket = &socket;
         async move {
-            socket.send(message.as_bytes()).await.expect("send REGISTER");
+            socket
+                .send(message.as_bytes())
+                .await
+                .expect("send REGISTER");
             let mut buf = vec![0u8; 65535];
             let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
                 .await
@@ -660,7 +897,10 @@ async fn register(sip_port: u16, user: &str, domain: &str, password: &str) -> St
     };
 
     let challenge = exchange(request(1, "")).await;
-    assert!(challenge.starts_with("SIP/2.0 401"), "expected a challenge:\n{challenge}");
+    assert!(
+        challenge.starts_with("SIP/2.0 401"),
+        "expected a challenge:\n{challenge}"
+    );
     let nonce = challenge
         .split("nonce=\"")
         .nth(1)
@@ -685,27 +925,90 @@ async fn kamailio_accepts_the_schema_and_routes_by_the_dialplan_view() {
     let client = db.migrated_client().await;
 
     // data for every table Kamailio loads
-    sipstack_db::subscriber::add(&client, "alice", "acme.example", "wonderland").await.unwrap();
-    let member = |d: &str| Member { destination: d.into(), weight: 50, priority: 0, description: "pstn".into() };
-    sipstack_db::dispatcher::replace_set(&client, 10, &[member("sip:127.0.0.1:5090"), member("sip:127.0.0.1:5091")])
+    sipstack_db::subscriber::add(&client, "alice", "acme.example", "wonderland")
         .await
         .unwrap();
-    sipstack_db::media_pool::upsert(&client, "pstn", 10, Algorithm::RoundRobin).await.unwrap();
-    sipstack_db::media_pool::upsert(&client, "media", 20, Algorithm::Weighted).await.unwrap();
+    let member = |d: &str| Member {
+        destination: d.into(),
+        weight: 50,
+        priority: 0,
+        description: "pstn".into(),
+    };
+    sipstack_db::dispatcher::replace_set(
+        &client,
+        10,
+        &[member("sip:127.0.0.1:5090"), member("sip:127.0.0.1:5091")],
+    )
+    .await
+    .unwrap();
+    sipstack_db::media_pool::upsert(&client, "pstn", 10, Algorithm::RoundRobin)
+        .await
+        .unwrap();
+    sipstack_db::media_pool::upsert(&client, "media", 20, Algorithm::Weighted)
+        .await
+        .unwrap();
     let routes = [
-        ("intl", 10, MatchKind::Prefix, "+44", None, Target::Pool("pstn".into())),
-        ("star", 20, MatchKind::Prefix, "*#9.", None, Target::Uri("sip:star@10.0.0.1:5080;transport=tcp".into())),
-        ("emergency", 500, MatchKind::Exact, "112", None, Target::Pool("media".into())),
-        ("block-1", 100, MatchKind::Prefix, "1", None, Target::Reject { code: 403, reason: "Forbidden Prefix".into() }),
-        ("four-digits", 200, MatchKind::Regex, r"^\d{4}$", None, Target::User),
-        ("acme-2", 5, MatchKind::Prefix, "2", Some("acme.example"), Target::Pool("media".into())),
+        (
+            "intl",
+            10,
+            MatchKind::Prefix,
+            "+44",
+            None,
+            Target::Pool("pstn".into()),
+        ),
+        (
+            "star",
+            20,
+            MatchKind::Prefix,
+            "*#9.",
+            None,
+            Target::Uri("sip:star@10.0.0.1:5080;transport=tcp".into()),
+        ),
+        (
+            "emergency",
+            500,
+            MatchKind::Exact,
+            "112",
+            None,
+            Target::Pool("media".into()),
+        ),
+        (
+            "block-1",
+            100,
+            MatchKind::Prefix,
+            "1",
+            None,
+            Target::Reject {
+                code: 403,
+                reason: "Forbidden Prefix".into(),
+            },
+        ),
+        (
+            "four-digits",
+            200,
+            MatchKind::Regex,
+            r"^\d{4}$",
+            None,
+            Target::User,
+        ),
+        (
+            "acme-2",
+            5,
+            MatchKind::Prefix,
+            "2",
+            Some("acme.example"),
+            Target::Pool("media".into()),
+        ),
         (
             "beta-2000",
             5,
             MatchKind::Exact,
             "2000",
             Some("Beta.Example"),
-            Target::Reject { code: 486, reason: "Busy Here".into() },
+            Target::Reject {
+                code: 486,
+                reason: "Busy Here".into(),
+            },
         ),
     ];
     let mut ids = BTreeMap::new();
@@ -731,7 +1034,10 @@ async fn kamailio_accepts_the_schema_and_routes_by_the_dialplan_view() {
     let rules = route::dialplan_rules(&client).await.unwrap();
     for (name, prefix) in [("intl", "+44"), ("star", "*#9.")] {
         let attrs_prefix = format!("id={};", ids[name]);
-        let rule = rules.iter().find(|r| r.dpid == route::DEFAULT_DPID && r.attrs.starts_with(&attrs_prefix)).unwrap();
+        let rule = rules
+            .iter()
+            .find(|r| r.dpid == route::DEFAULT_DPID && r.attrs.starts_with(&attrs_prefix))
+            .unwrap();
         assert_eq!(rule.match_exp, route::prefix_match_exp(prefix));
         assert_eq!((rule.match_op, rule.match_len), (1, 0));
     }
@@ -743,22 +1049,50 @@ async fn kamailio_accepts_the_schema_and_routes_by_the_dialplan_view() {
     let mut kamailio = KamailioProcess::start(&dir, &kamailio_config(sip_port, &ctl, &db.url));
     kamailio.wait_ready().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(kamailio.is_running(), "Kamailio stopped:\n{}", kamailio.log_text());
+    assert!(
+        kamailio.is_running(),
+        "Kamailio stopped:\n{}",
+        kamailio.log_text()
+    );
     let log = kamailio.log_text();
-    let problems: Vec<&str> =
-        log.lines().filter(|l| l.contains("ERROR") || l.contains("CRITICAL") || l.contains("version")).collect();
-    assert!(problems.is_empty(), "Kamailio complained:\n{}", problems.join("\n"));
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("CRITICAL") || l.contains("version"))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "Kamailio complained:\n{}",
+        problems.join("\n")
+    );
 
     // dispatcher loaded set 10 from the table
-    let sets = kamailio.rpc(&["dispatcher.list"]).await.expect("dispatcher.list");
-    assert!(sets.contains("sip:127.0.0.1:5090") && sets.contains("sip:127.0.0.1:5091"), "{sets}");
+    let sets = kamailio
+        .rpc(&["dispatcher.list"])
+        .await
+        .expect("dispatcher.list");
+    assert!(
+        sets.contains("sip:127.0.0.1:5090") && sets.contains("sip:127.0.0.1:5091"),
+        "{sets}"
+    );
 
     // the source-domain map: each domain with routes gets its own dialplan id
-    let acme = kamailio.translate(route::DOMAIN_MAP_DPID, "acme.example").await.expect("acme is mapped").1;
-    let beta =
-        kamailio.translate(route::DOMAIN_MAP_DPID, "beta.example").await.expect("beta is mapped (lower-cased)").1;
+    let acme = kamailio
+        .translate(route::DOMAIN_MAP_DPID, "acme.example")
+        .await
+        .expect("acme is mapped")
+        .1;
+    let beta = kamailio
+        .translate(route::DOMAIN_MAP_DPID, "beta.example")
+        .await
+        .expect("beta is mapped (lower-cased)")
+        .1;
     assert_eq!((acme.as_str(), beta.as_str()), ("1001", "1002"));
-    assert_eq!(kamailio.translate(route::DOMAIN_MAP_DPID, "other.example").await, None);
+    assert_eq!(
+        kamailio
+            .translate(route::DOMAIN_MAP_DPID, "other.example")
+            .await,
+        None
+    );
 
     let attrs = |name: &str, rest: &str| format!("id={};{rest}", ids[name]);
     // (dialplan id, input, expected (output, attributes) or no match)
@@ -767,19 +1101,34 @@ async fn kamailio_accepts_the_schema_and_routes_by_the_dialplan_view() {
         // prefix with an escaped '+'
         (2, "+441234", Some(("", attrs("intl", "t=pool;s=10")))),
         // escaped '*' and '.', literal '#'; the URI is the output
-        (2, "*#9.1", Some(("sip:star@10.0.0.1:5080;transport=tcp", attrs("star", "t=uri")))),
+        (
+            2,
+            "*#9.1",
+            Some((
+                "sip:star@10.0.0.1:5080;transport=tcp",
+                attrs("star", "t=uri"),
+            )),
+        ),
         // an unescaped '.' would match any character here
         (2, "*#9x1", None),
         // the exact route has priority 500: the prefix route with 100 wins,
         // although the exact rule's length matches the input
-        (2, "112", Some(("Forbidden Prefix", attrs("block-1", "t=reject;c=403")))),
+        (
+            2,
+            "112",
+            Some(("Forbidden Prefix", attrs("block-1", "t=reject;c=403"))),
+        ),
         (2, "5555", Some(("", attrs("four-digits", "t=user")))),
         (2, "55555", None),
         (2, "2000", Some(("", attrs("four-digits", "t=user")))),
         // acme's own route comes first, then the routes for everyone
         (1001, "2000", Some(("", attrs("acme-2", "t=pool;s=20")))),
         (1001, "+4420", Some(("", attrs("intl", "t=pool;s=10")))),
-        (1002, "2000", Some(("Busy Here", attrs("beta-2000", "t=reject;c=486")))),
+        (
+            1002,
+            "2000",
+            Some(("Busy Here", attrs("beta-2000", "t=reject;c=486"))),
+        ),
         (1002, "2001", Some(("", attrs("four-digits", "t=user")))),
     ];
     for (dpid, input, expected) in expectations {
@@ -789,9 +1138,20 @@ async fn kamailio_accepts_the_schema_and_routes_by_the_dialplan_view() {
     }
 
     // the rules are loaded in priority order
-    let dump = kamailio.rpc(&["dialplan.dump", "2"]).await.expect("dialplan.dump");
-    let order: Vec<&str> = dump.lines().filter_map(|l| l.trim().strip_prefix("MATCHEXP:")).map(str::trim).collect();
-    assert_eq!(order, [r"^\+44", r"^\*#9\.", "^1", r"^\d{4}$", "112"], "{dump}");
+    let dump = kamailio
+        .rpc(&["dialplan.dump", "2"])
+        .await
+        .expect("dialplan.dump");
+    let order: Vec<&str> = dump
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("MATCHEXP:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        order,
+        [r"^\+44", r"^\*#9\.", "^1", r"^\d{4}$", "112"],
+        "{dump}"
+    );
 
     // a route added later is used after a reload
     route::add(
@@ -820,29 +1180,57 @@ async fn kamailio_accepts_the_schema_and_routes_by_the_dialplan_view() {
         }
     }
     let (_, got) = kamailio.translate(2, "112").await.expect("112 is routed");
-    assert!(got.starts_with("id=") && got.ends_with(";t=pool;s=20"), "{got}");
+    assert!(
+        got.starts_with("id=") && got.ends_with(";t=pool;s=20"),
+        "{got}"
+    );
 
     // auth_db checks the digest against our ha1; usrloc writes the contact back to `location`
     let status = register(sip_port, "alice", "acme.example", "wonderland").await;
-    assert!(status.starts_with("SIP/2.0 200"), "REGISTER answered {status}\n{}", kamailio.log_text());
+    assert!(
+        status.starts_with("SIP/2.0 200"),
+        "REGISTER answered {status}\n{}",
+        kamailio.log_text()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let rows = client
-            .query("SELECT contact FROM location WHERE username = 'alice' AND domain = 'acme.example'", &[])
+            .query(
+                "SELECT contact FROM location WHERE username = 'alice' AND domain = 'acme.example'",
+                &[],
+            )
             .await
             .unwrap();
         if let Some(row) = rows.first() {
             assert!(row.get::<_, String>(0).starts_with("sip:alice@127.0.0.1:"));
             break;
         }
-        assert!(Instant::now() < deadline, "usrloc did not write the contact within 10 s:\n{}", kamailio.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "usrloc did not write the contact within 10 s:\n{}",
+            kamailio.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let wrong = register(sip_port, "alice", "acme.example", "wrong").await;
-    assert!(wrong.starts_with("SIP/2.0 401"), "a wrong password is refused, got {wrong}");
+    assert!(
+        wrong.starts_with("SIP/2.0 401"),
+        "a wrong password is refused, got {wrong}"
+    );
 
-    assert!(kamailio.is_running(), "Kamailio stopped:\n{}", kamailio.log_text());
+    assert!(
+        kamailio.is_running(),
+        "Kamailio stopped:\n{}",
+        kamailio.log_text()
+    );
     let log = kamailio.log_text();
-    let problems: Vec<&str> = log.lines().filter(|l| l.contains("ERROR") || l.contains("CRITICAL")).collect();
-    assert!(problems.is_empty(), "Kamailio complained:\n{}", problems.join("\n"));
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("CRITICAL"))
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "Kamailio complained:\n{}",
+        problems.join("\n")
+    );
 }

@@ -12,7 +12,11 @@ use sipstack_render::{render_kamailio, KamailioRenderOptions};
 const ALGORITHMS: [&str; 4] = ["roundRobin", "callIdHash", "weighted", "activeFailover"];
 
 fn platform(algorithm: &str, tls: bool, nat: bool, flood: bool, cert_dir: &Path) -> String {
-    let tls_listener = if tls { "\n    - {transport: tls, address: 127.0.0.1, port: 5061}" } else { "" };
+    let tls_listener = if tls {
+        "\n    - {transport: tls, address: 127.0.0.1, port: 5061}"
+    } else {
+        ""
+    };
     let tls_spec = if tls {
         format!(
             "\n  tls: {{certificateFile: {d}/tls.crt, privateKeyFile: {d}/tls.key}}",
@@ -61,7 +65,10 @@ fn kamailio_check(cfg: &Path) -> std::process::Output {
         .arg("-c")
         .arg("-f")
         .arg(cfg)
-        .env("SIPSTACK_DB_URL", "postgres://kamailio:secret@127.0.0.1:5432/sipstack")
+        .env(
+            "SIPSTACK_DB_URL",
+            "postgres://kamailio:secret@127.0.0.1:5432/sipstack",
+        )
         .env("SIPSTACK_AUTH_SECRET", "0123456789abcdef")
         .output()
         .expect("kamailio is installed (apt-get install kamailio)")
@@ -71,16 +78,33 @@ fn kamailio_check(cfg: &Path) -> std::process::Output {
 fn every_option_combination_passes_kamailio_check() {
     let dir = tempfile::tempdir().unwrap();
     let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=edge.example.com"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=edge.example.com",
+        ])
         .arg("-keyout")
         .arg(dir.path().join("tls.key"))
         .arg("-out")
         .arg(dir.path().join("tls.crt"))
         .output()
         .expect("openssl is installed");
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 
-    let options = KamailioRenderOptions { runtime_dir: dir.path().display().to_string(), tls_files: None };
+    let options = KamailioRenderOptions {
+        runtime_dir: dir.path().display().to_string(),
+        tls_files: None,
+    };
     let mut checked = 0;
     for algorithm in ALGORITHMS {
         for tls in [false, true] {
@@ -89,8 +113,11 @@ fn every_option_combination_passes_kamailio_check() {
                     let yaml = platform(algorithm, tls, nat, flood, dir.path());
                     let platform = Platform::from_yaml(&yaml).unwrap();
                     let edge = platform.edge(None).unwrap();
-                    let rendered = render_kamailio(edge, &platform.pools_of(edge), &options).unwrap();
-                    let cfg = dir.path().join(format!("{algorithm}-{tls}-{nat}-{flood}.cfg"));
+                    let rendered =
+                        render_kamailio(edge, &platform.pools_of(edge), &options).unwrap();
+                    let cfg = dir
+                        .path()
+                        .join(format!("{algorithm}-{tls}-{nat}-{flood}.cfg"));
                     std::fs::write(&cfg, &rendered.text).unwrap();
                     let out = kamailio_check(&cfg);
                     assert!(
@@ -116,8 +143,13 @@ fn kamailio_check_does_refuse_a_broken_config() {
     let yaml = platform("roundRobin", false, true, true, dir.path());
     let platform = Platform::from_yaml(&yaml).unwrap();
     let edge = platform.edge(None).unwrap();
-    let options = KamailioRenderOptions { runtime_dir: dir.path().display().to_string(), tls_files: None };
-    let text = render_kamailio(edge, &platform.pools_of(edge), &options).unwrap().text;
+    let options = KamailioRenderOptions {
+        runtime_dir: dir.path().display().to_string(),
+        tls_files: None,
+    };
+    let text = render_kamailio(edge, &platform.pools_of(edge), &options)
+        .unwrap()
+        .text;
     let broken = text.replace("route(REQINIT);", "route(REQINIT;");
     let cfg = dir.path().join("broken.cfg");
     std::fs::write(&cfg, broken).unwrap();
@@ -130,10 +162,17 @@ fn an_edge_without_media_pools_passes_the_check() {
     let yaml = "apiVersion: sipstack.io/v1alpha1\nkind: PgCluster\nmetadata: {name: pg}\nspec: {instances: 1}\n---\napiVersion: sipstack.io/v1alpha1\nkind: SipEdge\nmetadata: {name: bare}\nspec:\n  domains: [example.com]\n  database: {pgCluster: pg}\n";
     let platform = Platform::from_yaml(yaml).unwrap();
     let edge = platform.edge(None).unwrap();
-    let options = KamailioRenderOptions { runtime_dir: dir.path().display().to_string(), tls_files: None };
+    let options = KamailioRenderOptions {
+        runtime_dir: dir.path().display().to_string(),
+        tls_files: None,
+    };
     let text = render_kamailio(edge, &[], &options).unwrap().text;
     let cfg = dir.path().join("bare.cfg");
     std::fs::write(&cfg, text).unwrap();
     let out = kamailio_check(&cfg);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

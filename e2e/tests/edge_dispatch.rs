@@ -50,15 +50,23 @@ fn is_inactive(d: &LiveDestination) -> bool {
 
 /// A platform whose default pool `media` has these (member, weight, priority).
 async fn platform(algorithm: &str, members: &[(SocketAddr, u32, i32)]) -> Testbed {
-    let pool =
-        members.iter().fold(PoolSpec::new("media", 1, algorithm), |p, (addr, w, prio)| p.member(*addr, *w, *prio));
-    let spec = TestbedSpec { pools: vec![pool], default_pool: Some("media".into()), ..Default::default() };
+    let pool = members.iter().fold(
+        PoolSpec::new("media", 1, algorithm),
+        |p, (addr, w, prio)| p.member(*addr, *w, *prio),
+    );
+    let spec = TestbedSpec {
+        pools: vec![pool],
+        default_pool: Some("media".into()),
+        ..Default::default()
+    };
     let tb = Testbed::up(&spec).await.unwrap();
     tb.add_subscriber(USER, PASSWORD).await.unwrap();
     let n = members.len();
-    tb.wait_for_destinations(Duration::from_secs(10), |d| d.len() == n && d.iter().all(|x| x.is_active()))
-        .await
-        .unwrap();
+    tb.wait_for_destinations(Duration::from_secs(10), |d| {
+        d.len() == n && d.iter().all(|x| x.is_active())
+    })
+    .await
+    .unwrap();
     tb
 }
 
@@ -84,7 +92,11 @@ async fn successful_calls(tb: &Testbed, n: u64) -> BTreeMap<String, usize> {
         panic!("{e}\nedge log:\n{}", tb.edge_log(40));
     }
     let answered = out.answered_by();
-    assert_eq!(answered.values().sum::<usize>() as u64, n, "every call says who answered: {answered:?}");
+    assert_eq!(
+        answered.values().sum::<usize>() as u64,
+        n,
+        "every call says who answered: {answered:?}"
+    );
     answered
 }
 
@@ -92,13 +104,24 @@ async fn successful_calls(tb: &Testbed, n: u64) -> BTreeMap<String, usize> {
 fn shares(answered: &BTreeMap<String, usize>, nodes: &[SocketAddr]) -> Vec<f64> {
     let names: BTreeSet<String> = nodes.iter().map(SocketAddr::to_string).collect();
     let strangers: Vec<&String> = answered.keys().filter(|k| !names.contains(*k)).collect();
-    assert!(strangers.is_empty(), "answers from outside the pool: {strangers:?} in {answered:?}");
+    assert!(
+        strangers.is_empty(),
+        "answers from outside the pool: {strangers:?} in {answered:?}"
+    );
     let total: usize = answered.values().sum();
-    nodes.iter().map(|n| 100.0 * answered.get(&n.to_string()).copied().unwrap_or(0) as f64 / total as f64).collect()
+    nodes
+        .iter()
+        .map(|n| 100.0 * answered.get(&n.to_string()).copied().unwrap_or(0) as f64 / total as f64)
+        .collect()
 }
 
 fn shown(nodes: &[SocketAddr], shares: &[f64]) -> String {
-    nodes.iter().zip(shares).map(|(n, s)| format!("{n} {s:.1} %")).collect::<Vec<_>>().join(", ")
+    nodes
+        .iter()
+        .zip(shares)
+        .map(|(n, s)| format!("{n} {s:.1} %"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn assert_shares(what: &str, nodes: &[SocketAddr], got: &[f64], want: &[f64]) {
@@ -137,7 +160,12 @@ async fn weights_share_calls_in_proportion() {
     let live = tb.destinations().await.unwrap();
     for (node, weight, _) in members {
         let d = live.iter().find(|d| d.uri == uri(node)).unwrap();
-        assert!(d.attrs.split(';').any(|a| a == format!("rweight={weight}")), "{}: attrs {:?}", d.uri, d.attrs);
+        assert!(
+            d.attrs.split(';').any(|a| a == format!("rweight={weight}")),
+            "{}: attrs {:?}",
+            d.uri,
+            d.attrs
+        );
     }
 
     let answered = successful_calls(&tb, CALLS).await;
@@ -154,7 +182,9 @@ async fn call_id_hash_keeps_a_call_id_on_one_node_and_spreads_the_rest() {
     let tb = platform("callIdHash", &members).await;
 
     // A few Call-IDs, each used by several whole calls (one after the other).
-    let call_ids: Vec<String> = (1..=5).map(|i| format!("sticky-{i}-{}@e2e.test", std::process::id())).collect();
+    let call_ids: Vec<String> = (1..=5)
+        .map(|i| format!("sticky-{i}-{}@e2e.test", std::process::id()))
+        .collect();
     const REPEATS: u64 = 4;
     let fixed_call_ids = |round: &'static str| {
         let tb = &tb;
@@ -172,7 +202,8 @@ async fn call_id_hash_keeps_a_call_id_on_one_node_and_spreads_the_rest() {
                     .run_async()
                     .await
                     .unwrap();
-                out.ensure_all_succeeded(REPEATS).unwrap_or_else(|e| panic!("{round} {call_id}: {e}"));
+                out.ensure_all_succeeded(REPEATS)
+                    .unwrap_or_else(|e| panic!("{round} {call_id}: {e}"));
                 let answered = out.answered_by();
                 assert_eq!(
                     answered.len(),
@@ -192,15 +223,29 @@ async fn call_id_hash_keeps_a_call_id_on_one_node_and_spreads_the_rest() {
     // Many different Call-IDs (SIPp numbers its calls) land on every node.
     let answered = successful_calls(&tb, CALLS).await;
     let got = shares(&answered, &nodes);
-    println!("callIdHash, {CALLS} distinct Call-IDs: {}", shown(&nodes, &got));
+    println!(
+        "callIdHash, {CALLS} distinct Call-IDs: {}",
+        shown(&nodes, &got)
+    );
     for (node, share) in nodes.iter().zip(&got) {
-        assert!(*share > 0.0, "{node} got none of {CALLS} Call-IDs: {}", shown(&nodes, &got));
-        assert!(*share <= 50.0, "{node} got {share:.1} % of {CALLS} Call-IDs: {}", shown(&nodes, &got));
+        assert!(
+            *share > 0.0,
+            "{node} got none of {CALLS} Call-IDs: {}",
+            shown(&nodes, &got)
+        );
+        assert!(
+            *share <= 50.0,
+            "{node} got {share:.1} % of {CALLS} Call-IDs: {}",
+            shown(&nodes, &got)
+        );
     }
 
     // ... and the fixed Call-IDs still go where they went before.
     let after = fixed_call_ids("second round").await;
-    assert_eq!(before, after, "the node of a Call-ID changed between two rounds");
+    assert_eq!(
+        before, after,
+        "the node of a Call-ID changed between two rounds"
+    );
 }
 
 /// Active failover: every call goes to the member with the highest priority value
@@ -215,7 +260,10 @@ async fn active_failover_uses_the_highest_priority_until_it_is_down() {
     let spec_threshold = TestbedSpec::default().inactive_threshold;
     let spec_failover_ms = TestbedSpec::default().failover_timeout_ms;
     let tb = platform("activeFailover", &members).await;
-    println!("activeFailover members: {:?}", tb.destinations().await.unwrap());
+    println!(
+        "activeFailover members: {:?}",
+        tb.destinations().await.unwrap()
+    );
 
     const N: u64 = 100;
     let answered = successful_calls(&tb, N).await;
@@ -228,8 +276,12 @@ async fn active_failover_uses_the_highest_priority_until_it_is_down() {
     // The first node dies while no call is up: only OPTIONS probing can notice.
     standins[0].kill().unwrap();
     let limit = Duration::from_secs(40);
-    let to_inactive =
-        tb.wait_for_destinations(limit, |d| d.iter().any(|x| x.uri == uri(first) && is_inactive(x))).await.unwrap();
+    let to_inactive = tb
+        .wait_for_destinations(limit, |d| {
+            d.iter().any(|x| x.uri == uri(first) && is_inactive(x))
+        })
+        .await
+        .unwrap();
     // Probes go out every interval; the threshold-th failed one marks the node
     // inactive, and a probe fails when it is not answered within its timeout.
     let bound = Duration::from_secs(u64::from(spec_probe_interval * spec_threshold))
@@ -240,26 +292,42 @@ async fn active_failover_uses_the_highest_priority_until_it_is_down() {
          (probe interval {spec_probe_interval} s × threshold {spec_threshold}, bound {bound:.1?}); state {:?}",
         tb.destination(&uri(first)).await.unwrap().flags
     );
-    assert!(to_inactive <= bound, "marked inactive after {to_inactive:?}, more than {bound:?}");
+    assert!(
+        to_inactive <= bound,
+        "marked inactive after {to_inactive:?}, more than {bound:?}"
+    );
 
     let answered = successful_calls(&tb, N).await;
-    assert_eq!(answered.get(&second.to_string()).copied(), Some(N as usize), "priority 5 takes over: {answered:?}");
+    assert_eq!(
+        answered.get(&second.to_string()).copied(),
+        Some(N as usize),
+        "priority 5 takes over: {answered:?}"
+    );
 
     // Back on the same address: probing marks it active, and it gets the calls again.
     standins[0] = standin_on(first).unwrap();
     let to_active = tb
-        .wait_for_destinations(Duration::from_secs(10), |d| d.iter().any(|x| x.uri == uri(first) && x.is_active()))
+        .wait_for_destinations(Duration::from_secs(10), |d| {
+            d.iter().any(|x| x.uri == uri(first) && x.is_active())
+        })
         .await
         .unwrap();
     // one answered probe brings it back (activeThreshold defaults to 1)
-    let active_bound = Duration::from_secs(u64::from(spec_probe_interval)) + Duration::from_millis(1000);
+    let active_bound =
+        Duration::from_secs(u64::from(spec_probe_interval)) + Duration::from_millis(1000);
     println!("activeFailover: {first} back, marked active after {to_active:.1?} (bound {active_bound:.1?})");
-    assert!(to_active <= active_bound, "marked active after {to_active:?}, more than {active_bound:?}");
+    assert!(
+        to_active <= active_bound,
+        "marked active after {to_active:?}, more than {active_bound:?}"
+    );
     let answered = successful_calls(&tb, N).await;
     assert_eq!(
         answered.get(&first.to_string()).copied(),
         Some(N as usize),
         "priority 10 takes the calls back: {answered:?}"
     );
-    println!("activeFailover final state: {:?}", tb.destinations().await.unwrap());
+    println!(
+        "activeFailover final state: {:?}",
+        tb.destinations().await.unwrap()
+    );
 }

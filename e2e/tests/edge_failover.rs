@@ -46,7 +46,11 @@ fn is_inactive(d: &LiveDestination) -> bool {
 fn uac_call_with_teardown_log(dir: &std::path::Path) -> PathBuf {
     let text = std::fs::read_to_string(scenario_path("uac_call")).unwrap();
     let last_recv = r#"<recv response="200" crlf="true"/>"#;
-    assert_eq!(text.matches(last_recv).count(), 1, "uac_call.xml changed: its BYE's 200 is not found once");
+    assert_eq!(
+        text.matches(last_recv).count(),
+        1,
+        "uac_call.xml changed: its BYE's 200 is not found once"
+    );
     let logged = r#"<recv response="200" crlf="true">
     <action>
       <log message="ENDED call_id=[call_id]"/>
@@ -82,7 +86,10 @@ impl Tally {
         for line in lines {
             match (line.tag.as_str(), line.get("call_id")) {
                 ("ANSWERED", Some(id)) => {
-                    answered.insert(id.to_string(), line.get("media").unwrap_or_default().to_string());
+                    answered.insert(
+                        id.to_string(),
+                        line.get("media").unwrap_or_default().to_string(),
+                    );
                 }
                 ("ENDED", Some(id)) => {
                     ended.insert(id.to_string());
@@ -90,7 +97,11 @@ impl Tally {
                 _ => {}
             }
         }
-        Self { created, answered, ended }
+        Self {
+            created,
+            answered,
+            ended,
+        }
     }
 
     fn answered_by(&self, node: SocketAddr) -> usize {
@@ -113,25 +124,38 @@ impl Tally {
 /// Count of ANSWERED lines naming `node` among the lines so far.
 fn answers_so_far(lines: &[LogLine], node: SocketAddr) -> usize {
     let node = node.to_string();
-    lines.iter().filter(|l| l.tag == "ANSWERED" && l.get("media") == Some(node.as_str())).count()
+    lines
+        .iter()
+        .filter(|l| l.tag == "ANSWERED" && l.get("media") == Some(node.as_str()))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_fails_no_call_and_comes_back() {
-    let (nodes, mut standins): (Vec<SocketAddr>, Vec<_>) = (0..3).map(|n| standin(n).unwrap()).unzip();
+    let (nodes, mut standins): (Vec<SocketAddr>, Vec<_>) =
+        (0..3).map(|n| standin(n).unwrap()).unzip();
     let victim = nodes[1];
     let spec = TestbedSpec {
-        pools: vec![nodes.iter().fold(PoolSpec::new("media", 1, "roundRobin"), |p, n| p.member(*n, 1, 0))],
+        pools: vec![nodes
+            .iter()
+            .fold(PoolSpec::new("media", 1, "roundRobin"), |p, n| {
+                p.member(*n, 1, 0)
+            })],
         default_pool: Some("media".into()),
         ..Default::default()
     };
-    let (interval, threshold, failover_ms) =
-        (spec.probe_interval_seconds, spec.inactive_threshold, spec.failover_timeout_ms);
+    let (interval, threshold, failover_ms) = (
+        spec.probe_interval_seconds,
+        spec.inactive_threshold,
+        spec.failover_timeout_ms,
+    );
     let tb = Testbed::up(&spec).await.unwrap();
     tb.add_subscriber(USER, PASSWORD).await.unwrap();
-    tb.wait_for_destinations(Duration::from_secs(10), |d| d.len() == 3 && d.iter().all(|x| x.is_active()))
-        .await
-        .unwrap();
+    tb.wait_for_destinations(Duration::from_secs(10), |d| {
+        d.len() == 3 && d.iter().all(|x| x.is_active())
+    })
+    .await
+    .unwrap();
 
     // Load for 14 s: the node is killed after 3 s, brought back after 7 s.
     let scenario_dir = tempfile::tempdir().unwrap();
@@ -156,7 +180,9 @@ async fn a_node_killed_under_load_fails_no_call_and_comes_back() {
     standins[1].kill().unwrap();
     let killed_after = started.elapsed();
     let to_inactive = tb
-        .wait_for_destinations(Duration::from_secs(15), |d| d.iter().any(|x| x.uri == uri(victim) && is_inactive(x)))
+        .wait_for_destinations(Duration::from_secs(15), |d| {
+            d.iter().any(|x| x.uri == uri(victim) && is_inactive(x))
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}\nedge log:\n{}", tb.edge_log(30)));
     let inactive_state = tb.destination(&uri(victim)).await.unwrap().flags;
@@ -168,7 +194,10 @@ async fn a_node_killed_under_load_fails_no_call_and_comes_back() {
     let bound = Duration::from_secs(u64::from(interval * threshold))
         + Duration::from_millis(u64::from(failover_ms))
         + Duration::from_millis(700);
-    assert!(to_inactive <= bound, "{victim} marked inactive after {to_inactive:?}, more than {bound:?}");
+    assert!(
+        to_inactive <= bound,
+        "{victim} marked inactive after {to_inactive:?}, more than {bound:?}"
+    );
 
     // Back on the same ip:port at 7 s; probing marks it active again. The calls
     // it answers from then on are those the caller logs after this count.
@@ -178,19 +207,31 @@ async fn a_node_killed_under_load_fails_no_call_and_comes_back() {
     standins[1] = standin_on(victim).unwrap();
     let restarted_after = started.elapsed();
     let to_active = tb
-        .wait_for_destinations(Duration::from_secs(10), |d| d.iter().any(|x| x.uri == uri(victim) && x.is_active()))
+        .wait_for_destinations(Duration::from_secs(10), |d| {
+            d.iter().any(|x| x.uri == uri(victim) && x.is_active())
+        })
         .await
         .unwrap();
     // one answered probe brings it back (activeThreshold defaults to 1)
     let active_bound = Duration::from_secs(u64::from(interval)) + Duration::from_millis(1000);
 
-    let out = tokio::task::spawn_blocking(move || load.wait()).await.unwrap().unwrap();
-    let stats = out.stats.clone().unwrap_or_else(|| panic!("no statistics: {}", out.diagnostics()));
+    let out = tokio::task::spawn_blocking(move || load.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let stats = out
+        .stats
+        .clone()
+        .unwrap_or_else(|| panic!("no statistics: {}", out.diagnostics()));
     let tally = Tally::new(stats.total_created(), &out.log_lines);
     let not_ended = tally.not_ended();
     let lost_with_node = not_ended.get(&victim.to_string()).map_or(0, Vec::len);
     let moved = format!("media node {} failed", uri(victim));
-    let failed_over = tb.edge_log(100_000).lines().filter(|l| l.contains(&moved)).count();
+    let failed_over = tb
+        .edge_log(100_000)
+        .lines()
+        .filter(|l| l.contains(&moved))
+        .count();
     let after_restart = tally.answered_by(victim) - answers_at_restart;
 
     println!(
@@ -214,10 +255,27 @@ async fn a_node_killed_under_load_fails_no_call_and_comes_back() {
     );
 
     let diagnostics = || format!("{}\nedge log:\n{}", out.diagnostics(), tb.edge_log(40));
-    assert_eq!(tally.created, calls, "the whole load ran: {}", diagnostics());
-    assert_eq!(tally.answered.len() as u64, tally.created, "a call was not set up: {}", diagnostics());
-    let others: BTreeMap<_, _> = not_ended.iter().filter(|(node, _)| **node != victim.to_string()).collect();
-    assert!(others.is_empty(), "calls on surviving nodes failed at teardown: {others:?}\n{}", diagnostics());
+    assert_eq!(
+        tally.created,
+        calls,
+        "the whole load ran: {}",
+        diagnostics()
+    );
+    assert_eq!(
+        tally.answered.len() as u64,
+        tally.created,
+        "a call was not set up: {}",
+        diagnostics()
+    );
+    let others: BTreeMap<_, _> = not_ended
+        .iter()
+        .filter(|(node, _)| **node != victim.to_string())
+        .collect();
+    assert!(
+        others.is_empty(),
+        "calls on surviving nodes failed at teardown: {others:?}\n{}",
+        diagnostics()
+    );
     assert_eq!(
         stats.failed(),
         lost_with_node as u64,
@@ -232,10 +290,25 @@ async fn a_node_killed_under_load_fails_no_call_and_comes_back() {
         "{lost_with_node} calls on {victim} failed at teardown, more than it can have held (~{excusable:.0}): {:?}",
         not_ended.get(&victim.to_string())
     );
-    assert!(failed_over > 0, "no INVITE was retried on another node; edge log:\n{}", tb.edge_log(40));
-    assert!(to_active <= active_bound, "{victim} marked active after {to_active:?}, more than {active_bound:?}");
-    assert!(after_restart > 0, "{victim} got no call after it came back: {:?}", out.answered_by());
+    assert!(
+        failed_over > 0,
+        "no INVITE was retried on another node; edge log:\n{}",
+        tb.edge_log(40)
+    );
+    assert!(
+        to_active <= active_bound,
+        "{victim} marked active after {to_active:?}, more than {active_bound:?}"
+    );
+    assert!(
+        after_restart > 0,
+        "{victim} got no call after it came back: {:?}",
+        out.answered_by()
+    );
     for node in &nodes {
-        assert!(tally.answered_by(*node) > 0, "{node} answered nothing: {:?}", out.answered_by());
+        assert!(
+            tally.answered_by(*node) > 0,
+            "{node} answered nothing: {:?}",
+            out.answered_by()
+        );
     }
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand};
 use sipstack_e2e::testbed::{
-    call_from_media, media_ip, phone, register_command, register_phone, standin, users, PoolSpec, Testbed, TestbedSpec,
-    DOMAIN, EDGE_IP,
+    call_from_media, media_ip, phone, register_command, register_phone, standin, users, PoolSpec,
+    Testbed, TestbedSpec, DOMAIN, EDGE_IP,
 };
 
 fn spec_with_pool(member: std::net::SocketAddr) -> TestbedSpec {
@@ -19,12 +19,15 @@ fn spec_with_pool(member: std::net::SocketAddr) -> TestbedSpec {
 
 async fn location_rows(tb: &Testbed, user: &str) -> Vec<(String, String)> {
     let db = tb.db().await.unwrap();
-    db.query("SELECT contact, user_agent FROM location WHERE username = $1 AND domain = $2", &[&user, &DOMAIN])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    db.query(
+        "SELECT contact, user_agent FROM location WHERE username = $1 AND domain = $2",
+        &[&user, &DOMAIN],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +71,12 @@ async fn register_needs_the_right_password() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(rows.len(), 1, "one binding in location; edge log:\n{}", tb.edge_log(20));
+    assert_eq!(
+        rows.len(),
+        1,
+        "one binding in location; edge log:\n{}",
+        tb.edge_log(20)
+    );
     assert!(rows[0].0.contains(&format!("127.0.0.1:{port}")), "{rows:?}");
 
     // wrong password and unknown user: the same rejection
@@ -85,10 +93,16 @@ async fn register_needs_the_right_password() {
             .unwrap();
         out.ensure_all_succeeded(1).unwrap();
         let line = out.lines("REJECTED").next().expect("a REJECTED line");
-        rejections.push((line.get("status").map(str::to_string), line.get("realm").map(str::to_string)));
+        rejections.push((
+            line.get("status").map(str::to_string),
+            line.get("realm").map(str::to_string),
+        ));
     }
     assert_eq!(rejections[0], (Some("401".into()), Some(DOMAIN.into())));
-    assert_eq!(rejections[0], rejections[1], "unknown user and wrong password must look the same");
+    assert_eq!(
+        rejections[0], rejections[1],
+        "unknown user and wrong password must look the same"
+    );
     assert_eq!(location_rows(&tb, "mallory").await.len(), 0);
 }
 
@@ -99,17 +113,26 @@ async fn registrations_survive_a_restart_and_calls_reach_them() {
     tb.add_subscriber("bob", "bob-secret").await.unwrap();
 
     let phone_port = free_udp_port_on(EDGE_IP).unwrap();
-    register_phone(tb.edge(), "bob", "bob-secret", phone_port).await.unwrap();
+    register_phone(tb.edge(), "bob", "bob-secret", phone_port)
+        .await
+        .unwrap();
 
     tb.restart_edge().await.unwrap();
 
     // bob's phone answers on the registered address
     let phone = phone(phone_port).unwrap();
     // a media node (trusted, no challenge) calls bob through the edge
-    let out = call_from_media(tb.edge(), media_ip(0), "bob", 2).await.unwrap();
-    out.ensure_all_succeeded(2).unwrap_or_else(|e| panic!("{e}\nedge log:\n{}", tb.edge_log(30)));
+    let out = call_from_media(tb.edge(), media_ip(0), "bob", 2)
+        .await
+        .unwrap();
+    out.ensure_all_succeeded(2)
+        .unwrap_or_else(|e| panic!("{e}\nedge log:\n{}", tb.edge_log(30)));
     let received = phone.stop().unwrap();
-    assert_eq!(received.lines("RECEIVED").count(), 2, "bob's phone got both calls after the restart");
+    assert_eq!(
+        received.lines("RECEIVED").count(),
+        2,
+        "bob's phone got both calls after the restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +142,9 @@ async fn a_database_outage_does_not_stop_registrations_or_calls() {
     tb.add_subscriber("dave", "dave-pw").await.unwrap();
     tb.add_subscriber("erin", "erin-pw").await.unwrap();
     let dave_port = free_udp_port_on(EDGE_IP).unwrap();
-    register_phone(tb.edge(), "dave", "dave-pw", dave_port).await.unwrap();
+    register_phone(tb.edge(), "dave", "dave-pw", dave_port)
+        .await
+        .unwrap();
     let before = expiry(&tb, "dave").await;
 
     tb.stop_postgres().await.unwrap();
@@ -157,7 +182,8 @@ async fn a_database_outage_does_not_stop_registrations_or_calls() {
     tb.start_postgres().await.unwrap();
     let mut after = before;
     for _ in 0..100 {
-        if let Ok(Some(t)) = tokio::time::timeout(Duration::from_secs(2), expiry(&tb, "dave")).await {
+        if let Ok(Some(t)) = tokio::time::timeout(Duration::from_secs(2), expiry(&tb, "dave")).await
+        {
             after = Some(t);
             if after > before {
                 break;
@@ -165,12 +191,18 @@ async fn a_database_outage_does_not_stop_registrations_or_calls() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(after > before, "the binding refreshed during the outage reaches the database: {before:?} -> {after:?}");
+    assert!(
+        after > before,
+        "the binding refreshed during the outage reaches the database: {before:?} -> {after:?}"
+    );
 }
 
 async fn expiry(tb: &Testbed, user: &str) -> Option<std::time::SystemTime> {
     let db = tb.db().await.ok()?;
-    let row = db.query_opt("SELECT expires FROM location WHERE username = $1", &[&user]).await.ok()??;
+    let row = db
+        .query_opt("SELECT expires FROM location WHERE username = $1", &[&user])
+        .await
+        .ok()??;
     Some(row.get(0))
 }
 
@@ -197,7 +229,14 @@ async fn a_phone_behind_nat_is_reached_at_its_public_address_and_kept_alive() {
     let mut received = None;
     for _ in 0..50 {
         let db = tb.db().await.unwrap();
-        if let Some(row) = db.query_opt("SELECT contact, received FROM location WHERE username = 'frank'", &[]).await.unwrap() {
+        if let Some(row) = db
+            .query_opt(
+                "SELECT contact, received FROM location WHERE username = 'frank'",
+                &[],
+            )
+            .await
+            .unwrap()
+        {
             let (contact, rcv): (String, Option<String>) = (row.get(0), row.get(1));
             assert!(contact.contains("192.168.1.10"), "{contact}");
             received = rcv;
@@ -205,16 +244,33 @@ async fn a_phone_behind_nat_is_reached_at_its_public_address_and_kept_alive() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(received.as_deref(), Some(format!("sip:127.0.0.1:{port}").as_str()));
+    assert_eq!(
+        received.as_deref(),
+        Some(format!("sip:127.0.0.1:{port}").as_str())
+    );
 
     // keep-alive OPTIONS reach the phone's public address within one interval (5 s)
-    let keepalive = SippCommand::scenario("uas_keepalive").local(EDGE_IP, port).max_calls(1).deadline(Duration::from_secs(12)).run_async().await.unwrap();
-    assert_eq!(keepalive.lines("KEEPALIVE_RECEIVED").count(), 1, "{}", keepalive.diagnostics());
+    let keepalive = SippCommand::scenario("uas_keepalive")
+        .local(EDGE_IP, port)
+        .max_calls(1)
+        .deadline(Duration::from_secs(12))
+        .run_async()
+        .await
+        .unwrap();
+    assert_eq!(
+        keepalive.lines("KEEPALIVE_RECEIVED").count(),
+        1,
+        "{}",
+        keepalive.diagnostics()
+    );
 
     // a call to frank reaches the public address, not the private one
     let phone = phone(port).unwrap();
-    let out = call_from_media(tb.edge(), media_ip(0), "frank", 1).await.unwrap();
-    out.ensure_all_succeeded(1).unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
+    let out = call_from_media(tb.edge(), media_ip(0), "frank", 1)
+        .await
+        .unwrap();
+    out.ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
     assert_eq!(phone.stop().unwrap().lines("RECEIVED").count(), 1);
 }
 
@@ -235,7 +291,10 @@ async fn too_brief_registrations_get_423_and_domains_match_in_any_case() {
         .await
         .unwrap();
     out.ensure_all_succeeded(1).unwrap();
-    assert_eq!(out.lines("REJECTED").next().and_then(|l| l.get("status")), Some("423"));
+    assert_eq!(
+        out.lines("REJECTED").next().and_then(|l| l.get("status")),
+        Some("423")
+    );
 
     // the phone writes the domain in capitals; the subscriber's is stored in lower case
     let port = free_udp_port_on(EDGE_IP).unwrap();

@@ -3,44 +3,79 @@
 use std::time::Duration;
 
 use sipstack_e2e::sipp::free_udp_port_on;
-use sipstack_e2e::testbed::{call_from_media, media_ip, phone, register_phone, Ports, PoolSpec, TestbedSpec, DOMAIN, EDGE_IP};
+use sipstack_e2e::testbed::{
+    call_from_media, media_ip, phone, register_phone, PoolSpec, Ports, TestbedSpec, DOMAIN, EDGE_IP,
+};
 use sipstack_local::{process, UpOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_and_up_again_keeps_subscribers_and_registrations() {
-    let dir = tempfile::Builder::new().prefix("sipstack-local-").tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("sipstack-local-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let media_port = free_udp_port_on(media_ip(0)).unwrap();
     let spec = TestbedSpec {
-        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(std::net::SocketAddr::new(media_ip(0), media_port), 1, 0)],
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(
+            std::net::SocketAddr::new(media_ip(0), media_port),
+            1,
+            0,
+        )],
         default_pool: Some("media".into()),
         ..Default::default()
     };
     let ports = Ports::free().unwrap();
     let yaml = spec.yaml(ports);
     // the driver starts the stand-in for the loopback member itself
-    let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: true };
+    let options = UpOptions {
+        state_dir: dir.path().to_path_buf(),
+        standins: true,
+    };
 
     let (state, report) = sipstack_local::up(&yaml, &options).await.unwrap();
     let text = report.lines.join("\n");
     assert!(text.contains("stand-in"), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{}", ports.sip)), "{text}");
-    let db = sipstack_db::connect(&state.db_url().unwrap(), Duration::from_secs(5)).await.unwrap();
-    sipstack_db::subscriber::add(&db, "carol", DOMAIN, "carol-pw").await.unwrap();
+    let db = sipstack_db::connect(&state.db_url().unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    sipstack_db::subscriber::add(&db, "carol", DOMAIN, "carol-pw")
+        .await
+        .unwrap();
 
     let edge = std::net::SocketAddr::new(EDGE_IP, ports.sip);
     let phone_port = free_udp_port_on(EDGE_IP).unwrap();
-    register_phone(edge, "carol", "carol-pw", phone_port).await.unwrap();
+    register_phone(edge, "carol", "carol-pw", phone_port)
+        .await
+        .unwrap();
 
     let status = sipstack_local::status(dir.path()).await.unwrap();
     assert!(status.postgres_running);
-    assert!(status.edges[0].pid.is_some() && status.edges[0].rpc_error.is_none(), "{:?}", status.edges);
+    assert!(
+        status.edges[0].pid.is_some() && status.edges[0].rpc_error.is_none(),
+        "{:?}",
+        status.edges
+    );
     assert_eq!(status.edges[0].destinations.len(), 1);
     assert!(status.standins.iter().all(|(_, alive)| *alive));
-    let pids: Vec<i32> = status.edges.iter().filter_map(|e| e.pid).chain(status.standins.iter().map(|(s, _)| s.pid)).collect();
+    let pids: Vec<i32> = status
+        .edges
+        .iter()
+        .filter_map(|e| e.pid)
+        .chain(status.standins.iter().map(|(s, _)| s.pid))
+        .collect();
 
     let report = sipstack_local::down(dir.path()).await.unwrap();
-    assert!(report.lines.iter().any(|l| l.contains("stopped")), "{:?}", report.lines);
+    assert!(
+        report.lines.iter().any(|l| l.contains("stopped")),
+        "{:?}",
+        report.lines
+    );
     for pid in &pids {
         assert!(!process::is_alive(*pid), "pid {pid} still runs after down");
     }
@@ -51,13 +86,20 @@ async fn down_and_up_again_keeps_subscribers_and_registrations() {
 
     // up again: the subscriber and the registration are still there
     let (state, _) = sipstack_local::up(&yaml, &options).await.unwrap();
-    let db = sipstack_db::connect(&state.db_url().unwrap(), Duration::from_secs(5)).await.unwrap();
+    let db = sipstack_db::connect(&state.db_url().unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
     let subscribers = sipstack_db::subscriber::list(&db).await.unwrap();
-    assert!(subscribers.iter().any(|s| s.username == "carol"), "{subscribers:?}");
+    assert!(
+        subscribers.iter().any(|s| s.username == "carol"),
+        "{subscribers:?}"
+    );
 
     // carol's phone gets a call without registering again: usrloc reloaded it
     let phone = phone(phone_port).unwrap();
-    let out = call_from_media(edge, media_ip(0), "carol", 1).await.unwrap();
+    let out = call_from_media(edge, media_ip(0), "carol", 1)
+        .await
+        .unwrap();
     out.ensure_all_succeeded(1).unwrap();
     assert_eq!(phone.stop().unwrap().lines("RECEIVED").count(), 1);
 
@@ -68,53 +110,124 @@ async fn down_and_up_again_keeps_subscribers_and_registrations() {
 async fn an_invalid_platform_file_starts_nothing_and_names_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let spec = TestbedSpec::default();
-    let yaml = spec.yaml(Ports::free().unwrap()).replace("minExpires: 10", "minExpires: 10, maxExpires: 5");
-    let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: false };
-    let err = sipstack_local::up(&yaml, &options).await.unwrap_err().to_string();
+    let yaml = spec
+        .yaml(Ports::free().unwrap())
+        .replace("minExpires: 10", "minExpires: 10, maxExpires: 5");
+    let options = UpOptions {
+        state_dir: dir.path().to_path_buf(),
+        standins: false,
+    };
+    let err = sipstack_local::up(&yaml, &options)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("spec.registrar.minExpires"), "{err}");
     assert!(!dir.path().join("state.json").exists());
-    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing was written");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing was written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_cleans_up_after_an_up_that_failed_half_way() {
-    let dir = tempfile::Builder::new().prefix("sipstack-local-").tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("sipstack-local-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let ports = Ports::free().unwrap();
     // someone else holds the SIP port: PostgreSQL starts, Kamailio cannot
     let _squatter = std::net::UdpSocket::bind(("127.0.0.1", ports.sip)).unwrap();
     let yaml = TestbedSpec::default().yaml(ports);
-    let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: false };
-    let err = sipstack_local::up(&yaml, &options).await.unwrap_err().to_string();
+    let options = UpOptions {
+        state_dir: dir.path().to_path_buf(),
+        standins: false,
+    };
+    let err = sipstack_local::up(&yaml, &options)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("Kamailio of SipEdge edge"), "{err}");
-    let postgres = sipstack_local::postgres::LocalPostgres::new(dir.path().join("pg-pg"), ports.postgres, 15);
-    assert!(postgres.is_running(), "PostgreSQL was started before Kamailio failed");
+    let postgres =
+        sipstack_local::postgres::LocalPostgres::new(dir.path().join("pg-pg"), ports.postgres, 15);
+    assert!(
+        postgres.is_running(),
+        "PostgreSQL was started before Kamailio failed"
+    );
 
     sipstack_local::down(dir.path()).await.unwrap();
-    assert!(!postgres.is_running(), "down stopped it although up never wrote state.json");
+    assert!(
+        !postgres.is_running(),
+        "down stopped it although up never wrote state.json"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_dropped_from_the_file_loses_its_members_and_its_trust() {
-    let dir = tempfile::Builder::new().prefix("sipstack-local-").tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("sipstack-local-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let a = std::net::SocketAddr::new(media_ip(0), 5080);
     let b = std::net::SocketAddr::new(media_ip(1), 5080);
     let ports = Ports::free().unwrap();
     let both = TestbedSpec {
-        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(a, 1, 0), PoolSpec::new("old", 2, "roundRobin").member(b, 1, 0)],
+        pools: vec![
+            PoolSpec::new("media", 1, "roundRobin").member(a, 1, 0),
+            PoolSpec::new("old", 2, "roundRobin").member(b, 1, 0),
+        ],
         ..Default::default()
     };
-    let options = UpOptions { state_dir: dir.path().to_path_buf(), standins: false };
-    sipstack_local::up(&both.yaml(ports), &options).await.unwrap();
-    let one = TestbedSpec { pools: vec![both.pools[0].clone()], ..Default::default() };
-    let (state, report) = sipstack_local::up(&one.yaml(ports), &options).await.unwrap();
-    assert!(report.lines.iter().any(|l| l.contains("MediaPool/old is no longer declared")), "{:?}", report.lines);
+    let options = UpOptions {
+        state_dir: dir.path().to_path_buf(),
+        standins: false,
+    };
+    sipstack_local::up(&both.yaml(ports), &options)
+        .await
+        .unwrap();
+    let one = TestbedSpec {
+        pools: vec![both.pools[0].clone()],
+        ..Default::default()
+    };
+    let (state, report) = sipstack_local::up(&one.yaml(ports), &options)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|l| l.contains("MediaPool/old is no longer declared")),
+        "{:?}",
+        report.lines
+    );
 
-    let db = sipstack_db::connect(&state.db_url().unwrap(), Duration::from_secs(5)).await.unwrap();
+    let db = sipstack_db::connect(&state.db_url().unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
     let rows = sipstack_db::dispatcher::list(&db).await.unwrap();
-    assert_eq!(rows.iter().map(|r| r.destination.as_str()).collect::<Vec<_>>(), [format!("sip:{a}")]);
-    let live = sipstack_edgerpc::EdgeRpc::new(&state.edges[0].rpc_url).dispatcher_list().await.unwrap();
-    assert!(live.iter().all(|d| d.set_id == 1), "the edge dropped set 2 too: {live:?}");
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.destination.as_str())
+            .collect::<Vec<_>>(),
+        [format!("sip:{a}")]
+    );
+    let live = sipstack_edgerpc::EdgeRpc::new(&state.edges[0].rpc_url)
+        .dispatcher_list()
+        .await
+        .unwrap();
+    assert!(
+        live.iter().all(|d| d.set_id == 1),
+        "the edge dropped set 2 too: {live:?}"
+    );
     sipstack_local::down(dir.path()).await.unwrap();
 }

@@ -15,7 +15,10 @@ fn alice() -> InjectionFile {
 
 fn standin() -> (SippProcess, String) {
     let port = free_udp_port().unwrap();
-    let standin = SippCommand::media_standin(LOCALHOST, port).deadline(Duration::from_secs(60)).spawn().unwrap();
+    let standin = SippCommand::media_standin(LOCALHOST, port)
+        .deadline(Duration::from_secs(60))
+        .spawn()
+        .unwrap();
     (standin, format!("127.0.0.1:{port}"))
 }
 
@@ -32,22 +35,46 @@ fn call_to(remote: &str, calls: u64) -> SippCommand {
 #[test]
 fn calls_to_a_standin_succeed_and_name_it() {
     let (standin, addr) = standin();
-    let outcome = call_to(&addr, 20).rate(50).pause(Duration::from_millis(20)).run().unwrap();
+    let outcome = call_to(&addr, 20)
+        .rate(50)
+        .pause(Duration::from_millis(20))
+        .run()
+        .unwrap();
     outcome.ensure_all_succeeded(20).unwrap();
-    assert_eq!(outcome.answered_by().into_iter().collect::<Vec<_>>(), vec![(addr.clone(), 20)]);
-    let call_ids: HashSet<_> = outcome.lines("ANSWERED").filter_map(|l| l.get("call_id")).collect();
+    assert_eq!(
+        outcome.answered_by().into_iter().collect::<Vec<_>>(),
+        vec![(addr.clone(), 20)]
+    );
+    let call_ids: HashSet<_> = outcome
+        .lines("ANSWERED")
+        .filter_map(|l| l.get("call_id"))
+        .collect();
     assert_eq!(call_ids.len(), 20, "{:?}", outcome.log_lines);
     assert_eq!(outcome.lines("CHALLENGED").count(), 0);
 
     let standin_outcome = standin.stop().unwrap();
-    assert_eq!(standin_outcome.exit, SippExit::AllSucceeded, "{}", standin_outcome.diagnostics());
-    assert_eq!(standin_outcome.successful(), 20, "{}", standin_outcome.diagnostics());
+    assert_eq!(
+        standin_outcome.exit,
+        SippExit::AllSucceeded,
+        "{}",
+        standin_outcome.diagnostics()
+    );
+    assert_eq!(
+        standin_outcome.successful(),
+        20,
+        "{}",
+        standin_outcome.diagnostics()
+    );
 }
 
 #[test]
 fn three_hundred_calls_at_100_per_second_do_not_fail() {
     let (standin, addr) = standin();
-    let outcome = call_to(&addr, 300).rate(100).pause(Duration::from_millis(100)).run().unwrap();
+    let outcome = call_to(&addr, 300)
+        .rate(100)
+        .pause(Duration::from_millis(100))
+        .run()
+        .unwrap();
     outcome.ensure_all_succeeded(300).unwrap();
     assert_eq!(outcome.answered_by().get(&addr), Some(&300));
     drop(standin);
@@ -56,18 +83,29 @@ fn three_hundred_calls_at_100_per_second_do_not_fail() {
 #[test]
 fn one_call_id_for_every_call_still_makes_whole_dialogs() {
     let (_standin, addr) = standin();
-    let outcome = call_to(&addr, 10).rate(100).fixed_call_id("hash-me@sipstack.test").run().unwrap();
+    let outcome = call_to(&addr, 10)
+        .rate(100)
+        .fixed_call_id("hash-me@sipstack.test")
+        .run()
+        .unwrap();
     outcome.ensure_all_succeeded(10).unwrap();
     let answered: Vec<_> = outcome.lines("ANSWERED").collect();
     assert_eq!(answered.len(), 10);
-    assert!(answered.iter().all(|l| l.get("call_id") == Some("hash-me@sipstack.test")), "{answered:?}");
+    assert!(
+        answered
+            .iter()
+            .all(|l| l.get("call_id") == Some("hash-me@sipstack.test")),
+        "{answered:?}"
+    );
 }
 
 #[test]
 fn options_get_200_from_a_standin_and_503_from_a_draining_one() {
     let (_standin, addr) = standin();
     let busy_port = free_udp_port().unwrap();
-    let _busy = SippCommand::busy_media_standin(LOCALHOST, busy_port).spawn().unwrap();
+    let _busy = SippCommand::busy_media_standin(LOCALHOST, busy_port)
+        .spawn()
+        .unwrap();
     let busy_addr = format!("127.0.0.1:{busy_port}");
 
     let probe = |remote: &str| {
@@ -81,16 +119,28 @@ fn options_get_200_from_a_standin_and_503_from_a_draining_one() {
     };
     let up = probe(&addr);
     up.ensure_all_succeeded(3).unwrap();
-    assert!(up.lines("OPTIONS").all(|l| l.get("status") == Some("200")), "{:?}", up.log_lines);
+    assert!(
+        up.lines("OPTIONS").all(|l| l.get("status") == Some("200")),
+        "{:?}",
+        up.log_lines
+    );
 
     let draining = probe(&busy_addr);
     draining.ensure_all_succeeded(3).unwrap();
-    let statuses: Vec<_> = draining.lines("OPTIONS").filter_map(|l| l.get("status")).collect();
+    let statuses: Vec<_> = draining
+        .lines("OPTIONS")
+        .filter_map(|l| l.get("status"))
+        .collect();
     assert_eq!(statuses, ["503", "503", "503"]);
 
     // A call to the draining node fails on its 503.
     let refused = call_to(&busy_addr, 2).rate(10).run().unwrap();
-    assert_eq!(refused.exit, SippExit::SomeFailed, "{}", refused.diagnostics());
+    assert_eq!(
+        refused.exit,
+        SippExit::SomeFailed,
+        "{}",
+        refused.diagnostics()
+    );
     assert_eq!(refused.failed(), 2);
     assert_eq!(refused.unexpected_codes, [503, 503]);
 }
@@ -102,8 +152,16 @@ fn a_killed_standin_is_reported_dead_and_calls_to_it_fail() {
     standin.kill().unwrap();
     assert!(!standin.is_alive());
 
-    let outcome = call_to(&addr, 1).recv_timeout(Duration::from_secs(1)).run().unwrap();
-    assert_eq!(outcome.exit, SippExit::SomeFailed, "{}", outcome.diagnostics());
+    let outcome = call_to(&addr, 1)
+        .recv_timeout(Duration::from_secs(1))
+        .run()
+        .unwrap();
+    assert_eq!(
+        outcome.exit,
+        SippExit::SomeFailed,
+        "{}",
+        outcome.diagnostics()
+    );
     assert_eq!(outcome.failed(), 1);
     let killed = standin.stop().unwrap();
     assert_eq!(killed.exit, SippExit::Killed);
@@ -115,10 +173,22 @@ fn a_hanging_run_ends_at_its_deadline() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap().to_string();
     let started = Instant::now();
-    let outcome =
-        call_to(&addr, 1).deadline(Duration::from_secs(2)).recv_timeout(Duration::from_secs(60)).run().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
-    assert_eq!(outcome.exit, SippExit::TimedOut, "{}", outcome.diagnostics());
+    let outcome = call_to(&addr, 1)
+        .deadline(Duration::from_secs(2))
+        .recv_timeout(Duration::from_secs(60))
+        .run()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        outcome.exit,
+        SippExit::TimedOut,
+        "{}",
+        outcome.diagnostics()
+    );
     assert_eq!(outcome.successful(), 0);
 }
 
@@ -132,16 +202,29 @@ fn a_scenario_error_is_fatal_not_a_failed_call() {
         .deadline(Duration::from_secs(10))
         .run()
         .unwrap();
-    assert_eq!(outcome.exit, SippExit::Fatal(1), "{}", outcome.diagnostics());
+    assert_eq!(
+        outcome.exit,
+        SippExit::Fatal(1),
+        "{}",
+        outcome.diagnostics()
+    );
     assert!(outcome.stats.is_none());
-    assert!(outcome.diagnostics().contains("Unsupported keyword 'expires'"), "{}", outcome.diagnostics());
+    assert!(
+        outcome
+            .diagnostics()
+            .contains("Unsupported keyword 'expires'"),
+        "{}",
+        outcome.diagnostics()
+    );
 }
 
 #[test]
 fn injection_files_refuse_fields_sipp_would_split() {
     let file = InjectionFile::sequential().line(["a;b", "c"]);
     assert!(file.render().is_err());
-    let text = InjectionFile::users(&[("u1", "example.com", "pw1"), ("u2", "example.com", "pw2")]).render().unwrap();
+    let text = InjectionFile::users(&[("u1", "example.com", "pw1"), ("u2", "example.com", "pw2")])
+        .render()
+        .unwrap();
     assert_eq!(
         text,
         "SEQUENTIAL\nu1;example.com;[authentication username=u1 password=pw1]\n\
@@ -201,10 +284,17 @@ mod registrar {
     /// authenticate and go to the stand-in at `standin_port`.
     pub fn start(users: &[(&str, &str)], standin_port: u16, trusted_port: u16) -> Registrar {
         let port = free_udp_port().unwrap();
-        let dir = tempfile::Builder::new().prefix("registrar-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("registrar-")
+            .tempdir()
+            .unwrap();
         let mut passwords = String::new();
         for (user, password) in users {
-            writeln!(passwords, "    if ($au == \"{user}\") {{ $var(password) = \"{password}\"; }}").unwrap();
+            writeln!(
+                passwords,
+                "    if ($au == \"{user}\") {{ $var(password) = \"{password}\"; }}"
+            )
+            .unwrap();
         }
         let cfg = CONFIG
             .replace("{PORT}", &port.to_string())
@@ -229,7 +319,11 @@ mod registrar {
             .process_group(0)
             .spawn()
             .expect("kamailio (Debian package kamailio) must be installed");
-        let mut registrar = Registrar { addr: format!("127.0.0.1:{port}"), child, dir };
+        let mut registrar = Registrar {
+            addr: format!("127.0.0.1:{port}"),
+            child,
+            dir,
+        };
         let ready_by = Instant::now() + Duration::from_secs(10);
         while !udp_port_bound(port) {
             if registrar.child.try_wait().unwrap().is_some() || Instant::now() > ready_by {
@@ -377,23 +471,48 @@ fn register_scenarios_against_a_digest_registrar() {
     let registrar = registrar::start(&[("alice", "pw1")], 9, 9);
     let addr = registrar.addr.clone();
 
-    let challenged = register("register_noauth", &addr, "alice", "unused", free_udp_port().unwrap());
+    let challenged = register(
+        "register_noauth",
+        &addr,
+        "alice",
+        "unused",
+        free_udp_port().unwrap(),
+    );
     challenged.ensure_all_succeeded(1).unwrap();
     let challenge: Vec<_> = challenged.lines("CHALLENGED").collect();
     assert_eq!(challenge.len(), 1);
     assert_eq!(challenge[0].get("realm"), Some("example.com"));
 
     let registered = register("register", &addr, "alice", "pw1", free_udp_port().unwrap());
-    registered.ensure_all_succeeded(1).unwrap_or_else(|e| panic!("{e}\n{}", registrar.log()));
+    registered
+        .ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", registrar.log()));
     assert_eq!(registered.lines("REGISTERED").count(), 1);
 
-    let rejected = register("register_expect_reject", &addr, "alice", "wrong", free_udp_port().unwrap());
+    let rejected = register(
+        "register_expect_reject",
+        &addr,
+        "alice",
+        "wrong",
+        free_udp_port().unwrap(),
+    );
     rejected.ensure_all_succeeded(1).unwrap();
     assert_eq!(rejected.lines("REJECTED").count(), 1);
 
     // The right password is a failure for the reject scenario.
-    let not_rejected = register("register_expect_reject", &addr, "alice", "pw1", free_udp_port().unwrap());
-    assert_eq!(not_rejected.exit, SippExit::SomeFailed, "{}", not_rejected.diagnostics());
+    let not_rejected = register(
+        "register_expect_reject",
+        &addr,
+        "alice",
+        "pw1",
+        free_udp_port().unwrap(),
+    );
+    assert_eq!(
+        not_rejected.exit,
+        SippExit::SomeFailed,
+        "{}",
+        not_rejected.diagnostics()
+    );
     assert_eq!(not_rejected.unexpected_codes, [200]);
 }
 
@@ -403,8 +522,14 @@ fn authenticated_call_through_a_proxy_reaches_the_standin() {
     let standin_port: u16 = standin_addr.rsplit(':').next().unwrap().parse().unwrap();
     let registrar = registrar::start(&[("alice", "pw1")], standin_port, 9);
 
-    let outcome = call_to(&registrar.addr, 5).rate(20).pause(Duration::from_millis(50)).run().unwrap();
-    outcome.ensure_all_succeeded(5).unwrap_or_else(|e| panic!("{e}\n{}", registrar.log()));
+    let outcome = call_to(&registrar.addr, 5)
+        .rate(20)
+        .pause(Duration::from_millis(50))
+        .run()
+        .unwrap();
+    outcome
+        .ensure_all_succeeded(5)
+        .unwrap_or_else(|e| panic!("{e}\n{}", registrar.log()));
     assert_eq!(outcome.lines("CHALLENGED").count(), 5);
     assert_eq!(outcome.answered_by().get(&standin_addr), Some(&5));
 
@@ -425,9 +550,14 @@ fn registered_user_receives_a_trusted_call() {
     let phone_port = free_udp_port().unwrap();
 
     let registered = register("register", &registrar.addr, "bob", "pw2", phone_port);
-    registered.ensure_all_succeeded(1).unwrap_or_else(|e| panic!("{e}\n{}", registrar.log()));
+    registered
+        .ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", registrar.log()));
 
-    let phone = SippCommand::scenario("uas_user").local(LOCALHOST, phone_port).spawn().unwrap();
+    let phone = SippCommand::scenario("uas_user")
+        .local(LOCALHOST, phone_port)
+        .spawn()
+        .unwrap();
     let call = SippCommand::scenario("uac_trusted")
         .remote(&registrar.addr)
         .local_port(trusted_port)
@@ -439,12 +569,22 @@ fn registered_user_receives_a_trusted_call() {
         .deadline(Duration::from_secs(20))
         .run()
         .unwrap();
-    call.ensure_all_succeeded(2).unwrap_or_else(|e| panic!("{e}\n{}", registrar.log()));
-    assert_eq!(call.answered_by().get(&format!("127.0.0.1:{phone_port}")), Some(&2));
+    call.ensure_all_succeeded(2)
+        .unwrap_or_else(|e| panic!("{e}\n{}", registrar.log()));
+    assert_eq!(
+        call.answered_by().get(&format!("127.0.0.1:{phone_port}")),
+        Some(&2)
+    );
 
     let phone = phone.stop().unwrap();
     assert_eq!(phone.successful(), 2, "{}", phone.diagnostics());
-    let received: HashSet<_> = phone.lines("RECEIVED").filter_map(|l| l.get("call_id")).collect();
-    let answered: HashSet<_> = call.lines("ANSWERED").filter_map(|l| l.get("call_id")).collect();
+    let received: HashSet<_> = phone
+        .lines("RECEIVED")
+        .filter_map(|l| l.get("call_id"))
+        .collect();
+    let answered: HashSet<_> = call
+        .lines("ANSWERED")
+        .filter_map(|l| l.get("call_id"))
+        .collect();
     assert_eq!(received, answered);
 }

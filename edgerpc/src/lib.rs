@@ -15,9 +15,17 @@ pub enum RpcError {
     #[error("edge RPC at {url} is unreachable: {message}")]
     Unreachable { url: String, message: String },
     #[error("edge RPC at {url} answered HTTP {status}: {body}")]
-    Http { url: String, status: u16, body: String },
+    Http {
+        url: String,
+        status: u16,
+        body: String,
+    },
     #[error("edge RPC {method} failed: {code} {message}")]
-    Fault { method: String, code: i64, message: String },
+    Fault {
+        method: String,
+        code: i64,
+        message: String,
+    },
     #[error("edge RPC {method}: unexpected answer: {detail}")]
     Protocol { method: String, detail: String },
 }
@@ -116,12 +124,19 @@ impl EdgeRpc {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Self { url: url.into(), http }
+        Self {
+            url: url.into(),
+            http,
+        }
     }
 
     /// The endpoint of an edge whose RPC socket is `address:port`.
     pub fn for_socket(address: &str, port: u16) -> Self {
-        let host = if address.contains(':') { format!("[{address}]") } else { address.to_string() };
+        let host = if address.contains(':') {
+            format!("[{address}]")
+        } else {
+            address.to_string()
+        };
         Self::new(format!("http://{host}:{port}/RPC"))
     }
 
@@ -142,21 +157,35 @@ impl EdgeRpc {
             .json(&body)
             .send()
             .await
-            .map_err(|e| RpcError::Unreachable { url: self.url.clone(), message: e.to_string() })?;
+            .map_err(|e| RpcError::Unreachable {
+                url: self.url.clone(),
+                message: e.to_string(),
+            })?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| RpcError::Unreachable { url: self.url.clone(), message: e.to_string() })?;
+        let text = response.text().await.map_err(|e| RpcError::Unreachable {
+            url: self.url.clone(),
+            message: e.to_string(),
+        })?;
         // Kamailio answers a fault with its code as the HTTP status and a JSON-RPC error body.
         let answer: Option<Answer> = serde_json::from_str(&text).ok();
         if let Some(Answer { error: Some(f), .. }) = answer {
-            return Err(RpcError::Fault { method: method.into(), code: f.code, message: f.message });
+            return Err(RpcError::Fault {
+                method: method.into(),
+                code: f.code,
+                message: f.message,
+            });
         }
         if !status.is_success() {
-            return Err(RpcError::Http { url: self.url.clone(), status: status.as_u16(), body: text.trim().to_string() });
+            return Err(RpcError::Http {
+                url: self.url.clone(),
+                status: status.as_u16(),
+                body: text.trim().to_string(),
+            });
         }
-        let answer = answer.ok_or_else(|| RpcError::Protocol { method: method.into(), detail: text.trim().to_string() })?;
+        let answer = answer.ok_or_else(|| RpcError::Protocol {
+            method: method.into(),
+            detail: text.trim().to_string(),
+        })?;
         Ok(answer.result.unwrap_or(Value::Null))
     }
 
@@ -167,7 +196,10 @@ impl EdgeRpc {
             match self.call(what.method(), &[]).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_ongoing_reload() && tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(method = what.method(), "reload refused inside reload_delta; retrying");
+                    tracing::debug!(
+                        method = what.method(),
+                        "reload refused inside reload_delta; retrying"
+                    );
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => return Err(e),
@@ -178,7 +210,9 @@ impl EdgeRpc {
     /// Kamailio's version string; a cheap liveness check.
     pub async fn version(&self) -> Result<String, RpcError> {
         let v = self.call("core.version", &[]).await?;
-        Ok(v.as_str().map(|s| s.trim().to_string()).unwrap_or_else(|| v.to_string()))
+        Ok(v.as_str()
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| v.to_string()))
     }
 
     /// The dispatcher destinations Kamailio holds now, with their live state.
@@ -192,20 +226,39 @@ impl EdgeRpc {
 
     /// Sets the state of one destination in memory (`a` active, `i` inactive,
     /// `d` disabled, optionally followed by `p` for probing).
-    pub async fn dispatcher_set_state(&self, state: &str, set_id: i64, uri: &str) -> Result<(), RpcError> {
-        self.call("dispatcher.set_state", &[json!(state), json!(set_id), json!(uri)]).await.map(|_| ())
+    pub async fn dispatcher_set_state(
+        &self,
+        state: &str,
+        set_id: i64,
+        uri: &str,
+    ) -> Result<(), RpcError> {
+        self.call(
+            "dispatcher.set_state",
+            &[json!(state), json!(set_id), json!(uri)],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// What dialplan `dpid` makes of `input` (`dialplan.translate`): the output and
     /// the attributes of the first rule that matches; `None` when no rule matches or
     /// the dialplan id has no rules. The input goes as a JSON string: the method
     /// refuses a number.
-    pub async fn dialplan_translate(&self, dpid: i32, input: &str) -> Result<Option<Translation>, RpcError> {
-        match self.call("dialplan.translate", &[json!(dpid), json!(input)]).await {
-            Ok(v) => parse_translation(&v).map(Some).ok_or_else(|| RpcError::Protocol {
-                method: "dialplan.translate".into(),
-                detail: format!("cannot read {v}"),
-            }),
+    pub async fn dialplan_translate(
+        &self,
+        dpid: i32,
+        input: &str,
+    ) -> Result<Option<Translation>, RpcError> {
+        match self
+            .call("dialplan.translate", &[json!(dpid), json!(input)])
+            .await
+        {
+            Ok(v) => parse_translation(&v)
+                .map(Some)
+                .ok_or_else(|| RpcError::Protocol {
+                    method: "dialplan.translate".into(),
+                    detail: format!("cannot read {v}"),
+                }),
             Err(e) if e.is_no_translation() => Ok(None),
             Err(e) => Err(e),
         }
@@ -228,8 +281,10 @@ impl EdgeRpc {
     /// but were not cleaned up yet (see [`UlExpires`]).
     pub async fn ul_dump(&self) -> Result<Vec<UlContact>, RpcError> {
         let v = self.call("ul.dump", &[]).await?;
-        parse_ul_dump(&v)
-            .ok_or_else(|| RpcError::Protocol { method: "ul.dump".into(), detail: format!("cannot read {v}") })
+        parse_ul_dump(&v).ok_or_else(|| RpcError::Protocol {
+            method: "ul.dump".into(),
+            detail: format!("cannot read {v}"),
+        })
     }
 
     /// The valid contacts of one address of record (`ul.lookup TABLE AOR`); empty
@@ -237,7 +292,11 @@ impl EdgeRpc {
     pub async fn ul_lookup(&self, table: &str, aor: &str) -> Result<Vec<UlContact>, RpcError> {
         match self.call("ul.lookup", &[json!(table), json!(aor)]).await {
             Ok(v) => {
-                let aor = v.get("AoR").and_then(Value::as_str).unwrap_or(aor).to_string();
+                let aor = v
+                    .get("AoR")
+                    .and_then(Value::as_str)
+                    .unwrap_or(aor)
+                    .to_string();
                 parse_ul_contacts(&aor, v.get("Contacts")).ok_or_else(|| RpcError::Protocol {
                     method: "ul.lookup".into(),
                     detail: format!("cannot read {v}"),
@@ -328,22 +387,39 @@ impl UlContact {
 /// Reads the answer of `dialplan.translate`.
 pub fn parse_translation(v: &Value) -> Option<Translation> {
     Some(Translation {
-        output: v.get("Output").and_then(Value::as_str).unwrap_or_default().to_string(),
+        output: v
+            .get("Output")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         attrs: v.get("Attributes")?.as_str()?.to_string(),
     })
 }
 
 /// Reads the answer of `dialplan.dump`, by priority.
 pub fn parse_dialplan_dump(v: &Value) -> Option<Vec<DialplanEntry>> {
-    let text = |e: &Value, key: &str| e.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    let text = |e: &Value, key: &str| {
+        e.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let mut out = Vec::new();
-    for entry in v.get("ENTRIES").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+    for entry in v
+        .get("ENTRIES")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         let e = entry.get("ENTRY")?;
         out.push(DialplanEntry {
             pr: e.get("PRIO")?.as_i64()?,
             match_op: e.get("MATCHOP")?.as_i64()?,
             match_exp: text(e, "MATCHEXP"),
-            match_len: e.get("MATCHLEN").and_then(Value::as_i64).unwrap_or_default(),
+            match_len: e
+                .get("MATCHLEN")
+                .and_then(Value::as_i64)
+                .unwrap_or_default(),
             subst_exp: text(e, "SUBSTEXP"),
             repl_exp: text(e, "REPLEXP"),
             attrs: text(e, "ATTRS"),
@@ -355,7 +431,10 @@ pub fn parse_dialplan_dump(v: &Value) -> Option<Vec<DialplanEntry>> {
 
 /// usrloc writes "[not set]" for empty strings.
 fn ul_text(c: &Value, key: &str) -> Option<String> {
-    c.get(key).and_then(Value::as_str).filter(|s| *s != "[not set]" && !s.is_empty()).map(str::to_string)
+    c.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| *s != "[not set]" && !s.is_empty())
+        .map(str::to_string)
 }
 
 fn parse_ul_contact(aor: &str, c: &Value) -> Option<UlContact> {
@@ -372,12 +451,20 @@ fn parse_ul_contact(aor: &str, c: &Value) -> Option<UlContact> {
         address: c.get("Address")?.as_str()?.to_string(),
         expires,
         q: c.get("Q").and_then(Value::as_f64).filter(|q| *q >= 0.0),
-        call_id: c.get("Call-ID").and_then(Value::as_str).unwrap_or_default().to_string(),
+        call_id: c
+            .get("Call-ID")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         cseq: int("CSeq"),
         user_agent: ul_text(c, "User-Agent"),
         received: ul_text(c, "Received"),
         path: ul_text(c, "Path"),
-        state: c.get("State").and_then(Value::as_str).unwrap_or_default().to_string(),
+        state: c
+            .get("State")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         flags: int("Flags"),
         cflags: int("CFlags"),
         socket: ul_text(c, "Socket"),
@@ -396,7 +483,11 @@ fn parse_ul_contact(aor: &str, c: &Value) -> Option<UlContact> {
 /// Reads a `Contacts` array of `ul.dump` or `ul.lookup`.
 fn parse_ul_contacts(aor: &str, contacts: Option<&Value>) -> Option<Vec<UlContact>> {
     let mut out = Vec::new();
-    for item in contacts.and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+    for item in contacts
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         out.push(parse_ul_contact(aor, item.get("Contact")?)?);
     }
     Some(out)
@@ -405,9 +496,19 @@ fn parse_ul_contacts(aor: &str, contacts: Option<&Value>) -> Option<Vec<UlContac
 /// Reads the answer of `ul.dump`: every contact of every AoR of every usrloc table.
 pub fn parse_ul_dump(v: &Value) -> Option<Vec<UlContact>> {
     let mut out = Vec::new();
-    for domain in v.get("Domains").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+    for domain in v
+        .get("Domains")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         let domain = domain.get("Domain")?;
-        for record in domain.get("AoRs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        for record in domain
+            .get("AoRs")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             let info = record.get("Info")?;
             let aor = info.get("AoR")?.as_str()?;
             out.extend(parse_ul_contacts(aor, info.get("Contacts"))?);
@@ -426,13 +527,25 @@ pub fn parse_dispatcher_list(v: &Value) -> Option<Vec<LiveDestination>> {
     for record in records {
         let set = record.get("SET")?;
         let set_id = set.get("ID")?.as_i64()?;
-        for target in set.get("TARGETS").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+        for target in set
+            .get("TARGETS")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             let dest = target.get("DEST")?;
             out.push(LiveDestination {
                 set_id,
                 uri: dest.get("URI")?.as_str()?.to_string(),
-                flags: dest.get("FLAGS").and_then(Value::as_str).unwrap_or_default().to_string(),
-                priority: dest.get("PRIORITY").and_then(Value::as_i64).unwrap_or_default(),
+                flags: dest
+                    .get("FLAGS")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                priority: dest
+                    .get("PRIORITY")
+                    .and_then(Value::as_i64)
+                    .unwrap_or_default(),
                 attrs: dest
                     .get("ATTRS")
                     .and_then(|a| a.get("BODY"))
@@ -461,7 +574,10 @@ mod tests {
         assert_eq!(list[0].attrs, "rweight=1");
         assert!(!list[1].is_active());
         assert_eq!(list[1].priority, 5);
-        assert_eq!(parse_dispatcher_list(&json!({"NRSETS": 0})).unwrap(), vec![]);
+        assert_eq!(
+            parse_dispatcher_list(&json!({"NRSETS": 0})).unwrap(),
+            vec![]
+        );
     }
 
     #[test]
@@ -469,7 +585,10 @@ mod tests {
         let t = json!({"Output": "Premium Blocked", "Attributes": "id=1;t=reject;c=403"});
         assert_eq!(
             parse_translation(&t),
-            Some(Translation { output: "Premium Blocked".into(), attrs: "id=1;t=reject;c=403".into() })
+            Some(Translation {
+                output: "Premium Blocked".into(),
+                attrs: "id=1;t=reject;c=403".into()
+            })
         );
         let dump = json!({"DPID": 2, "ENTRIES": [
             {"ENTRY": {"PRIO": 2, "MATCHOP": 0, "MATCHEXP": "5000", "MATCHLEN": 0, "SUBSTEXP": null, "REPLEXP": null, "ATTRS": "id=2;t=pool;s=2"}},
@@ -521,14 +640,19 @@ mod tests {
         assert_eq!(c.received.as_deref(), Some("sip:203.0.113.7:40000"));
         assert_eq!(c.user_agent, None);
         assert_eq!(
-            parse_ul_dump(&json!({"Domains": [{"Domain": {"Domain": "location", "AoRs": []}}]})).unwrap(),
+            parse_ul_dump(&json!({"Domains": [{"Domain": {"Domain": "location", "AoRs": []}}]}))
+                .unwrap(),
             vec![]
         );
     }
 
     #[test]
     fn ongoing_reload_is_recognised() {
-        let e = RpcError::Fault { method: "dispatcher.reload".into(), code: 500, message: "Ongoing reload".into() };
+        let e = RpcError::Fault {
+            method: "dispatcher.reload".into(),
+            code: 500,
+            message: "Ongoing reload".into(),
+        };
         assert!(e.is_ongoing_reload());
     }
 }

@@ -13,7 +13,10 @@ use crate::process::{self, find_program, log_tail, running_pid};
 use crate::LocalError;
 
 /// Which Debian package brings which module (the rest come with `kamailio`).
-const MODULE_PACKAGES: &[(&str, &str)] = &[("db_postgres", "kamailio-postgres-modules"), ("tls", "kamailio-tls-modules")];
+const MODULE_PACKAGES: &[(&str, &str)] = &[
+    ("db_postgres", "kamailio-postgres-modules"),
+    ("tls", "kamailio-tls-modules"),
+];
 
 /// Secrets Kamailio reads from its environment; never written into kamailio.cfg.
 #[derive(Debug, Clone)]
@@ -33,7 +36,12 @@ pub struct RunSettings {
 impl RunSettings {
     /// Changes whenever a restart is needed to apply the settings.
     fn fingerprint(&self) -> String {
-        format!("{} -m {} -M {}", sipstack_render::config_hash(&self.config), self.shared_memory_mb, self.private_memory_mb)
+        format!(
+            "{} -m {} -M {}",
+            sipstack_render::config_hash(&self.config),
+            self.shared_memory_mb,
+            self.private_memory_mb
+        )
     }
 }
 
@@ -56,7 +64,10 @@ pub struct LocalKamailio {
 
 impl LocalKamailio {
     pub fn new(state_dir: &Path, name: &str) -> Self {
-        Self { name: name.to_string(), dir: state_dir.join(format!("edge-{name}")) }
+        Self {
+            name: name.to_string(),
+            dir: state_dir.join(format!("edge-{name}")),
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -84,7 +95,12 @@ impl LocalKamailio {
     /// Brings this edge's Kamailio to `settings`. The new config is checked with
     /// `kamailio -c` before it replaces anything, so a refused config leaves a running
     /// edge and its config as they were.
-    pub async fn ensure(&self, settings: &RunSettings, secrets: &EdgeSecrets, rpc: &EdgeRpc) -> Result<(i32, EdgeChange), LocalError> {
+    pub async fn ensure(
+        &self,
+        settings: &RunSettings,
+        secrets: &EdgeSecrets,
+        rpc: &EdgeRpc,
+    ) -> Result<(i32, EdgeChange), LocalError> {
         fs::create_dir_all(&self.dir).map_err(|e| LocalError::io(&self.dir, e))?;
         let binary = kamailio_binary()?;
         let env = environment(secrets);
@@ -103,7 +119,10 @@ impl LocalKamailio {
             let _ = fs::remove_file(&candidate);
             return Err(LocalError::Start {
                 what: format!("Kamailio of SipEdge {}", self.name),
-                detail: format!("`kamailio -c` refused the rendered config:\n{}", String::from_utf8_lossy(&check.stderr).trim()),
+                detail: format!(
+                    "`kamailio -c` refused the rendered config:\n{}",
+                    String::from_utf8_lossy(&check.stderr).trim()
+                ),
             });
         }
 
@@ -117,15 +136,30 @@ impl LocalKamailio {
             }
             self.stop().await?;
         }
-        fs::rename(&candidate, self.config_path()).map_err(|e| LocalError::io(self.config_path(), e))?;
-        fs::write(self.fingerprint_path(), &fingerprint).map_err(|e| LocalError::io(self.fingerprint_path(), e))?;
+        fs::rename(&candidate, self.config_path())
+            .map_err(|e| LocalError::io(self.config_path(), e))?;
+        fs::write(self.fingerprint_path(), &fingerprint)
+            .map_err(|e| LocalError::io(self.fingerprint_path(), e))?;
         let pid = self.start(&binary, settings, &env, rpc).await?;
-        Ok((pid, if running.is_some() { EdgeChange::Restarted } else { EdgeChange::Started }))
+        Ok((
+            pid,
+            if running.is_some() {
+                EdgeChange::Restarted
+            } else {
+                EdgeChange::Started
+            },
+        ))
     }
 
     /// Starts Kamailio with the config in place (it daemonizes) and waits until its RPC
     /// endpoint answers; stops it again when it does not come up right.
-    async fn start(&self, binary: &Path, settings: &RunSettings, env: &BTreeMap<&str, &str>, rpc: &EdgeRpc) -> Result<i32, LocalError> {
+    async fn start(
+        &self,
+        binary: &Path,
+        settings: &RunSettings,
+        env: &BTreeMap<&str, &str>,
+        rpc: &EdgeRpc,
+    ) -> Result<i32, LocalError> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -153,7 +187,9 @@ impl LocalKamailio {
             .await
             .map_err(|e| LocalError::io(binary, e))?;
         if !status.success() {
-            return Err(self.start_failed(format!("kamailio exited with {status}")).await);
+            return Err(self
+                .start_failed(format!("kamailio exited with {status}"))
+                .await);
         }
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -172,10 +208,17 @@ impl LocalKamailio {
                     Err(_) => {}
                 }
             } else if process::read_pid(&self.pid_path()).is_some() {
-                return Err(self.start_failed("kamailio stopped right after starting".into()).await);
+                return Err(self
+                    .start_failed("kamailio stopped right after starting".into())
+                    .await);
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(self.start_failed(format!("its RPC endpoint {} did not answer within 30 s", rpc.url())).await);
+                return Err(self
+                    .start_failed(format!(
+                        "its RPC endpoint {} did not answer within 30 s",
+                        rpc.url()
+                    ))
+                    .await);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -186,14 +229,20 @@ impl LocalKamailio {
         let _ = self.stop().await;
         LocalError::Start {
             what: format!("Kamailio of SipEdge {}", self.name),
-            detail: format!("{detail}; last lines of {}:\n{}", self.log_path().display(), log_tail(&self.log_path(), 15)),
+            detail: format!(
+                "{detail}; last lines of {}:\n{}",
+                self.log_path().display(),
+                log_tail(&self.log_path(), 15)
+            ),
         }
     }
 
     /// Stops Kamailio gracefully (it flushes registrations to the database on the way out).
     pub async fn stop(&self) -> Result<bool, LocalError> {
         let stopped = match self.running_pid() {
-            Some(pid) => process::terminate(pid, Duration::from_secs(15)).await.map_err(|e| LocalError::io(self.pid_path(), e))?,
+            Some(pid) => process::terminate(pid, Duration::from_secs(15))
+                .await
+                .map_err(|e| LocalError::io(self.pid_path(), e))?,
             None => false,
         };
         let _ = fs::remove_file(self.pid_path());
@@ -202,11 +251,17 @@ impl LocalKamailio {
 }
 
 fn environment(secrets: &EdgeSecrets) -> BTreeMap<&'static str, &str> {
-    BTreeMap::from([("SIPSTACK_DB_URL", secrets.db_url.as_str()), ("SIPSTACK_AUTH_SECRET", secrets.auth_secret.as_str())])
+    BTreeMap::from([
+        ("SIPSTACK_DB_URL", secrets.db_url.as_str()),
+        ("SIPSTACK_AUTH_SECRET", secrets.auth_secret.as_str()),
+    ])
 }
 
 fn kamailio_binary() -> Result<PathBuf, LocalError> {
-    find_program("kamailio").ok_or(LocalError::Missing { program: "kamailio".into(), package: "kamailio".into() })
+    find_program("kamailio").ok_or(LocalError::Missing {
+        program: "kamailio".into(),
+        package: "kamailio".into(),
+    })
 }
 
 /// Kamailio's module directories on this host (Debian's multiarch path, or a plain one).
@@ -233,8 +288,15 @@ fn check_modules(config: &Path) -> Result<(), LocalError> {
     for module in loaded_modules(&text) {
         let file = format!("{module}.so");
         if !dirs.iter().any(|d| d.join(&file).is_file()) {
-            let package = MODULE_PACKAGES.iter().find(|(m, _)| *m == module).map(|(_, p)| *p).unwrap_or("kamailio");
-            return Err(LocalError::Missing { program: format!("Kamailio module {module}"), package: package.into() });
+            let package = MODULE_PACKAGES
+                .iter()
+                .find(|(m, _)| *m == module)
+                .map(|(_, p)| *p)
+                .unwrap_or("kamailio");
+            return Err(LocalError::Missing {
+                program: format!("Kamailio module {module}"),
+                package: package.into(),
+            });
         }
     }
     Ok(())
@@ -265,7 +327,11 @@ fn loaded_modules(text: &str) -> Vec<String> {
                 defined.push(name.to_string());
             }
         } else if let Some(rest) = line.strip_prefix("loadmodule \"") {
-            modules.push(rest.trim_end_matches('"').trim_end_matches(".so").to_string());
+            modules.push(
+                rest.trim_end_matches('"')
+                    .trim_end_matches(".so")
+                    .to_string(),
+            );
         }
     }
     modules
@@ -273,7 +339,8 @@ fn loaded_modules(text: &str) -> Vec<String> {
 
 /// Makes a file readable by its owner only (it holds a secret).
 pub(crate) fn restrict(path: &Path) -> Result<(), LocalError> {
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| LocalError::io(path, e))
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| LocalError::io(path, e))
 }
 
 #[cfg(test)]
@@ -290,11 +357,25 @@ mod tests {
     fn a_missing_module_names_its_package() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("kamailio.cfg");
-        fs::write(&cfg, "loadmodule \"tm.so\"\nloadmodule \"no_such_module_xyz.so\"\n").unwrap();
+        fs::write(
+            &cfg,
+            "loadmodule \"tm.so\"\nloadmodule \"no_such_module_xyz.so\"\n",
+        )
+        .unwrap();
         let err = check_modules(&cfg).unwrap_err().to_string();
-        assert!(err.contains("no_such_module_xyz") && err.contains("apt-get install kamailio"), "{err}");
-        let err = LocalError::Missing { program: "Kamailio module tls".into(), package: MODULE_PACKAGES[1].1.into() }.to_string();
-        assert!(err.contains("apt-get install kamailio-tls-modules"), "{err}");
+        assert!(
+            err.contains("no_such_module_xyz") && err.contains("apt-get install kamailio"),
+            "{err}"
+        );
+        let err = LocalError::Missing {
+            program: "Kamailio module tls".into(),
+            package: MODULE_PACKAGES[1].1.into(),
+        }
+        .to_string();
+        assert!(
+            err.contains("apt-get install kamailio-tls-modules"),
+            "{err}"
+        );
         fs::write(&cfg, "loadmodule \"tm.so\"\n#!ifdef WITH_TLS\nloadmodule \"no_such_module_xyz.so\"\n#!endif\n").unwrap();
         check_modules(&cfg).unwrap();
     }

@@ -8,6 +8,7 @@
 //! directory; `state.json` there records what runs where.
 
 pub mod kamailio;
+pub mod patroni;
 pub mod postgres;
 pub mod process;
 pub mod standin;
@@ -24,8 +25,9 @@ use sipstack_edgerpc::{EdgeRpc, Reload};
 use sipstack_render::{render_kamailio, KamailioRenderOptions};
 
 use kamailio::{EdgeChange, EdgeSecrets, LocalKamailio, RunSettings};
+use patroni::LocalCluster;
 use postgres::LocalPostgres;
-use state::{EdgeState, LocalState, PostgresState, StandinState};
+use state::{EdgeState, HaState, LocalState, PostgresState, StandinState};
 
 /// Why the local platform could not be brought up, inspected or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +35,10 @@ pub enum LocalError {
     #[error("{program} is not installed; install the Debian package {package} (apt-get install {package})")]
     Missing { program: String, package: String },
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start {what}: {detail}")]
     Start { what: String, detail: String },
     #[error("{0}")]
@@ -56,7 +61,10 @@ pub enum LocalError {
 
 impl LocalError {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        LocalError::Io { path: path.as_ref().display().to_string(), source }
+        LocalError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }
 
@@ -99,22 +107,33 @@ pub fn default_state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(dir).join("sipstack/local");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/state/sipstack/local")
 }
 
 /// Brings the platform up. Safe to run again: what runs is kept, what changed is applied.
-pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState, Report), LocalError> {
+pub async fn up(
+    platform_text: &str,
+    options: &UpOptions,
+) -> Result<(LocalState, Report), LocalError> {
     let platform = Platform::from_yaml(platform_text)?;
     let mut report = Report::default();
-    std::fs::create_dir_all(&options.state_dir).map_err(|e| LocalError::io(&options.state_dir, e))?;
-    let state_dir = options.state_dir.canonicalize().map_err(|e| LocalError::io(&options.state_dir, e))?;
+    std::fs::create_dir_all(&options.state_dir)
+        .map_err(|e| LocalError::io(&options.state_dir, e))?;
+    let state_dir = options
+        .state_dir
+        .canonicalize()
+        .map_err(|e| LocalError::io(&options.state_dir, e))?;
     // the file may carry Secrets beside the sipstack kinds: keep the copy private
     let platform_copy = state_dir.join("platform.yaml");
     state::write_secret(&platform_copy, platform_text)?;
 
     let Some(pg) = platform.pg_clusters.first() else {
-        return Err(LocalError::Unsupported("the platform declares no PgCluster; add one (see examples/platform.yaml)".into()));
+        return Err(LocalError::Unsupported(
+            "the platform declares no PgCluster; add one (see examples/platform.yaml)".into(),
+        ));
     };
     if platform.pg_clusters.len() > 1 {
         return Err(LocalError::Unsupported(format!(
@@ -122,36 +141,72 @@ pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState,
             platform.pg_clusters.len()
         )));
     }
-    if pg.spec.instances > 1 {
-        return Err(LocalError::Unsupported(format!(
-            "PgCluster/{}: spec.instances is {}; the local driver runs a single PostgreSQL server, set spec.instances: 1",
-            pg.name_any(),
-            pg.spec.instances
-        )));
-    }
-
-    // PostgreSQL and the schema
+    // PostgreSQL (one server, or a Patroni cluster behind HAProxy) and the schema
     let postgres = local_postgres(&state_dir, pg);
-    postgres.init().await?;
-    postgres.start().await?;
-    let db_url = postgres.ensure_database(&pg.spec.database.owner, &pg.spec.database.name).await?;
+    let (db_url, edge_db_url, ha) = if pg.spec.instances > 1 {
+        let cluster = LocalCluster::new(&state_dir, pg);
+        let mut lines = Vec::new();
+        let endpoints = cluster.up(&mut lines).await?;
+        for l in lines {
+            report.line(l);
+        }
+        let db_url = cluster
+            .read_write()
+            .ensure_database(&pg.spec.database.owner, &pg.spec.database.name)
+            .await?;
+        // the edges go through the pooler when there is one; sipctl keeps to the
+        // read-write endpoint (its prepared statements need a session of their own)
+        let edge_db_url = match cluster.start_pooler(&pg.spec.database.owner).await? {
+            Some(port) => {
+                report.line(format!("postgres   PgBouncer on 127.0.0.1:{port} in front of the read-write endpoint, for the edges"));
+                LocalPostgres::new(cluster.dir(), port, pg.spec.postgres_version.major())
+                    .url_for_owner(&pg.spec.database.owner, &pg.spec.database.name)?
+            }
+            None => db_url.clone(),
+        };
+        let ha = HaState {
+            members: cluster.member_names(),
+            patroni_urls: endpoints.patroni_urls,
+            read_only_port: endpoints.read_only_port,
+            pooler_port: endpoints.pooler_port,
+            etcd_endpoints: endpoints.etcd_endpoints,
+        };
+        (db_url, edge_db_url, Some(ha))
+    } else {
+        if LocalCluster::is_cluster_dir(postgres.state_dir()) {
+            return Err(LocalError::Unsupported(format!(
+                "{} holds a Patroni cluster of PgCluster/{}, but spec.instances is 1; set spec.instances back, or \
+                 run `sipctl local down` and move that directory away to start a single server",
+                postgres.state_dir().display(),
+                pg.name_any()
+            )));
+        }
+        postgres.init().await?;
+        postgres.start().await?;
+        let db_url = postgres
+            .ensure_database(&pg.spec.database.owner, &pg.spec.database.name)
+            .await?;
+        (db_url.clone(), db_url, None)
+    };
     let mut client = sipstack_db::connect(&db_url, Duration::from_secs(10)).await?;
     let migrated = sipstack_db::migrate(&mut client).await?;
     report.line(format!(
-        "postgres   PgCluster/{} on 127.0.0.1:{}, database {} (schema version {}, {} migration(s) applied), log {}",
+        "postgres   PgCluster/{} on 127.0.0.1:{}, database {} (schema version {}, {} migration(s) applied){}",
         pg.name_any(),
         pg.spec.port,
         pg.spec.database.name,
         migrated.version,
         migrated.applied.len(),
-        postgres.log_file().display()
+        if ha.is_some() { String::new() } else { format!(", log {}", postgres.log_file().display()) }
     ));
 
     // media pools and their members; pools no longer declared lose theirs
     let names: Vec<String> = platform.media_pools.iter().map(|p| p.name_any()).collect();
     let cleanup = sipstack_db::media_pool::remove_absent(&client, &names).await?;
     for gone in &cleanup.removed {
-        report.line(format!("media      MediaPool/{gone} is no longer declared: removed"));
+        report.line(format!(
+            "media      MediaPool/{gone} is no longer declared: removed"
+        ));
     }
     for kept in &cleanup.still_referenced {
         report.notice(format!("MediaPool/{} is no longer declared but routes still name it; delete those routes to remove it", kept.name));
@@ -168,7 +223,10 @@ pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState,
     for set in stale_sets {
         // an undeclared member would still get calls, and be trusted as a media node
         let change = sipstack_db::dispatcher::replace_set(&client, set, &[]).await?;
-        report.line(format!("media      dispatcher set {set} belongs to no declared pool: {} member(s) removed", change.removed.len()));
+        report.line(format!(
+            "media      dispatcher set {set} belongs to no declared pool: {} member(s) removed",
+            change.removed.len()
+        ));
     }
     let mut standins = Vec::new();
     for pool in &platform.media_pools {
@@ -198,12 +256,18 @@ pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState,
     let mut edges = Vec::new();
     for edge in &platform.sip_edges {
         let kam = LocalKamailio::new(&state_dir, &edge.name_any());
-        let options = KamailioRenderOptions { runtime_dir: kam.runtime_dir().display().to_string(), tls_files: None };
+        let options = KamailioRenderOptions {
+            runtime_dir: kam.runtime_dir().display().to_string(),
+            tls_files: None,
+        };
         let rendered = render_kamailio(edge, &platform.pools_of(edge), &options)?;
         let rpc = EdgeRpc::for_socket(&edge.spec.rpc.address, edge.spec.rpc.port);
         let secrets = EdgeSecrets {
-            db_url: db_url.clone(),
-            auth_secret: state::secret(&secrets_dir, &format!("edge-{}-auth-secret", edge.name_any()))?,
+            db_url: edge_db_url.clone(),
+            auth_secret: state::secret(
+                &secrets_dir,
+                &format!("edge-{}-auth-secret", edge.name_any()),
+            )?,
         };
         let settings = RunSettings {
             config: rendered.text,
@@ -212,11 +276,20 @@ pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState,
         };
         let (pid, change) = kam.ensure(&settings, &secrets, &rpc).await?;
         if change == EdgeChange::Restarted {
-            report.line(format!("edge       SipEdge/{}: its configuration changed; Kamailio was restarted", edge.name_any()));
+            report.line(format!(
+                "edge       SipEdge/{}: its configuration changed; Kamailio was restarted",
+                edge.name_any()
+            ));
         }
         // the members written above are in the database; make sure this edge uses them now
-        rpc.reload(Reload::Dispatcher, Duration::from_secs(8)).await?;
-        let sockets: Vec<String> = edge.spec.listen.iter().map(|l| format!("{}:{}:{}", l.transport.as_str(), l.address, l.port)).collect();
+        rpc.reload(Reload::Dispatcher, Duration::from_secs(8))
+            .await?;
+        let sockets: Vec<String> = edge
+            .spec
+            .listen
+            .iter()
+            .map(|l| format!("{}:{}:{}", l.transport.as_str(), l.address, l.port))
+            .collect();
         report.line(format!(
             "edge       SipEdge/{} (Kamailio pid {pid}) SIP on {}, RPC {}, config {}, log {}",
             edge.name_any(),
@@ -246,9 +319,17 @@ pub async fn up(platform_text: &str, options: &UpOptions) -> Result<(LocalState,
             owner: pg.spec.database.owner.clone(),
             data_dir: postgres.data_dir().to_path_buf(),
             log: postgres.log_file().to_path_buf(),
+            ha,
         },
         edges,
-        standins: standins.iter().map(|s| StandinState { uri: s.uri.clone(), pool: s.pool.clone(), pid: s.pid }).collect(),
+        standins: standins
+            .iter()
+            .map(|s| StandinState {
+                uri: s.uri.clone(),
+                pool: s.pool.clone(),
+                pid: s.pid,
+            })
+            .collect(),
     };
     state::write_secret(&state.db_url_file, &db_url)?;
     state.save()?;
@@ -287,12 +368,24 @@ pub async fn down(state_dir: &Path) -> Result<Report, LocalError> {
     for (name, path) in &entries {
         if let Some(pool) = name.strip_prefix("media-") {
             for uri in standin::stop_all(path).await? {
-                report.line(format!("media      stand-in {uri} of MediaPool/{pool} stopped"));
+                report.line(format!(
+                    "media      stand-in {uri} of MediaPool/{pool} stopped"
+                ));
             }
         }
     }
     for (name, path) in &entries {
         if let Some(cluster) = name.strip_prefix("pg-") {
+            if LocalCluster::is_cluster_dir(path) {
+                for what in LocalCluster::stop_all(path).await? {
+                    report.line(format!("postgres   PgCluster/{cluster}: {what} stopped"));
+                }
+                report.line(format!(
+                    "postgres   PgCluster/{cluster} stopped (data kept in {})",
+                    path.display()
+                ));
+                continue;
+            }
             let major = std::fs::read_to_string(path.join("data/PG_VERSION"))
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -300,11 +393,17 @@ pub async fn down(state_dir: &Path) -> Result<Report, LocalError> {
             // the port does not matter for stopping: pg_ctl finds the server by its data directory
             let postgres = LocalPostgres::new(path, 0, major);
             if postgres.stop().await? {
-                report.line(format!("postgres   PgCluster/{cluster} stopped (data kept in {})", postgres.data_dir().display()));
+                report.line(format!(
+                    "postgres   PgCluster/{cluster} stopped (data kept in {})",
+                    postgres.data_dir().display()
+                ));
             }
         }
     }
-    report.line(format!("state      {} (run `sipctl local up` again to resume)", state_dir.display()));
+    report.line(format!(
+        "state      {} (run `sipctl local up` again to resume)",
+        state_dir.display()
+    ));
     Ok(report)
 }
 
@@ -313,6 +412,9 @@ pub async fn down(state_dir: &Path) -> Result<Report, LocalError> {
 pub struct Status {
     pub state: LocalState,
     pub postgres_running: bool,
+    /// The Patroni cluster's members now, when the cluster runs under Patroni;
+    /// the error when none of its REST APIs answered.
+    pub cluster: Option<Result<sipstack_patroni::Cluster, String>>,
     pub edges: Vec<EdgeStatus>,
     pub standins: Vec<(StandinState, bool)>,
 }
@@ -328,10 +430,22 @@ pub struct EdgeStatus {
 
 pub async fn status(state_dir: &Path) -> Result<Status, LocalError> {
     let state = LocalState::load(state_dir)?;
-    let platform = Platform::from_yaml(&std::fs::read_to_string(&state.platform_file).map_err(|e| LocalError::io(&state.platform_file, e))?)?;
-    let postgres_running = match platform.pg_clusters.first() {
-        Some(pg) => local_postgres(&state.state_dir, pg).is_running(),
-        None => false,
+    let platform = Platform::from_yaml(
+        &std::fs::read_to_string(&state.platform_file)
+            .map_err(|e| LocalError::io(&state.platform_file, e))?,
+    )?;
+    let mut cluster = None;
+    let postgres_running = match (platform.pg_clusters.first(), &state.postgres.ha) {
+        (Some(_), Some(ha)) => {
+            let found = sipstack_patroni::PatroniClient::new(ha.patroni_urls.clone())
+                .cluster()
+                .await;
+            let running = found.as_ref().is_ok_and(|c| c.leader().is_some());
+            cluster = Some(found.map_err(|e| e.to_string()));
+            running
+        }
+        (Some(pg), None) => local_postgres(&state.state_dir, pg).is_running(),
+        (None, _) => false,
     };
     let mut edges = Vec::new();
     for e in &state.edges {
@@ -345,29 +459,54 @@ pub async fn status(state_dir: &Path) -> Result<Status, LocalError> {
             },
             None => (None, Vec::new(), None),
         };
-        edges.push(EdgeStatus { name: e.name.clone(), pid, version, destinations, rpc_error });
+        edges.push(EdgeStatus {
+            name: e.name.clone(),
+            pid,
+            version,
+            destinations,
+            rpc_error,
+        });
     }
     let standins = state
         .standins
         .iter()
         .map(|s| (s.clone(), process::is_alive(s.pid)))
         .collect();
-    Ok(Status { state, postgres_running, edges, standins })
+    Ok(Status {
+        state,
+        postgres_running,
+        cluster,
+        edges,
+        standins,
+    })
 }
 
 fn local_postgres(state_dir: &Path, pg: &PgCluster) -> LocalPostgres {
-    LocalPostgres::new(state_dir.join(format!("pg-{}", pg.name_any())), pg.spec.port, pg.spec.postgres_version.major())
+    LocalPostgres::new(
+        state_dir.join(format!("pg-{}", pg.name_any())),
+        pg.spec.port,
+        pg.spec.postgres_version.major(),
+    )
 }
 
 /// Writes a pool and its static members to the database.
-async fn sync_pool(client: &tokio_postgres::Client, pool: &MediaPool, report: &mut Report) -> Result<(), LocalError> {
+async fn sync_pool(
+    client: &tokio_postgres::Client,
+    pool: &MediaPool,
+    report: &mut Report,
+) -> Result<(), LocalError> {
     let name = pool.name_any();
     sipstack_db::media_pool::upsert(client, &name, pool.spec.set_id, algorithm_name(pool)).await?;
     let members: Vec<Member> = pool
         .spec
         .members
         .iter()
-        .map(|m| Member { destination: m.uri.clone(), weight: m.weight as i32, priority: m.priority, description: name.clone() })
+        .map(|m| Member {
+            destination: m.uri.clone(),
+            weight: m.weight as i32,
+            priority: m.priority,
+            description: name.clone(),
+        })
         .collect();
     let change = sipstack_db::dispatcher::replace_set(client, pool.spec.set_id, &members).await?;
     report.line(format!(
@@ -391,5 +530,8 @@ fn algorithm_name(pool: &MediaPool) -> &'static str {
 
 /// Whether an address is on this host's loopback (a stand-in can bind it).
 pub(crate) fn is_loopback(host: &str) -> bool {
-    host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }

@@ -48,16 +48,27 @@ pub enum PostgresError {
          a parent of {data_dir}; use a state directory whose parents every user may enter (e.g. under \
          /var/lib/sipstack), or allow it with `chmod o+x {blocking}`"
     )]
-    Unreachable { blocking: PathBuf, data_dir: PathBuf },
+    Unreachable {
+        blocking: PathBuf,
+        data_dir: PathBuf,
+    },
 
     #[error("{data_dir} holds a PostgreSQL {found} cluster, but PostgreSQL {wanted} is configured; upgrade the data with pg_upgrade or set spec.postgresVersion to {found}")]
-    VersionMismatch { data_dir: PathBuf, found: String, wanted: u32 },
+    VersionMismatch {
+        data_dir: PathBuf,
+        found: String,
+        wanted: u32,
+    },
 
     #[error("PostgreSQL in {data_dir} is not initialised; run init first")]
     NotInitialised { data_dir: PathBuf },
 
     #[error("{field}: {problem}; {fix}")]
-    Invalid { field: String, problem: String, fix: String },
+    Invalid {
+        field: String,
+        problem: String,
+        fix: String,
+    },
 
     #[error("{path}: {source}")]
     Io {
@@ -67,7 +78,11 @@ pub enum PostgresError {
     },
 
     #[error("{program} failed ({status}): {output}")]
-    Command { program: String, status: String, output: String },
+    Command {
+        program: String,
+        status: String,
+        output: String,
+    },
 
     #[error("{program} did not finish within {timeout:?}")]
     Timeout { program: String, timeout: Duration },
@@ -85,14 +100,17 @@ pub enum PostgresError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PostgresError + '_ {
-    move |source| PostgresError::Io { path: path.to_path_buf(), source }
+    move |source| PostgresError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The uid and gid the server runs as when sipstack runs as root.
 #[derive(Debug, Clone, Copy)]
-struct SystemUser {
-    uid: u32,
-    gid: u32,
+pub(crate) struct SystemUser {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 /// One PostgreSQL server: its directories, port and binaries.
@@ -212,7 +230,10 @@ impl LocalPostgres {
         result?;
 
         let conf = self.data_dir.join("postgresql.conf");
-        let mut file = fs::OpenOptions::new().append(true).open(&conf).map_err(io_error(&conf))?;
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .map_err(io_error(&conf))?;
         file.write_all(b"\n# Address, port and socket directory, rewritten by sipstack on every start.\ninclude_if_exists = 'sipstack.conf'\n")
             .map_err(io_error(&conf))?;
         self.write_server_conf(run_as)?;
@@ -223,7 +244,9 @@ impl LocalPostgres {
     pub async fn start(&self) -> Result<(), PostgresError> {
         let pg_ctl = self.program("pg_ctl")?;
         if !self.is_initialised() {
-            return Err(PostgresError::NotInitialised { data_dir: self.data_dir.clone() });
+            return Err(PostgresError::NotInitialised {
+                data_dir: self.data_dir.clone(),
+            });
         }
         self.check_version()?;
         if self.is_running() {
@@ -245,9 +268,16 @@ impl LocalPostgres {
         ];
         tracing::info!(port = self.port, data_dir = %self.data_dir.display(), "starting PostgreSQL");
         let margin = Duration::from_secs(10);
-        match self.run(&pg_ctl, &args, self.start_timeout + margin, run_as).await {
+        match self
+            .run(&pg_ctl, &args, self.start_timeout + margin, run_as)
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(PostgresError::Command { program, status, output }) => Err(PostgresError::Command {
+            Err(PostgresError::Command {
+                program,
+                status,
+                output,
+            }) => Err(PostgresError::Command {
                 program,
                 status,
                 output: format!(
@@ -279,7 +309,15 @@ impl LocalPostgres {
             self.data_dir.clone().into(),
         ];
         tracing::info!(data_dir = %self.data_dir.display(), "stopping PostgreSQL");
-        match self.run(&pg_ctl, &args, self.start_timeout + Duration::from_secs(10), run_as).await {
+        match self
+            .run(
+                &pg_ctl,
+                &args,
+                self.start_timeout + Duration::from_secs(10),
+                run_as,
+            )
+            .await
+        {
             Ok(_) => Ok(true),
             // Stopped by someone else between the check and pg_ctl.
             Err(_) if !self.is_running() => Ok(true),
@@ -291,10 +329,11 @@ impl LocalPostgres {
     /// live `postgres` process.
     pub fn is_running(&self) -> bool {
         let pid_file = self.data_dir.join("postmaster.pid");
-        let Some(pid) = fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|text| text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
-        else {
+        let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|text| {
+            text.lines()
+                .next()
+                .and_then(|l| l.trim().parse::<u32>().ok())
+        }) else {
             return false;
         };
         // The pid of a server that died may have been reused by another program.
@@ -313,7 +352,9 @@ impl LocalPostgres {
         match self.run(&pg_ctl, &args, STATUS_TIMEOUT, run_as).await {
             Ok(_) => Ok(true),
             // pg_ctl status exits with 3 when the server is not running.
-            Err(PostgresError::Command { status, .. }) if status.contains("exit status: 3") => Ok(false),
+            Err(PostgresError::Command { status, .. }) if status.contains("exit status: 3") => {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -322,14 +363,23 @@ impl LocalPostgres {
     pub async fn connect_superuser(&self) -> Result<Client, PostgresError> {
         let password = read_secret(&self.superuser_password_file())?;
         let mut config = tokio_postgres::Config::new();
-        config.host("127.0.0.1").port(self.port).user(SUPERUSER).password(password).dbname("postgres");
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(SUPERUSER)
+            .password(password)
+            .dbname("postgres");
         Ok(sipstack_db::connect_with(config, CONNECT_TIMEOUT).await?)
     }
 
     /// Makes sure role `owner` (LOGIN, generated password kept in the state
     /// directory) and database `db_name` owned by it exist. Returns the URL to
     /// connect with as the owner.
-    pub async fn ensure_database(&self, owner: &str, db_name: &str) -> Result<String, PostgresError> {
+    pub async fn ensure_database(
+        &self,
+        owner: &str,
+        db_name: &str,
+    ) -> Result<String, PostgresError> {
         check_identifier("database.owner", owner)?;
         check_identifier("database.name", db_name)?;
         if owner == SUPERUSER {
@@ -343,14 +393,28 @@ impl LocalPostgres {
         // Only the salted verifier travels to the server, never the password.
         let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
         let client = self.connect_superuser().await?;
-        let setup = |source| PostgresError::Setup { owner: owner.to_string(), database: db_name.to_string(), source };
+        let setup = |source| PostgresError::Setup {
+            owner: owner.to_string(),
+            database: db_name.to_string(),
+            source,
+        };
 
-        let role_exists =
-            client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&owner]).await.map_err(setup)?.is_some();
-        let role_sql = if role_exists { "ALTER ROLE %I LOGIN PASSWORD %L" } else { "CREATE ROLE %I LOGIN PASSWORD %L" };
+        let role_exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&owner])
+            .await
+            .map_err(setup)?
+            .is_some();
+        let role_sql = if role_exists {
+            "ALTER ROLE %I LOGIN PASSWORD %L"
+        } else {
+            "CREATE ROLE %I LOGIN PASSWORD %L"
+        };
         // CREATE/ALTER ROLE take no parameters: format() quotes the values server-side.
         let statement: String = client
-            .query_one("SELECT format($1, $2::text, $3::text)", &[&role_sql, &owner, &verifier])
+            .query_one(
+                "SELECT format($1, $2::text, $3::text)",
+                &[&role_sql, &owner, &verifier],
+            )
             .await
             .map_err(setup)?
             .get(0);
@@ -378,7 +442,10 @@ impl LocalPostgres {
             .is_some();
         if !db_exists {
             let statement: String = client
-                .query_one("SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)", &[&db_name, &owner])
+                .query_one(
+                    "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)",
+                    &[&db_name, &owner],
+                )
                 .await
                 .map_err(setup)?
                 .get(0);
@@ -398,33 +465,40 @@ impl LocalPostgres {
         check_identifier("database.name", db_name)?;
         let password = read_secret(&self.owner_password_file(owner))?;
         // Generated passwords are hex: nothing to percent-encode.
-        Ok(format!("postgres://{owner}:{password}@127.0.0.1:{}/{db_name}", self.port))
+        Ok(format!(
+            "postgres://{owner}:{password}@127.0.0.1:{}/{db_name}",
+            self.port
+        ))
     }
 
     fn program(&self, name: &str) -> Result<PathBuf, PostgresError> {
         let path = self.bin_dir.join(name);
         if !path.is_file() {
-            return Err(PostgresError::NotInstalled { major: self.major, missing: path });
+            return Err(PostgresError::NotInstalled {
+                major: self.major,
+                missing: path,
+            });
         }
         Ok(path)
     }
 
     /// The user to run the server as: `None` to run it as ourselves.
     fn system_user(&self) -> Result<Option<SystemUser>, PostgresError> {
-        if !nix::unistd::geteuid().is_root() {
-            return Ok(None);
-        }
-        match nix::unistd::User::from_name(SYSTEM_USER) {
-            Ok(Some(user)) => Ok(Some(SystemUser { uid: user.uid.as_raw(), gid: user.gid.as_raw() })),
-            _ => Err(PostgresError::NoSystemUser { major: self.major }),
-        }
+        system_user(self.major)
     }
 
     fn check_version(&self) -> Result<(), PostgresError> {
         let path = self.data_dir.join("PG_VERSION");
-        let found = fs::read_to_string(&path).map_err(io_error(&path))?.trim().to_string();
+        let found = fs::read_to_string(&path)
+            .map_err(io_error(&path))?
+            .trim()
+            .to_string();
         if found != self.major.to_string() {
-            return Err(PostgresError::VersionMismatch { data_dir: self.data_dir.clone(), found, wanted: self.major });
+            return Err(PostgresError::VersionMismatch {
+                data_dir: self.data_dir.clone(),
+                found,
+                wanted: self.major,
+            });
         }
         Ok(())
     }
@@ -457,10 +531,15 @@ impl LocalPostgres {
             create_dir(dir, mode)?;
         }
         // The socket directory lets local users reach the socket; the password still applies.
-        for (dir, mode) in [(&self.data_dir, 0o700), (&self.socket_dir, 0o755), (&self.log_dir, 0o750)] {
+        for (dir, mode) in [
+            (&self.data_dir, 0o700),
+            (&self.socket_dir, 0o755),
+            (&self.log_dir, 0o750),
+        ] {
             create_dir(dir, mode)?;
             if let Some(user) = run_as {
-                std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)).map_err(io_error(dir))?;
+                std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+                    .map_err(io_error(dir))?;
             }
         }
         if run_as.is_some() {
@@ -475,13 +554,22 @@ impl LocalPostgres {
         }
         // Name the first directory on the way that the user cannot enter.
         let mut blocking = self.data_dir.clone();
-        for dir in self.data_dir.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        for dir in self
+            .data_dir
+            .ancestors()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
             if !self.can_system_user_enter(dir).await? {
                 blocking = dir.to_path_buf();
                 break;
             }
         }
-        Err(PostgresError::Unreachable { blocking, data_dir: self.data_dir.clone() })
+        Err(PostgresError::Unreachable {
+            blocking,
+            data_dir: self.data_dir.clone(),
+        })
     }
 
     async fn can_system_user_enter(&self, dir: &Path) -> Result<bool, PostgresError> {
@@ -496,8 +584,14 @@ impl LocalPostgres {
             .status();
         match tokio::time::timeout(STATUS_TIMEOUT, status).await {
             Ok(Ok(status)) => Ok(status.success()),
-            Ok(Err(source)) => Err(PostgresError::Io { path: PathBuf::from("runuser"), source }),
-            Err(_) => Err(PostgresError::Timeout { program: "runuser".into(), timeout: STATUS_TIMEOUT }),
+            Ok(Err(source)) => Err(PostgresError::Io {
+                path: PathBuf::from("runuser"),
+                source,
+            }),
+            Err(_) => Err(PostgresError::Timeout {
+                program: "runuser".into(),
+                timeout: STATUS_TIMEOUT,
+            }),
         }
     }
 
@@ -515,7 +609,8 @@ impl LocalPostgres {
         fs::write(&path, text).map_err(io_error(&path))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_error(&path))?;
         if let Some(user) = run_as {
-            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).map_err(io_error(&path))?;
+            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid))
+                .map_err(io_error(&path))?;
         }
         Ok(())
     }
@@ -548,13 +643,31 @@ impl LocalPostgres {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let name = program.file_name().unwrap_or(OsStr::new("postgres")).to_string_lossy().into_owned();
+        let name = program
+            .file_name()
+            .unwrap_or(OsStr::new("postgres"))
+            .to_string_lossy()
+            .into_owned();
         let output = match tokio::time::timeout(timeout, command.output()).await {
             Ok(Ok(output)) => output,
-            Ok(Err(source)) => return Err(PostgresError::Io { path: program.to_path_buf(), source }),
-            Err(_) => return Err(PostgresError::Timeout { program: name, timeout }),
+            Ok(Err(source)) => {
+                return Err(PostgresError::Io {
+                    path: program.to_path_buf(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(PostgresError::Timeout {
+                    program: name,
+                    timeout,
+                })
+            }
         };
-        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         if !output.status.success() {
             return Err(PostgresError::Command {
                 program: name,
@@ -567,15 +680,36 @@ impl LocalPostgres {
     }
 }
 
+/// The user PostgreSQL (and the programs that manage it) run as: `None` to run
+/// them as ourselves, the `postgres` system user when we are root.
+pub(crate) fn system_user(major: u32) -> Result<Option<SystemUser>, PostgresError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    match nix::unistd::User::from_name(SYSTEM_USER) {
+        Ok(Some(user)) => Ok(Some(SystemUser {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })),
+        _ => Err(PostgresError::NoSystemUser { major }),
+    }
+}
+
 fn invalid(field: &str, problem: impl Into<String>, fix: impl Into<String>) -> PostgresError {
-    PostgresError::Invalid { field: field.into(), problem: problem.into(), fix: fix.into() }
+    PostgresError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
 }
 
 /// Role and database names the platform accepts, `^[a-z_][a-z0-9_]{0,62}$`: they never need quoting.
 fn is_db_identifier(value: &str) -> bool {
     let mut chars = value.chars();
     value.len() <= 63
-        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
@@ -590,9 +724,13 @@ fn check_identifier(field: &str, value: &str) -> Result<(), PostgresError> {
     Ok(())
 }
 
-fn create_dir(dir: &Path, mode: u32) -> Result<(), PostgresError> {
+pub(crate) fn create_dir(dir: &Path, mode: u32) -> Result<(), PostgresError> {
     if !dir.is_dir() {
-        fs::DirBuilder::new().recursive(true).mode(mode).create(dir).map_err(io_error(dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(io_error(dir))?;
     }
     Ok(())
 }
@@ -607,12 +745,17 @@ fn log_tail(path: &Path, lines: usize) -> String {
 fn generate_password() -> Result<String, PostgresError> {
     let path = Path::new("/dev/urandom");
     let mut bytes = [0u8; 32];
-    fs::File::open(path).and_then(|mut f| f.read_exact(&mut bytes)).map_err(io_error(path))?;
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io_error(path))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn read_secret(path: &Path) -> Result<String, PostgresError> {
-    let secret = fs::read_to_string(path).map_err(io_error(path))?.trim().to_string();
+pub(crate) fn read_secret(path: &Path) -> Result<String, PostgresError> {
+    let secret = fs::read_to_string(path)
+        .map_err(io_error(path))?
+        .trim()
+        .to_string();
     if secret.is_empty() {
         return Err(PostgresError::Io {
             path: path.to_path_buf(),
@@ -623,20 +766,29 @@ fn read_secret(path: &Path) -> Result<String, PostgresError> {
 }
 
 /// Reads a generated secret, creating it (0600) the first time.
-fn load_or_create_secret(path: &Path) -> Result<String, PostgresError> {
+pub(crate) fn load_or_create_secret(path: &Path) -> Result<String, PostgresError> {
     if path.exists() {
         let secret = read_secret(path)?;
-        let mode = fs::metadata(path).map_err(io_error(path))?.permissions().mode();
+        let mode = fs::metadata(path)
+            .map_err(io_error(path))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
             fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_error(path))?;
         }
         return Ok(secret);
     }
     let secret = generate_password()?;
-    let created = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+    let created = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
     match created {
         Ok(mut file) => {
-            file.write_all(secret.as_bytes()).and_then(|()| file.sync_all()).map_err(io_error(path))?;
+            file.write_all(secret.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io_error(path))?;
             Ok(secret)
         }
         // Another process created it first: use theirs.
@@ -653,12 +805,19 @@ struct TempSecret {
 impl TempSecret {
     fn write(path: &Path, secret: &str, owner: Option<SystemUser>) -> Result<Self, PostgresError> {
         let _ = fs::remove_file(path);
-        let mut file =
-            fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_error(path))?;
-        let guard = TempSecret { path: path.to_path_buf() };
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_error(path))?;
+        let guard = TempSecret {
+            path: path.to_path_buf(),
+        };
         file.write_all(secret.as_bytes()).map_err(io_error(path))?;
         if let Some(user) = owner {
-            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(io_error(path))?;
+            std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+                .map_err(io_error(path))?;
         }
         Ok(guard)
     }
@@ -683,9 +842,18 @@ mod tests {
     #[test]
     fn layout_is_under_the_state_directory() {
         let pg = LocalPostgres::new("/var/lib/sipstack/local/pg-main", 5433, 15);
-        assert_eq!(pg.data_dir(), Path::new("/var/lib/sipstack/local/pg-main/data"));
-        assert_eq!(pg.socket_dir(), Path::new("/var/lib/sipstack/local/pg-main/run"));
-        assert_eq!(pg.log_file(), Path::new("/var/lib/sipstack/local/pg-main/log/postgres.log"));
+        assert_eq!(
+            pg.data_dir(),
+            Path::new("/var/lib/sipstack/local/pg-main/data")
+        );
+        assert_eq!(
+            pg.socket_dir(),
+            Path::new("/var/lib/sipstack/local/pg-main/run")
+        );
+        assert_eq!(
+            pg.log_file(),
+            Path::new("/var/lib/sipstack/local/pg-main/log/postgres.log")
+        );
         assert_eq!(
             pg.owner_password_file("sipstack"),
             Path::new("/var/lib/sipstack/local/pg-main/secrets/sipstack.password")
@@ -716,11 +884,17 @@ mod tests {
         let first = load_or_create_secret(&path).unwrap();
         assert_eq!(first.len(), 64);
         assert!(first.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(load_or_create_secret(&path).unwrap(), first);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(load_or_create_secret(&path).unwrap(), first);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -730,7 +904,11 @@ mod tests {
         assert!(!pg.is_running());
         fs::create_dir_all(pg.data_dir()).unwrap();
         // A pid that is not a postgres process (this test) does not count.
-        fs::write(pg.data_dir().join("postmaster.pid"), format!("{}\n", std::process::id())).unwrap();
+        fs::write(
+            pg.data_dir().join("postmaster.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
         assert!(!pg.is_running());
     }
 
@@ -738,7 +916,9 @@ mod tests {
     fn long_state_directories_are_refused_before_starting() {
         let long = format!("/tmp/{}", "d".repeat(120));
         let pg = LocalPostgres::new(long, 5433, 15);
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let err = rt.block_on(pg.prepare_dirs(None)).unwrap_err().to_string();
         assert!(err.contains("too long for a Unix socket path"), "{err}");
     }

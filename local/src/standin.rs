@@ -28,17 +28,29 @@ fn dir(state_dir: &Path, pool: &str) -> PathBuf {
 }
 
 fn file_stem(uri: &str) -> String {
-    uri.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    uri.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// Starts a stand-in for `uri` unless one runs already. Members that are not on a
 /// loopback address are real nodes somewhere else: `None`.
-pub async fn ensure(state_dir: &Path, pool: &str, uri: &str) -> Result<Option<Standin>, LocalError> {
-    let Some(parsed) = SipMemberUri::parse(uri) else { return Ok(None) };
+pub async fn ensure(
+    state_dir: &Path,
+    pool: &str,
+    uri: &str,
+) -> Result<Option<Standin>, LocalError> {
+    let Some(parsed) = SipMemberUri::parse(uri) else {
+        return Ok(None);
+    };
     if !is_loopback(&parsed.host) || parsed.transport.as_deref().is_some_and(|t| t != "udp") {
         return Ok(None);
     }
-    let host = parsed.host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = parsed
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = parsed.port.unwrap_or(5060);
     let dir = dir(state_dir, pool);
     fs::create_dir_all(&dir).map_err(|e| LocalError::io(&dir, e))?;
@@ -46,9 +58,16 @@ pub async fn ensure(state_dir: &Path, pool: &str, uri: &str) -> Result<Option<St
     let pid_file = dir.join(format!("{stem}.pid"));
     let scenario = dir.join("media_standin.xml");
     if let Some(pid) = process::running_pid(&pid_file, &scenario.to_string_lossy()) {
-        return Ok(Some(Standin { uri: uri.to_string(), pool: pool.to_string(), pid }));
+        return Ok(Some(Standin {
+            uri: uri.to_string(),
+            pool: pool.to_string(),
+            pid,
+        }));
     }
-    let sipp = find_program("sipp").ok_or(LocalError::Missing { program: "sipp".into(), package: "sip-tester".into() })?;
+    let sipp = find_program("sipp").ok_or(LocalError::Missing {
+        program: "sipp".into(),
+        package: "sip-tester".into(),
+    })?;
     fs::write(&scenario, SCENARIO).map_err(|e| LocalError::io(&scenario, e))?;
     let log = dir.join(format!("{stem}.log"));
     let log_file = fs::File::create(&log).map_err(|e| LocalError::io(&log, e))?;
@@ -84,7 +103,11 @@ pub async fn ensure(state_dir: &Path, pool: &str, uri: &str) -> Result<Option<St
             detail: format!("sipp exited; {}:\n{}", log.display(), log_tail(&log, 10)),
         });
     }
-    Ok(Some(Standin { uri: uri.to_string(), pool: pool.to_string(), pid }))
+    Ok(Some(Standin {
+        uri: uri.to_string(),
+        pool: pool.to_string(),
+        pid,
+    }))
 }
 
 /// Stops every stand-in whose pid file is in `dir` (one pool's directory);
@@ -98,8 +121,13 @@ pub async fn stop_all(dir: &Path) -> Result<Vec<String>, LocalError> {
             continue;
         }
         // only a process started with this pool's scenario is ours to stop
-        if let Some(pid) = process::running_pid(&path, &dir.join("media_standin.xml").to_string_lossy()) {
-            if process::terminate(pid, Duration::from_secs(3)).await.map_err(|e| LocalError::io(&path, e))? {
+        if let Some(pid) =
+            process::running_pid(&path, &dir.join("media_standin.xml").to_string_lossy())
+        {
+            if process::terminate(pid, Duration::from_secs(3))
+                .await
+                .map_err(|e| LocalError::io(&path, e))?
+            {
                 let uri = fs::read_to_string(path.with_extension("uri")).unwrap_or_default();
                 stopped.push(uri.trim().to_string());
             }

@@ -32,6 +32,23 @@ pub struct PostgresState {
     pub owner: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Set when the cluster runs under Patroni (instances > 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaState>,
+}
+
+/// A Patroni cluster's endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HaState {
+    /// Member names, in order (member N is `NAME-N`).
+    pub members: Vec<String>,
+    /// Each member's Patroni REST API.
+    pub patroni_urls: Vec<String>,
+    pub read_only_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooler_port: Option<u16>,
+    pub etcd_endpoints: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,14 +85,22 @@ impl LocalState {
             }
             Err(e) => return Err(LocalError::io(&path, e)),
         };
-        serde_json::from_str(&text)
-            .map_err(|e| LocalError::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+        serde_json::from_str(&text).map_err(|e| {
+            LocalError::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
     }
 
     pub fn save(&self) -> Result<(), LocalError> {
         let path = Self::path(&self.state_dir);
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| LocalError::io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| {
+            LocalError::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
         fs::write(&path, text + "\n").map_err(|e| LocalError::io(&path, e))
     }
 
@@ -112,7 +137,8 @@ pub fn write_secret(path: &Path, value: &str) -> Result<(), LocalError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| LocalError::io(path, e))?;
-    f.write_all(value.as_bytes()).map_err(|e| LocalError::io(path, e))?;
+    f.write_all(value.as_bytes())
+        .map_err(|e| LocalError::io(path, e))?;
     crate::kamailio::restrict(path)
 }
 

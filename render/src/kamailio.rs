@@ -26,7 +26,10 @@ pub struct KamailioRenderOptions {
 
 impl Default for KamailioRenderOptions {
     fn default() -> Self {
-        Self { runtime_dir: "/run/kamailio".into(), tls_files: None }
+        Self {
+            runtime_dir: "/run/kamailio".into(),
+            tls_files: None,
+        }
     }
 }
 
@@ -143,10 +146,17 @@ pub fn render_kamailio(
                 if let Err(e) = pv.finish(format!("MediaPool/{name}")) {
                     return Err(RenderError::Invalid(e));
                 }
-                if pool_models.iter().any(|p: &PoolModel| p.set_id == pool.spec.set_id) {
+                if pool_models
+                    .iter()
+                    .any(|p: &PoolModel| p.set_id == pool.spec.set_id)
+                {
                     v.error(
                         format!("spec.mediaPools[{i}]"),
-                        format!("setId {} of MediaPool {} is used by another pool of this edge", pool.spec.set_id, shown(name)),
+                        format!(
+                            "setId {} of MediaPool {} is used by another pool of this edge",
+                            pool.spec.set_id,
+                            shown(name)
+                        ),
                         "give each pool of one edge its own spec.setId",
                     );
                 }
@@ -171,12 +181,26 @@ pub fn render_kamailio(
         .filter(|l| l.transport == Transport::Udp)
         .map(|l| l.address.parse::<IpAddr>().ok().map(|ip| ip.is_ipv4()))
         .collect();
-    for pool in pools.iter().filter(|p| edge.spec.media_pools.contains(&p.name_any())) {
+    for pool in pools
+        .iter()
+        .filter(|p| edge.spec.media_pools.contains(&p.name_any()))
+    {
         for (i, m) in pool.spec.members.iter().enumerate() {
-            let host = SipMemberUri::parse(&m.uri).map(|u| u.host).unwrap_or_default();
-            let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else { continue };
+            let host = SipMemberUri::parse(&m.uri)
+                .map(|u| u.host)
+                .unwrap_or_default();
+            let Ok(ip) = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+            else {
+                continue;
+            };
             // interface listeners (None) may carry either family
-            if !udp_families.iter().any(|f| f.is_none_or(|v4| v4 == ip.is_ipv4())) {
+            if !udp_families
+                .iter()
+                .any(|f| f.is_none_or(|v4| v4 == ip.is_ipv4()))
+            {
                 v.error(
                     "spec.listen",
                     format!(
@@ -194,7 +218,11 @@ pub fn render_kamailio(
     v.finish(object.clone()).map_err(RenderError::Invalid)?;
 
     let spec = &edge.spec;
-    let domains: Vec<String> = spec.domains.iter().map(|d| d.to_ascii_lowercase()).collect();
+    let domains: Vec<String> = spec
+        .domains
+        .iter()
+        .map(|d| d.to_ascii_lowercase())
+        .collect();
     let listeners = spec
         .listen
         .iter()
@@ -216,28 +244,47 @@ pub fn render_kamailio(
             })
         })
         .collect::<Result<Vec<_>, RenderError>>()?;
-    let rpc_ip: IpAddr = spec.rpc.address.parse().map_err(|_| RenderError::Internal("rpc address was validated".into()))?;
+    let rpc_ip: IpAddr = spec
+        .rpc
+        .address
+        .parse()
+        .map_err(|_| RenderError::Internal("rpc address was validated".into()))?;
 
-    let tls = match (&spec.tls, spec.listen.iter().any(|l| l.transport == Transport::Tls)) {
+    let tls = match (
+        &spec.tls,
+        spec.listen.iter().any(|l| l.transport == Transport::Tls),
+    ) {
         (Some(t), true) => {
             let (certificate, private_key) = match &options.tls_files {
                 Some((c, k)) => (c.clone(), k.clone()),
                 None => (t.certificate_file.clone(), t.private_key_file.clone()),
             };
-            Some(TlsModel { certificate, private_key, ca_file: t.ca_file.clone(), verify_clients: t.verify_clients })
+            Some(TlsModel {
+                certificate,
+                private_key,
+                ca_file: t.ca_file.clone(),
+                verify_clients: t.verify_clients,
+            })
         }
         // a certificate without a TLS listener has nothing to serve
         _ => None,
     };
 
     let mut alive_codes = vec!["class=2".to_string()];
-    alive_codes.extend(spec.dispatcher.probing.extra_alive_codes.iter().map(|c| format!("code={c}")));
+    alive_codes.extend(
+        spec.dispatcher
+            .probing
+            .extra_alive_codes
+            .iter()
+            .map(|c| format!("code={c}")),
+    );
 
-    let default_pool_set = spec
-        .routing
-        .default_media_pool
-        .as_ref()
-        .and_then(|name| pool_models.iter().find(|p| &p.name == name).map(|p| p.set_id));
+    let default_pool_set = spec.routing.default_media_pool.as_ref().and_then(|name| {
+        pool_models
+            .iter()
+            .find(|p| &p.name == name)
+            .map(|p| p.set_id)
+    });
 
     let flood = spec.flood_protection.enabled.then(|| FloodModel {
         window_seconds: spec.flood_protection.window_seconds,
@@ -251,7 +298,12 @@ pub fn render_kamailio(
         SCANNER_USER_AGENTS
             .iter()
             .map(|s| s.to_string())
-            .chain(spec.scanner_filter.extra_user_agents.iter().map(|ua| literal_ere(ua)))
+            .chain(
+                spec.scanner_filter
+                    .extra_user_agents
+                    .iter()
+                    .map(|ua| literal_ere(ua)),
+            )
             .collect::<Vec<_>>()
             .join("|")
     });
@@ -295,8 +347,13 @@ pub fn render_kamailio(
         scanner_pattern,
     };
     model.ensure_inert()?;
-    let text = model.render().map_err(|e| RenderError::Template(e.to_string()))?;
-    Ok(Rendered { hash: config_hash(&text), text })
+    let text = model
+        .render()
+        .map_err(|e| RenderError::Template(e.to_string()))?;
+    Ok(Rendered {
+        hash: config_hash(&text),
+        text,
+    })
 }
 
 impl KamailioCfg {
@@ -350,7 +407,10 @@ pub(crate) fn ensure_inert(what: &str, value: &str) -> Result<(), RenderError> {
     if value.chars().all(allowed) {
         Ok(())
     } else {
-        Err(RenderError::Unsafe { what: what.to_string(), value: shown(value) })
+        Err(RenderError::Unsafe {
+            what: what.to_string(),
+            value: shown(value),
+        })
     }
 }
 
@@ -408,7 +468,11 @@ spec:
     fn render(text: &str) -> Result<Rendered, RenderError> {
         let platform = Platform::from_yaml(text).unwrap();
         let edge = platform.edge(None).unwrap();
-        render_kamailio(edge, &platform.pools_of(edge), &KamailioRenderOptions::default())
+        render_kamailio(
+            edge,
+            &platform.pools_of(edge),
+            &KamailioRenderOptions::default(),
+        )
     }
 
     #[test]
@@ -463,7 +527,9 @@ spec:
 
     #[test]
     fn inert_check_refuses_what_could_escape() {
-        for bad in ["a\"b", "a\nb", "#!define", "$(x)", "a\\b", "a{b}", "a'b", "a#b"] {
+        for bad in [
+            "a\"b", "a\nb", "#!define", "$(x)", "a\\b", "a{b}", "a'b", "a#b",
+        ] {
             assert!(ensure_inert("x", bad).is_err(), "{bad:?}");
         }
         assert!(ensure_inert("x", "udp:[::1]:5060").is_ok());

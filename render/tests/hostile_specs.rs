@@ -54,18 +54,42 @@ const FIELDS: &[(&[&str], &str)] = &[
     (&["metadata", "name"], "metadata.name"),
     (&["spec", "domains", "0"], "spec.domains[0]"),
     (&["spec", "mediaPools", "0"], "spec.mediaPools[0]"),
-    (&["spec", "routing", "defaultMediaPool"], "spec.routing.defaultMediaPool"),
-    (&["spec", "listen", "0", "address"], "spec.listen[0].address"),
-    (&["spec", "listen", "0", "advertise", "address"], "spec.listen[0].advertise.address"),
-    (&["spec", "tls", "certificateFile"], "spec.tls.certificateFile"),
-    (&["spec", "tls", "privateKeyFile"], "spec.tls.privateKeyFile"),
+    (
+        &["spec", "routing", "defaultMediaPool"],
+        "spec.routing.defaultMediaPool",
+    ),
+    (
+        &["spec", "listen", "0", "address"],
+        "spec.listen[0].address",
+    ),
+    (
+        &["spec", "listen", "0", "advertise", "address"],
+        "spec.listen[0].advertise.address",
+    ),
+    (
+        &["spec", "tls", "certificateFile"],
+        "spec.tls.certificateFile",
+    ),
+    (
+        &["spec", "tls", "privateKeyFile"],
+        "spec.tls.privateKeyFile",
+    ),
     (&["spec", "tls", "caFile"], "spec.tls.caFile"),
     (&["spec", "tls", "secretName"], "spec.tls.secretName"),
-    (&["spec", "floodProtection", "exemptNetworks", "0"], "spec.floodProtection.exemptNetworks[0]"),
-    (&["spec", "scannerFilter", "extraUserAgents", "0"], "spec.scannerFilter.extraUserAgents[0]"),
+    (
+        &["spec", "floodProtection", "exemptNetworks", "0"],
+        "spec.floodProtection.exemptNetworks[0]",
+    ),
+    (
+        &["spec", "scannerFilter", "extraUserAgents", "0"],
+        "spec.scannerFilter.extraUserAgents[0]",
+    ),
     (&["spec", "rpc", "address"], "spec.rpc.address"),
     (&["spec", "rpc", "allowFrom", "0"], "spec.rpc.allowFrom[0]"),
-    (&["spec", "database", "pgCluster"], "spec.database.pgCluster"),
+    (
+        &["spec", "database", "pgCluster"],
+        "spec.database.pgCluster",
+    ),
 ];
 
 fn set(value: &mut serde_yaml::Value, path: &[&str], new: &str) {
@@ -73,7 +97,9 @@ fn set(value: &mut serde_yaml::Value, path: &[&str], new: &str) {
     for key in path {
         v = match key.parse::<usize>() {
             Ok(i) => &mut v.as_sequence_mut().unwrap()[i],
-            Err(_) => v.get_mut(*key).unwrap_or_else(|| panic!("no {key} in fixture")),
+            Err(_) => v
+                .get_mut(*key)
+                .unwrap_or_else(|| panic!("no {key} in fixture")),
         };
     }
     *v = serde_yaml::Value::String(new.to_string());
@@ -100,10 +126,15 @@ fn hostile_values_are_refused_naming_the_field() {
                 Ok(r) => panic!("{field} = {hostile:?} was rendered:\n{}", r.text),
                 Err(RenderError::Invalid(e)) => {
                     let text = e.to_string();
-                    assert!(text.contains(field), "{field} = {hostile:?}: the error does not name the field:\n{text}");
+                    assert!(
+                        text.contains(field),
+                        "{field} = {hostile:?}: the error does not name the field:\n{text}"
+                    );
                     assert!(!text.contains('\n') || text.lines().count() >= 2, "{text}");
                 }
-                Err(other) => panic!("{field} = {hostile:?}: refused, but not as invalid input: {other}"),
+                Err(other) => {
+                    panic!("{field} = {hostile:?}: refused, but not as invalid input: {other}")
+                }
             }
             checked += 1;
         }
@@ -118,7 +149,9 @@ fn path_traversal_is_refused_in_file_paths() {
         let mut yaml = edge_yaml();
         set(&mut yaml, path, "/etc/tls/../../root/.ssh/id_rsa");
         let edge: SipEdge = serde_yaml::from_value(yaml).unwrap();
-        let err = render_kamailio(&edge, &[&pool], &KamailioRenderOptions::default()).unwrap_err().to_string();
+        let err = render_kamailio(&edge, &[&pool], &KamailioRenderOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(field), "{err}");
     }
 }
@@ -128,8 +161,13 @@ fn render_options_are_checked_too() {
     let edge: SipEdge = serde_yaml::from_value(edge_yaml()).unwrap();
     let pool = pool();
     for hostile in HOSTILE {
-        let options = KamailioRenderOptions { runtime_dir: hostile.to_string(), tls_files: None };
-        let err = render_kamailio(&edge, &[&pool], &options).unwrap_err().to_string();
+        let options = KamailioRenderOptions {
+            runtime_dir: hostile.to_string(),
+            tls_files: None,
+        };
+        let err = render_kamailio(&edge, &[&pool], &options)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("runtimeDir"), "{hostile:?}: {err}");
     }
 }

@@ -13,8 +13,10 @@ use crate::output::Columns;
 
 /// List call detail records, newest first (`-o csv` to export).
 #[derive(Debug, Args)]
-#[command(after_help = "Times are RFC 3339 (2026-11-01T08:00:00Z, or with an offset), a date (2026-11-01: \
-midnight UTC), or an age before now (90s, 15m, 2h, 7d, 2w).\n\nExamples:\n  sipctl get cdrs --since 1h\n  sipctl get cdrs --since 2026-11-01 --until 2026-12-01 --to +44 --limit 0 -o csv > november.csv")]
+#[command(
+    after_help = "Times are RFC 3339 (2026-11-01T08:00:00Z, or with an offset), a date (2026-11-01: \
+midnight UTC), or an age before now (90s, 15m, 2h, 7d, 2w).\n\nExamples:\n  sipctl get cdrs --since 1h\n  sipctl get cdrs --since 2026-11-01 --until 2026-12-01 --to +44 --limit 0 -o csv > november.csv"
+)]
 pub struct GetArgs {
     /// Calls that started at or after this time (RFC 3339, a date, or an age like 15m, 2h, 7d).
     #[arg(long)]
@@ -109,12 +111,22 @@ fn row(c: &CdrView) -> Vec<String> {
 
 pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
     let now = SystemTime::now();
-    let since = args.since.as_deref().map(|v| parse_time("--since", v, now)).transpose()?;
-    let until = args.until.as_deref().map(|v| parse_time("--until", v, now)).transpose()?;
+    let since = args
+        .since
+        .as_deref()
+        .map(|v| parse_time("--since", v, now))
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|v| parse_time("--until", v, now))
+        .transpose()?;
     if args.limit < 0 {
-        return Err(
-            CliError::Invalid(format!("--limit: {} is negative; give 0 or more (0: all records)", args.limit)).into()
-        );
+        return Err(CliError::Invalid(format!(
+            "--limit: {} is negative; give 0 or more (0: all records)",
+            args.limit
+        ))
+        .into());
     }
     if let (Some(s), Some(u)) = (since, until) {
         if s > u {
@@ -141,7 +153,10 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
         if views.is_empty() {
             eprintln!("No call detail records match.");
         } else if args.limit > 0 && views.len() as i64 == args.limit {
-            eprintln!("note: the newest {} records; --limit 0 lists all", args.limit);
+            eprintln!(
+                "note: the newest {} records; --limit 0 lists all",
+                args.limit
+            );
         }
     }
     Ok(())
@@ -150,15 +165,23 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
 /// Names the command-line flag in a validation error of the database layer.
 fn flag_error(e: sipstack_db::DbError) -> anyhow::Error {
     match e {
-        sipstack_db::DbError::Invalid { field, problem, fix } => {
-            sipstack_db::DbError::Invalid { field: format!("--{field}"), problem, fix }.into()
+        sipstack_db::DbError::Invalid {
+            field,
+            problem,
+            fix,
+        } => sipstack_db::DbError::Invalid {
+            field: format!("--{field}"),
+            problem,
+            fix,
         }
+        .into(),
         other => other.into(),
     }
 }
 
 static AGE: LazyLock<regex::Regex> = LazyLock::new(|| {
-    regex::Regex::new(r"^([0-9]{1,9})(s|m|h|d|w)$").unwrap_or_else(|e| panic!("built-in pattern: {e}"))
+    regex::Regex::new(r"^([0-9]{1,9})(s|m|h|d|w)$")
+        .unwrap_or_else(|e| panic!("built-in pattern: {e}"))
 });
 
 /// A point in time as `--since`/`--until` take it: RFC 3339, a date (midnight UTC),
@@ -195,9 +218,9 @@ pub(super) fn parse_time(flag: &str, value: &str, now: SystemTime) -> Result<Sys
     }
     match jiff::Timestamp::from_str(value) {
         Ok(ts) => Ok(SystemTime::from(ts)),
-        Err(_) if jiff::civil::DateTime::from_str(value).is_ok() => {
-            Err(bad("has no time zone: add Z for UTC or an offset like +01:00"))
-        }
+        Err(_) if jiff::civil::DateTime::from_str(value).is_ok() => Err(bad(
+            "has no time zone: add Z for UTC or an offset like +01:00",
+        )),
         Err(_) => Err(bad("is not a time")),
     }
 }
@@ -205,9 +228,9 @@ pub(super) fn parse_time(flag: &str, value: &str, now: SystemTime) -> Result<Sys
 /// RFC 3339 in UTC, whole seconds.
 pub(super) fn rfc3339(t: SystemTime) -> String {
     match jiff::Timestamp::try_from(t) {
-        Ok(ts) => {
-            jiff::Timestamp::from_second(ts.as_second()).map(|s| s.to_string()).unwrap_or_else(|_| ts.to_string())
-        }
+        Ok(ts) => jiff::Timestamp::from_second(ts.as_second())
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| ts.to_string()),
         Err(_) => String::new(),
     }
 }
@@ -223,26 +246,62 @@ mod tests {
     #[test]
     fn times_in_every_form() {
         let now = at("2026-11-26T12:00:00Z");
-        assert_eq!(parse_time("--since", "15m", now).unwrap(), at("2026-11-26T11:45:00Z"));
-        assert_eq!(parse_time("--since", "2h", now).unwrap(), at("2026-11-26T10:00:00Z"));
-        assert_eq!(parse_time("--since", "7d", now).unwrap(), at("2026-11-19T12:00:00Z"));
-        assert_eq!(parse_time("--since", "1w", now).unwrap(), at("2026-11-19T12:00:00Z"));
-        assert_eq!(parse_time("--since", "90s", now).unwrap(), at("2026-11-26T11:58:30Z"));
-        assert_eq!(parse_time("--since", "2026-11-01", now).unwrap(), at("2026-11-01T00:00:00Z"));
-        assert_eq!(parse_time("--since", "2026-11-01T08:30:00+01:00", now).unwrap(), at("2026-11-01T07:30:00Z"));
-        assert_eq!(parse_time("--since", "2026-11-01T08:30:00.5Z", now).unwrap(), at("2026-11-01T08:30:00.5Z"));
-        for bad in
-            ["", "yesterday", "15", "15 minutes", "-2h", "2026-13-01", "2026-11-01T08:30:00", "'; DROP TABLE x; --"]
-        {
+        assert_eq!(
+            parse_time("--since", "15m", now).unwrap(),
+            at("2026-11-26T11:45:00Z")
+        );
+        assert_eq!(
+            parse_time("--since", "2h", now).unwrap(),
+            at("2026-11-26T10:00:00Z")
+        );
+        assert_eq!(
+            parse_time("--since", "7d", now).unwrap(),
+            at("2026-11-19T12:00:00Z")
+        );
+        assert_eq!(
+            parse_time("--since", "1w", now).unwrap(),
+            at("2026-11-19T12:00:00Z")
+        );
+        assert_eq!(
+            parse_time("--since", "90s", now).unwrap(),
+            at("2026-11-26T11:58:30Z")
+        );
+        assert_eq!(
+            parse_time("--since", "2026-11-01", now).unwrap(),
+            at("2026-11-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_time("--since", "2026-11-01T08:30:00+01:00", now).unwrap(),
+            at("2026-11-01T07:30:00Z")
+        );
+        assert_eq!(
+            parse_time("--since", "2026-11-01T08:30:00.5Z", now).unwrap(),
+            at("2026-11-01T08:30:00.5Z")
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "15",
+            "15 minutes",
+            "-2h",
+            "2026-13-01",
+            "2026-11-01T08:30:00",
+            "'; DROP TABLE x; --",
+        ] {
             let err = parse_time("--until", bad, now).unwrap_err().to_string();
             assert!(err.starts_with("--until: "), "{bad}: {err}");
         }
-        let err = parse_time("--until", "2026-11-01T08:30:00", now).unwrap_err().to_string();
+        let err = parse_time("--until", "2026-11-01T08:30:00", now)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no time zone"), "{err}");
     }
 
     #[test]
     fn times_print_as_rfc3339_utc() {
-        assert_eq!(rfc3339(at("2026-11-01T08:30:00.75+01:00")), "2026-11-01T07:30:00Z");
+        assert_eq!(
+            rfc3339(at("2026-11-01T08:30:00.75+01:00")),
+            "2026-11-01T07:30:00Z"
+        );
     }
 }

@@ -19,7 +19,9 @@ pub enum ConfigCommand {
     /// Print the current context's name.
     CurrentContext,
     /// Add or change a context.
-    #[command(after_help = "Examples:\n  sipctl config set-context production --db-url-file /etc/sipstack/db-url --edge 10.0.0.10:5071 --edge 10.0.0.11:5071\n  sipctl config set-context lab --db-url postgres://sipstack:pw@lab-db:5432/sipstack --use")]
+    #[command(
+        after_help = "Examples:\n  sipctl config set-context production --db-url-file /etc/sipstack/db-url --edge 10.0.0.10:5071 --edge 10.0.0.11:5071\n  sipctl config set-context lab --db-url postgres://sipstack:pw@lab-db:5432/sipstack --use"
+    )]
     SetContext(SetContextArgs),
     /// Remove a context.
     DeleteContext { name: String },
@@ -70,14 +72,26 @@ pub fn run(cmd: ConfigCommand, output: Output) -> anyhow::Result<()> {
                     edges: c.edges.iter().map(|e| e.rpc.clone()).collect(),
                 })
                 .collect();
-            let columns = Columns { headers: &["CURRENT", "NAME", "DATABASE", "EDGES"], narrow: 4 };
+            let columns = Columns {
+                headers: &["CURRENT", "NAME", "DATABASE", "EDGES"],
+                narrow: 4,
+            };
             output.list(&views, &columns, |v| {
-                vec![if v.current { "*".into() } else { String::new() }, v.name.clone(), v.database.clone(), v.edges.join(",")]
+                vec![
+                    if v.current { "*".into() } else { String::new() },
+                    v.name.clone(),
+                    v.database.clone(),
+                    v.edges.join(","),
+                ]
             })
         }
         ConfigCommand::UseContext { name } => {
             if file.context(&name).is_none() {
-                return Err(CliError::NotFound(format!("no context named {name:?} in {}", path.display())).into());
+                return Err(CliError::NotFound(format!(
+                    "no context named {name:?} in {}",
+                    path.display()
+                ))
+                .into());
             }
             file.current_context = Some(name.clone());
             file.save(&path)?;
@@ -89,14 +103,32 @@ pub fn run(cmd: ConfigCommand, output: Output) -> anyhow::Result<()> {
                 println!("{name}");
                 Ok(())
             }
-            None => Err(CliError::NotFound("no current context; see `sipctl config use-context`".into()).into()),
+            None => Err(CliError::NotFound(
+                "no current context; see `sipctl config use-context`".into(),
+            )
+            .into()),
         },
         ConfigCommand::SetContext(args) => {
             let previous = file.context(&args.name).cloned();
+            let patroni = previous
+                .as_ref()
+                .map(|p| p.database.patroni.clone())
+                .unwrap_or_default();
             let database = match (args.db_url, args.db_url_file) {
-                (Some(url), _) => DatabaseConfig { url: Some(url), url_file: None },
-                (None, Some(f)) => DatabaseConfig { url: None, url_file: Some(f) },
-                (None, None) => previous.as_ref().map(|p| p.database.clone()).unwrap_or_default(),
+                (Some(url), _) => DatabaseConfig {
+                    url: Some(url),
+                    url_file: None,
+                    patroni,
+                },
+                (None, Some(f)) => DatabaseConfig {
+                    url: None,
+                    url_file: Some(f),
+                    patroni,
+                },
+                (None, None) => previous
+                    .as_ref()
+                    .map(|p| p.database.clone())
+                    .unwrap_or_default(),
             };
             let edges = if args.edges.is_empty() {
                 previous.map(|p| p.edges).unwrap_or_default()
@@ -104,10 +136,17 @@ pub fn run(cmd: ConfigCommand, output: Output) -> anyhow::Result<()> {
                 args.edges
                     .iter()
                     .enumerate()
-                    .map(|(i, e)| EdgeConfig { name: format!("edge{}", i + 1), rpc: normalize_rpc_url(e) })
+                    .map(|(i, e)| EdgeConfig {
+                        name: format!("edge{}", i + 1),
+                        rpc: normalize_rpc_url(e),
+                    })
                     .collect()
             };
-            file.upsert(NamedContext { name: args.name.clone(), database, edges });
+            file.upsert(NamedContext {
+                name: args.name.clone(),
+                database,
+                edges,
+            });
             if args.make_current || file.current_context.is_none() {
                 file.current_context = Some(args.name.clone());
             }
@@ -144,10 +183,17 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn passwords_are_never_shown() {
-        for url in ["postgres://u:secret@h:5432/db", "postgres://u@h/db?password=secret", "host=h user=u password=secret dbname=db"] {
+        for url in [
+            "postgres://u:secret@h:5432/db",
+            "postgres://u@h/db?password=secret",
+            "host=h user=u password=secret dbname=db",
+        ] {
             let shown = super::redact(url);
             assert!(!shown.contains("secret"), "{url} -> {shown}");
-            assert!(shown.contains("h:5432") && shown.contains("user u"), "{url} -> {shown}");
+            assert!(
+                shown.contains("h:5432") && shown.contains("user u"),
+                "{url} -> {shown}"
+            );
         }
     }
 }

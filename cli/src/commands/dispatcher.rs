@@ -23,10 +23,12 @@ use crate::output::{write_table, Columns};
 
 /// List dispatcher members: the database rows with each edge's live state.
 #[derive(Debug, Args)]
-#[command(after_help = "STATE is what each edge does with the member now: active (takes calls), trying (some probes \
+#[command(
+    after_help = "STATE is what each edge does with the member now: active (takes calls), trying (some probes \
 failed, still takes calls), inactive (probes failed: no calls until it answers again), disabled (drained: no \
 calls, not probed); +probing when the edge probes it with OPTIONS. ADMIN is the database's word: drained or \
-enabled.\n\nExamples:\n  sipctl get dispatchers\n  sipctl get dispatchers --set 1 -o wide")]
+enabled.\n\nExamples:\n  sipctl get dispatchers\n  sipctl get dispatchers --set 1 -o wide"
+)]
 pub struct GetArgs {
     /// Only this dispatcher set (a MediaPool's setId).
     #[arg(long, allow_negative_numbers = true)]
@@ -35,9 +37,11 @@ pub struct GetArgs {
 
 /// A member to drain or enable.
 #[derive(Debug, Args)]
-#[command(after_help = "Drain: no new calls go to the member, calls in progress finish. It stays drained across \
+#[command(
+    after_help = "Drain: no new calls go to the member, calls in progress finish. It stays drained across \
 edge restarts, reloads and `sipctl local up` until it is enabled. Enable: the member takes calls again once it \
-answers the edges' OPTIONS probes.\n\nExamples:\n  sipctl drain dispatcher sip:10.0.0.5:5080\n  sipctl enable dispatcher sip:10.0.0.5:5080 --set 1")]
+answers the edges' OPTIONS probes.\n\nExamples:\n  sipctl drain dispatcher sip:10.0.0.5:5080\n  sipctl enable dispatcher sip:10.0.0.5:5080 --set 1"
+)]
 pub struct StateArgs {
     /// The member's destination URI, as `get dispatchers` shows it.
     pub uri: String,
@@ -111,7 +115,11 @@ fn row(m: &MemberView) -> Vec<String> {
     let state = match m.edges.as_slice() {
         [] => "-".to_string(),
         [one] => one.shown(),
-        many => many.iter().map(|e| format!("{}={}", e.edge, e.shown())).collect::<Vec<_>>().join(" "),
+        many => many
+            .iter()
+            .map(|e| format!("{}={}", e.edge, e.shown()))
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     let live = m
         .edges
@@ -159,7 +167,10 @@ fn live_state(edge: &str, d: &LiveDestination) -> EdgeState {
 }
 
 fn weight_of(attrs: &str) -> Option<i64> {
-    attrs.split(';').find_map(|kv| kv.strip_prefix("weight=")).and_then(|w| w.parse().ok())
+    attrs
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("weight="))
+        .and_then(|w| w.parse().ok())
 }
 
 /// `10.0.0.5:5080` is taken for `sip:10.0.0.5:5080`.
@@ -192,20 +203,36 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
         dispatcher::validate_set_id(set).map_err(set_flag)?;
     }
     let db = ctx.db().await?;
-    let rows: Vec<Destination> =
-        dispatcher::list(&db).await?.into_iter().filter(|d| args.set.is_none_or(|s| d.set_id == s)).collect();
-    let pools: BTreeMap<i64, String> =
-        media_pool::list(&db).await?.into_iter().map(|p| (i64::from(p.set_id), p.name)).collect();
+    let rows: Vec<Destination> = dispatcher::list(&db)
+        .await?
+        .into_iter()
+        .filter(|d| args.set.is_none_or(|s| d.set_id == s))
+        .collect();
+    let pools: BTreeMap<i64, String> = media_pool::list(&db)
+        .await?
+        .into_iter()
+        .map(|p| (i64::from(p.set_id), p.name))
+        .collect();
     let lists = live_lists(ctx).await;
 
     let edge_states = |set_id: i64, uri: &str| -> Vec<EdgeState> {
         lists
             .iter()
             .map(|(edge, list)| match list {
-                None => EdgeState { edge: edge.clone(), state: "unknown".into(), probing: None, flags: None },
+                None => EdgeState {
+                    edge: edge.clone(),
+                    state: "unknown".into(),
+                    probing: None,
+                    flags: None,
+                },
                 Some(list) => match list.iter().find(|d| d.set_id == set_id && d.uri == uri) {
                     Some(d) => live_state(edge, d),
-                    None => EdgeState { edge: edge.clone(), state: "not-loaded".into(), probing: None, flags: None },
+                    None => EdgeState {
+                        edge: edge.clone(),
+                        state: "not-loaded".into(),
+                        probing: None,
+                        flags: None,
+                    },
                 },
             })
             .collect()
@@ -231,9 +258,13 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
     let mut extra: BTreeMap<(i64, String), LiveDestination> = BTreeMap::new();
     for (_, list) in &lists {
         for d in list.iter().flatten() {
-            let known = rows.iter().any(|r| i64::from(r.set_id) == d.set_id && r.destination == d.uri);
+            let known = rows
+                .iter()
+                .any(|r| i64::from(r.set_id) == d.set_id && r.destination == d.uri);
             if !known && args.set.is_none_or(|s| i64::from(s) == d.set_id) {
-                extra.entry((d.set_id, d.uri.clone())).or_insert_with(|| d.clone());
+                extra
+                    .entry((d.set_id, d.uri.clone()))
+                    .or_insert_with(|| d.clone());
             }
         }
     }
@@ -259,7 +290,10 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
         if members.is_empty() {
             eprintln!("No dispatcher members.");
         }
-        if members.iter().any(|m| m.edges.iter().any(|e| e.state == "not-loaded") || !m.in_database) {
+        if members
+            .iter()
+            .any(|m| m.edges.iter().any(|e| e.state == "not-loaded") || !m.in_database)
+        {
             eprintln!(
                 "note: an edge and the database differ; `sipctl reload dispatchers` loads the database's members"
             );
@@ -270,9 +304,16 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
 
 fn set_flag(e: DbError) -> anyhow::Error {
     match e {
-        DbError::Invalid { field, problem, fix } if field == "setId" || field == "set" => {
-            DbError::Invalid { field: "--set".into(), problem, fix }.into()
+        DbError::Invalid {
+            field,
+            problem,
+            fix,
+        } if field == "setId" || field == "set" => DbError::Invalid {
+            field: "--set".into(),
+            problem,
+            fix,
         }
+        .into(),
         other => other.into(),
     }
 }
@@ -317,17 +358,23 @@ async fn change_state(ctx: &Ctx, args: StateArgs, drained: bool) -> anyhow::Resu
         dispatcher::validate_set_id(set).map_err(set_flag)?;
     }
     let db = ctx.db().await?;
-    let pools: BTreeMap<i32, String> = media_pool::list(&db).await?.into_iter().map(|p| (p.set_id, p.name)).collect();
-    let change = dispatcher::set_drained(&db, &uri, args.set, drained).await.map_err(|e| match e {
-        DbError::NotFound { .. } => anyhow::Error::new(CliError::NotFound(format!(
-            "{uri} is not a dispatcher member{}; `sipctl get dispatchers` lists them",
-            args.set.map(|s| format!(" of set {s}")).unwrap_or_default()
-        ))),
-        DbError::Invalid { field, problem, .. } if field == "set" => {
-            anyhow::Error::new(CliError::Invalid(format!("--set: {problem}; say which with --set")))
-        }
-        other => other.into(),
-    })?;
+    let pools: BTreeMap<i32, String> = media_pool::list(&db)
+        .await?
+        .into_iter()
+        .map(|p| (p.set_id, p.name))
+        .collect();
+    let change = dispatcher::set_drained(&db, &uri, args.set, drained)
+        .await
+        .map_err(|e| match e {
+            DbError::NotFound { .. } => anyhow::Error::new(CliError::NotFound(format!(
+                "{uri} is not a dispatcher member{}; `sipctl get dispatchers` lists them",
+                args.set.map(|s| format!(" of set {s}")).unwrap_or_default()
+            ))),
+            DbError::Invalid { field, problem, .. } if field == "set" => anyhow::Error::new(
+                CliError::Invalid(format!("--set: {problem}; say which with --set")),
+            ),
+            other => other.into(),
+        })?;
     // committed: from here on an edge that cannot be reached is reported, not fatal
     let set_id = change.destination.set_id;
     let mut edges = Vec::new();
@@ -343,12 +390,17 @@ async fn change_state(ctx: &Ctx, args: StateArgs, drained: bool) -> anyhow::Resu
         for (name, rpc) in ctx.edges() {
             let result = apply_live(&name, &rpc, set_id, &uri, drained).await;
             if !result.applied {
-                eprintln!("warning: edge {name}: {}; the change is saved and applies at its next reload", result.note);
+                eprintln!(
+                    "warning: edge {name}: {}; the change is saved and applies at its next reload",
+                    result.note
+                );
             }
             if drained {
                 if let Ok(list) = rpc.dispatcher_list().await {
                     let others_active = list.iter().any(|d| {
-                        i64::from(set_id) == d.set_id && d.uri != uri && (d.is_active() || d.flags.starts_with('T'))
+                        i64::from(set_id) == d.set_id
+                            && d.uri != uri
+                            && (d.is_active() || d.flags.starts_with('T'))
                     });
                     if !others_active {
                         eprintln!(
@@ -398,17 +450,35 @@ async fn change_state(ctx: &Ctx, args: StateArgs, drained: bool) -> anyhow::Resu
 
 /// Puts the member in its new state on one edge: `dispatcher.set_state` at once;
 /// an edge that does not hold the member loads it from the table instead.
-async fn apply_live(name: &str, rpc: &EdgeRpc, set_id: i32, uri: &str, drained: bool) -> EdgeChange {
+async fn apply_live(
+    name: &str,
+    rpc: &EdgeRpc,
+    set_id: i32,
+    uri: &str,
+    drained: bool,
+) -> EdgeChange {
     // d: disabled (not selected, not probed); ip: inactive and probed, so the
     // probes decide when it takes calls again.
     let state = if drained { "d" } else { "ip" };
-    let mut change = EdgeChange { edge: name.to_string(), applied: false, state: None, note: String::new() };
-    let how = match rpc.dispatcher_set_state(state, i64::from(set_id), uri).await {
+    let mut change = EdgeChange {
+        edge: name.to_string(),
+        applied: false,
+        state: None,
+        note: String::new(),
+    };
+    let how = match rpc
+        .dispatcher_set_state(state, i64::from(set_id), uri)
+        .await
+    {
         Ok(()) => "state set",
-        Err(e) if e.is_unknown_destination() => match rpc.reload(Reload::Dispatcher, Duration::from_secs(15)).await {
+        Err(e) if e.is_unknown_destination() => match rpc
+            .reload(Reload::Dispatcher, Duration::from_secs(15))
+            .await
+        {
             Ok(()) => "it did not hold the member: reloaded its members from the database",
             Err(e) => {
-                change.note = format!("not changed: it does not hold the member and did not reload ({e})");
+                change.note =
+                    format!("not changed: it does not hold the member and did not reload ({e})");
                 return change;
             }
         },
@@ -419,11 +489,18 @@ async fn apply_live(name: &str, rpc: &EdgeRpc, set_id: i32, uri: &str, drained: 
     };
     change.applied = true;
     change.state = match rpc.dispatcher_list().await {
-        Ok(list) => list.iter().find(|d| d.set_id == i64::from(set_id) && d.uri == uri).map(|d| live_state(name, d)),
+        Ok(list) => list
+            .iter()
+            .find(|d| d.set_id == i64::from(set_id) && d.uri == uri)
+            .map(|d| live_state(name, d)),
         Err(_) => None,
     };
     change.note = match &change.state {
-        Some(s) => format!("{how}: {} ({})", s.shown(), s.flags.as_deref().unwrap_or_default()),
+        Some(s) => format!(
+            "{how}: {} ({})",
+            s.shown(),
+            s.flags.as_deref().unwrap_or_default()
+        ),
         None => how.to_string(),
     };
     change
@@ -443,10 +520,18 @@ mod tests {
 
     #[test]
     fn states_in_words() {
-        let d =
-            LiveDestination { set_id: 1, uri: "sip:a".into(), flags: "AP".into(), priority: 0, attrs: String::new() };
+        let d = LiveDestination {
+            set_id: 1,
+            uri: "sip:a".into(),
+            flags: "AP".into(),
+            priority: 0,
+            attrs: String::new(),
+        };
         assert_eq!(live_state("e", &d).shown(), "active+probing");
-        let d = LiveDestination { flags: "DX".into(), ..d };
+        let d = LiveDestination {
+            flags: "DX".into(),
+            ..d
+        };
         assert_eq!(live_state("e", &d).shown(), "disabled");
         assert_eq!(weight_of("weight=3;rweight=3"), Some(3));
     }

@@ -12,7 +12,9 @@ use crate::context::{ConfigFile, DatabaseConfig, EdgeConfig, NamedContext};
 pub enum LocalCommand {
     /// Bring a platform file up on this host: PostgreSQL, the schema, the media pools'
     /// members and Kamailio. Running it again applies what changed.
-    #[command(after_help = "Examples:\n  sipctl local up -f examples/platform.yaml\n  sipctl local up -f platform.yaml --state-dir /srv/sipstack --no-standins")]
+    #[command(
+        after_help = "Examples:\n  sipctl local up -f examples/platform.yaml\n  sipctl local up -f platform.yaml --state-dir /srv/sipstack --no-standins"
+    )]
     Up(UpArgs),
     /// Stop every process of the local platform; the data stays for the next `up`.
     #[command(after_help = "Example:\n  sipctl local down")]
@@ -50,8 +52,12 @@ pub struct UpArgs {
 pub async fn run(cmd: LocalCommand) -> anyhow::Result<()> {
     match cmd {
         LocalCommand::Up(args) => {
-            let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-            let options = UpOptions { state_dir: args.state.dir(), standins: !args.no_standins };
+            let text = std::fs::read_to_string(&args.file)
+                .with_context(|| format!("cannot read {}", args.file.display()))?;
+            let options = UpOptions {
+                state_dir: args.state.dir(),
+                standins: !args.no_standins,
+            };
             let (state, report) = sipstack_local::up(&text, &options).await?;
             for line in &report.lines {
                 println!("{line}");
@@ -70,8 +76,13 @@ pub async fn run(cmd: LocalCommand) -> anyhow::Result<()> {
                     edge.domains.join(", ")
                 );
             }
-            println!("  database URL (with the password): {}", state.db_url_file.display());
-            println!("  sipctl local status    what runs, and the media members as the edge sees them");
+            println!(
+                "  database URL (with the password): {}",
+                state.db_url_file.display()
+            );
+            println!(
+                "  sipctl local status    what runs, and the media members as the edge sees them"
+            );
             println!("  sipctl local down      stop everything, keep the data");
             Ok(())
         }
@@ -91,21 +102,53 @@ pub async fn run(cmd: LocalCommand) -> anyhow::Result<()> {
                 s.postgres.cluster,
                 s.postgres.port,
                 s.postgres.database,
-                if status.postgres_running { "running" } else { "stopped" }
+                if status.postgres_running {
+                    "running"
+                } else {
+                    "stopped"
+                }
             );
+            if let Some(ha) = &s.postgres.ha {
+                println!(
+                    "           read-write 127.0.0.1:{} (HAProxy), read-only 127.0.0.1:{}{}; etcd {}",
+                    s.postgres.port,
+                    ha.read_only_port,
+                    ha.pooler_port.map(|p| format!(", PgBouncer 127.0.0.1:{p}")).unwrap_or_default(),
+                    ha.etcd_endpoints.join(" ")
+                );
+            }
+            match &status.cluster {
+                Some(Ok(cluster)) => print!("{}", super::db::members_table(cluster)),
+                Some(Err(e)) => println!("  Patroni: {e}"),
+                None => {}
+            }
             for e in &status.edges {
                 let state = match (e.pid, &e.rpc_error) {
-                    (Some(pid), None) => format!("running (pid {pid}, {})", e.version.clone().unwrap_or_default()),
+                    (Some(pid), None) => format!(
+                        "running (pid {pid}, {})",
+                        e.version.clone().unwrap_or_default()
+                    ),
                     (Some(pid), Some(err)) => format!("running (pid {pid}) but RPC fails: {err}"),
                     (None, _) => "stopped".to_string(),
                 };
                 println!("edge       SipEdge/{}  {state}", e.name);
                 for d in &e.destinations {
-                    println!("  set {:<4} {:<32} {:<26} flags {}", d.set_id, d.uri, describe_state(&d.flags), d.flags);
+                    println!(
+                        "  set {:<4} {:<32} {:<26} flags {}",
+                        d.set_id,
+                        d.uri,
+                        describe_state(&d.flags),
+                        d.flags
+                    );
                 }
             }
             for (s, alive) in &status.standins {
-                println!("media      {} (pool {}) stand-in {}", s.uri, s.pool, if *alive { "running" } else { "stopped" });
+                println!(
+                    "media      {} (pool {}) stand-in {}",
+                    s.uri,
+                    s.pool,
+                    if *alive { "running" } else { "stopped" }
+                );
             }
             Ok(())
         }
@@ -119,8 +162,24 @@ fn write_context(state: &sipstack_local::state::LocalState) -> anyhow::Result<St
     let name = "local".to_string();
     file.upsert(NamedContext {
         name: name.clone(),
-        database: DatabaseConfig { url: None, url_file: Some(state.db_url_file.clone()) },
-        edges: state.edges.iter().map(|e| EdgeConfig { name: e.name.clone(), rpc: e.rpc_url.clone() }).collect(),
+        database: DatabaseConfig {
+            url: None,
+            url_file: Some(state.db_url_file.clone()),
+            patroni: state
+                .postgres
+                .ha
+                .as_ref()
+                .map(|h| h.patroni_urls.clone())
+                .unwrap_or_default(),
+        },
+        edges: state
+            .edges
+            .iter()
+            .map(|e| EdgeConfig {
+                name: e.name.clone(),
+                rpc: e.rpc_url.clone(),
+            })
+            .collect(),
     });
     file.current_context = Some(name.clone());
     file.save(&path)?;

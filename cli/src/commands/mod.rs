@@ -42,8 +42,21 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "SIPCTL_DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
     /// JSON-RPC endpoint of an edge, e.g. 127.0.0.1:5071 (repeatable; overrides the context).
-    #[arg(long = "edge", global = true, env = "SIPCTL_EDGE", value_delimiter = ',')]
+    #[arg(
+        long = "edge",
+        global = true,
+        env = "SIPCTL_EDGE",
+        value_delimiter = ','
+    )]
     pub edges: Vec<String>,
+    /// Patroni REST API of a database member, e.g. 127.0.0.1:8008 (repeatable; overrides the context).
+    #[arg(
+        long = "patroni",
+        global = true,
+        env = "SIPCTL_PATRONI",
+        value_delimiter = ','
+    )]
+    pub patroni: Vec<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -205,7 +218,11 @@ impl Ctx {
 
     /// RPC clients of the edges of the context.
     pub fn edges(&self) -> Vec<(String, EdgeRpc)> {
-        self.target.edges.iter().map(|e| (e.name.clone(), EdgeRpc::new(&e.rpc))).collect()
+        self.target
+            .edges
+            .iter()
+            .map(|e| (e.name.clone(), EdgeRpc::new(&e.rpc)))
+            .collect()
     }
 
     /// After a committed change: tells every edge to reload `what` (waiting out
@@ -213,7 +230,10 @@ impl Ctx {
     /// the change is in the database and the edge reads it when it comes back.
     pub async fn push_reload(&self, what: Reload) {
         if !self.reload {
-            eprintln!("note: not reloaded (--no-reload); run `sipctl reload {}` to apply", reload_noun(what));
+            eprintln!(
+                "note: not reloaded (--no-reload); run `sipctl reload {}` to apply",
+                reload_noun(what)
+            );
             return;
         }
         let edges = self.edges();
@@ -244,7 +264,10 @@ fn reload_noun(what: Reload) -> &'static str {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
-    let output = Output { format: g.output, no_headers: g.no_headers };
+    let output = Output {
+        format: g.output,
+        no_headers: g.no_headers,
+    };
     // commands that do not talk to a platform
     match cli.command {
         Command::Render(cmd) => return render::run(cmd),
@@ -254,7 +277,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Man(args) => return completion::man(args),
         _ => {}
     }
-    let overrides = Overrides { context: g.context, db_url: g.db_url, edges: g.edges };
+    let overrides = Overrides {
+        context: g.context,
+        db_url: g.db_url,
+        edges: g.edges,
+        patroni: g.patroni,
+    };
     let ctx = Ctx {
         target: Target::resolve(&overrides)?,
         output,
@@ -287,7 +315,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status(a) => status::run(&ctx, a).await,
         Command::Db(cmd) => db::run(&ctx, cmd).await,
-        Command::Render(_) | Command::Local(_) | Command::Config(_) | Command::Completion(_) | Command::Man(_) => {
+        Command::Render(_)
+        | Command::Local(_)
+        | Command::Config(_)
+        | Command::Completion(_)
+        | Command::Man(_) => {
             unreachable!("handled above")
         }
     }
@@ -318,8 +350,12 @@ pub enum CliError {
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     use sipstack_db::DbError;
     for cause in err.chain() {
-        if cause.downcast_ref::<sipstack_crds::PlatformError>().is_some()
-            || cause.downcast_ref::<sipstack_render::RenderError>().is_some()
+        if cause
+            .downcast_ref::<sipstack_crds::PlatformError>()
+            .is_some()
+            || cause
+                .downcast_ref::<sipstack_render::RenderError>()
+                .is_some()
         {
             return exit::INVALID_INPUT;
         }
@@ -354,8 +390,12 @@ pub fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SIPCTL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIPCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[cfg(test)]
@@ -369,10 +409,19 @@ mod tests {
     fn every_command_has_examples() {
         fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
             let leaf = cmd.get_subcommands().next().is_none();
-            let has_examples = cmd.get_after_help().is_some_and(|h| h.to_string().contains("Example"));
+            let has_examples = cmd
+                .get_after_help()
+                .is_some_and(|h| h.to_string().contains("Example"));
             // `reload` and `set` have self-explaining leaves; `help` is clap's own
-            let exempt = ["sipctl reload routes", "sipctl reload dispatchers", "sipctl db version", "sipctl config current-context", "sipctl config delete-context"];
-            if leaf && !has_examples && !exempt.contains(&path.as_str()) && !path.ends_with(" help") {
+            let exempt = [
+                "sipctl reload routes",
+                "sipctl reload dispatchers",
+                "sipctl db version",
+                "sipctl config current-context",
+                "sipctl config delete-context",
+            ];
+            if leaf && !has_examples && !exempt.contains(&path.as_str()) && !path.ends_with(" help")
+            {
                 missing.push(path.clone());
             }
             for sub in cmd.get_subcommands() {
@@ -381,7 +430,10 @@ mod tests {
         }
         let mut missing = Vec::new();
         walk(&Cli::command(), "sipctl".into(), &mut missing);
-        assert!(missing.is_empty(), "commands without examples in --help: {missing:#?}");
+        assert!(
+            missing.is_empty(),
+            "commands without examples in --help: {missing:#?}"
+        );
     }
 
     #[test]

@@ -24,8 +24,10 @@ const TABLE: &str = "location";
 
 /// List registered contacts: expiry, user agent, received address.
 #[derive(Debug, Args)]
-#[command(after_help = "The edges are asked (their memory is the truth); without a reachable edge the database's \
-`location` table is shown, which lags by up to registrar.flushIntervalSeconds.\n\nExamples:\n  sipctl get registrations\n  sipctl get registrations alice@example.com -o wide\n  sipctl get registrations --domain example.com -o json")]
+#[command(
+    after_help = "The edges are asked (their memory is the truth); without a reachable edge the database's \
+`location` table is shown, which lags by up to registrar.flushIntervalSeconds.\n\nExamples:\n  sipctl get registrations\n  sipctl get registrations alice@example.com -o wide\n  sipctl get registrations --domain example.com -o json"
+)]
 pub struct GetArgs {
     /// One user: user@domain (or user, with --domain).
     pub user: Option<String>,
@@ -109,13 +111,21 @@ fn row(r: &RegistrationView) -> Vec<String> {
     ]
 }
 
-static USERNAME: LazyLock<regex::Regex> =
-    LazyLock::new(|| regex::Regex::new(validate::USERNAME_PATTERN).unwrap_or_else(|e| panic!("built-in pattern: {e}")));
+static USERNAME: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(validate::USERNAME_PATTERN)
+        .unwrap_or_else(|e| panic!("built-in pattern: {e}"))
+});
 
 /// Which registrations to show: (user, domain), each optional.
 fn selection(args: &GetArgs) -> anyhow::Result<(Option<String>, Option<String>)> {
-    let domain = args.domain.as_deref().map(|d| validate::domain("--domain", d)).transpose()?;
-    let Some(user) = &args.user else { return Ok((None, domain)) };
+    let domain = args
+        .domain
+        .as_deref()
+        .map(|d| validate::domain("--domain", d))
+        .transpose()?;
+    let Some(user) = &args.user else {
+        return Ok((None, domain));
+    };
     let (name, at_domain) = match user.rsplit_once('@') {
         Some((u, d)) => (u, Some(validate::domain("USER", d)?)),
         None => (user.as_str(), None),
@@ -130,9 +140,10 @@ fn selection(args: &GetArgs) -> anyhow::Result<(Option<String>, Option<String>)>
     }
     let domain = match (at_domain, domain) {
         (Some(a), Some(d)) if a != d => {
-            return Err(
-                CliError::Invalid(format!("--domain: {d} differs from the domain of {user}; give one of them")).into()
-            )
+            return Err(CliError::Invalid(format!(
+                "--domain: {d} differs from the domain of {user}; give one of them"
+            ))
+            .into())
         }
         (Some(a), _) => Some(a),
         (None, d) => d,
@@ -173,11 +184,16 @@ fn from_edge(c: &UlContact, edge: &str, now: SystemTime) -> RegistrationView {
 fn selected(aor: &str, user: Option<&str>, domain: Option<&str>) -> bool {
     let (u, d) = aor.rsplit_once('@').unwrap_or((aor, ""));
     // usrloc keeps AoRs lower-cased (case-insensitive AoRs, Kamailio's default)
-    user.is_none_or(|want| want.eq_ignore_ascii_case(u)) && domain.is_none_or(|want| want.eq_ignore_ascii_case(d))
+    user.is_none_or(|want| want.eq_ignore_ascii_case(u))
+        && domain.is_none_or(|want| want.eq_ignore_ascii_case(d))
 }
 
 /// Asks the edges; `None` when none answered.
-async fn from_edges(ctx: &Ctx, user: Option<&str>, domain: Option<&str>) -> Option<Vec<RegistrationView>> {
+async fn from_edges(
+    ctx: &Ctx,
+    user: Option<&str>,
+    domain: Option<&str>,
+) -> Option<Vec<RegistrationView>> {
     let now = SystemTime::now();
     let mut answered = false;
     // by ruid (unique per binding), so a binding several edges hold is listed once
@@ -195,8 +211,14 @@ async fn from_edges(ctx: &Ctx, user: Option<&str>, domain: Option<&str>) -> Opti
             }
         };
         answered = true;
-        for c in contacts.iter().filter(|c| c.is_valid() && selected(&c.aor, user, domain)) {
-            let key = c.ruid.clone().unwrap_or_else(|| format!("{}\n{}\n{}", c.aor, c.address, c.call_id));
+        for c in contacts
+            .iter()
+            .filter(|c| c.is_valid() && selected(&c.aor, user, domain))
+        {
+            let key = c
+                .ruid
+                .clone()
+                .unwrap_or_else(|| format!("{}\n{}\n{}", c.aor, c.address, c.call_id));
             match merged.get_mut(&key) {
                 Some(seen) => seen.source.push(name.clone()),
                 None => {
@@ -210,7 +232,11 @@ async fn from_edges(ctx: &Ctx, user: Option<&str>, domain: Option<&str>) -> Opti
 
 /// The `location` table, as the edges last wrote it. Its times are the edges'
 /// local time without a zone; they are read relative to the database's clock.
-async fn from_database(ctx: &Ctx, user: Option<&str>, domain: Option<&str>) -> anyhow::Result<Vec<RegistrationView>> {
+async fn from_database(
+    ctx: &Ctx,
+    user: Option<&str>,
+    domain: Option<&str>,
+) -> anyhow::Result<Vec<RegistrationView>> {
     let db = ctx.db().await?;
     let rows = db
         .query(
@@ -247,7 +273,11 @@ async fn from_database(ctx: &Ctx, user: Option<&str>, domain: Option<&str>) -> a
             let expires_in: f64 = r.get(6);
             let q: f64 = r.get(7);
             RegistrationView {
-                aor: if domain.is_empty() { username } else { format!("{username}@{domain}") },
+                aor: if domain.is_empty() {
+                    username
+                } else {
+                    format!("{username}@{domain}")
+                },
                 contact: r.get(2),
                 expires_in: (!permanent).then_some(expires_in.floor() as i64),
                 expires_at: (!permanent).then(|| rfc3339(at(expires_in))),
@@ -302,7 +332,10 @@ mod tests {
     use super::*;
 
     fn args(user: Option<&str>, domain: Option<&str>) -> GetArgs {
-        GetArgs { user: user.map(str::to_string), domain: domain.map(str::to_string) }
+        GetArgs {
+            user: user.map(str::to_string),
+            domain: domain.map(str::to_string),
+        }
     }
 
     #[test]
@@ -316,9 +349,16 @@ mod tests {
             selection(&args(Some("alice"), Some("example.com"))).unwrap(),
             (Some("alice".into()), Some("example.com".into()))
         );
-        assert_eq!(selection(&args(Some("alice"), None)).unwrap(), (Some("alice".into()), None));
-        for bad in ["x'; DROP TABLE location; --@example.com", "a b@example.com", "alice@exa mple.com", "@example.com"]
-        {
+        assert_eq!(
+            selection(&args(Some("alice"), None)).unwrap(),
+            (Some("alice".into()), None)
+        );
+        for bad in [
+            "x'; DROP TABLE location; --@example.com",
+            "a b@example.com",
+            "alice@exa mple.com",
+            "@example.com",
+        ] {
             assert!(selection(&args(Some(bad), None)).is_err(), "{bad}");
         }
         assert!(selection(&args(Some("alice@a.example"), Some("b.example"))).is_err());
@@ -326,7 +366,11 @@ mod tests {
 
     #[test]
     fn aor_filters() {
-        assert!(selected("alice@example.com", Some("alice"), Some("EXAMPLE.com")));
+        assert!(selected(
+            "alice@example.com",
+            Some("alice"),
+            Some("EXAMPLE.com")
+        ));
         assert!(!selected("alice@example.com", Some("bob"), None));
         assert!(selected("alice@example.com", Some("Alice"), None));
         assert!(selected("alice@example.com", None, None));

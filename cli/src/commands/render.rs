@@ -4,8 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use kube::ResourceExt;
+use sipstack_crds::PgCluster;
 use sipstack_crds::Platform;
-use sipstack_render::{render_kamailio, KamailioRenderOptions};
+use sipstack_local::patroni::LocalCluster;
+use sipstack_render::{
+    render_haproxy, render_kamailio, render_patroni, render_pgbouncer, KamailioRenderOptions,
+    PatroniTarget, PgbouncerTarget,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum RenderCommand {
@@ -13,8 +19,54 @@ pub enum RenderCommand {
     ///
     /// The database URL and the nonce secret are not in the output: Kamailio reads them
     /// from SIPSTACK_DB_URL and SIPSTACK_AUTH_SECRET.
-    #[command(after_help = "Examples:\n  sipctl render kamailio -f examples/platform.yaml\n  sipctl render kamailio -f platform.yaml --name edge-east > kamailio.cfg")]
+    #[command(
+        after_help = "Examples:\n  sipctl render kamailio -f examples/platform.yaml\n  sipctl render kamailio -f platform.yaml --name edge-east > kamailio.cfg"
+    )]
     Kamailio(RenderKamailioArgs),
+    /// Print the patroni.yml of one member of a PgCluster, as the local driver runs
+    /// it, or the one the operator mounts into the StatefulSet's pods (--kubernetes).
+    ///
+    /// Passwords are not in the output: Patroni reads them from PATRONI_SUPERUSER_PASSWORD
+    /// and PATRONI_REPLICATION_PASSWORD.
+    #[command(
+        after_help = "Examples:\n  sipctl render patroni -f platform.yaml --member 0\n  sipctl render patroni -f platform.yaml --kubernetes --namespace voice"
+    )]
+    Patroni(RenderPatroniArgs),
+    /// Print the haproxy.cfg of a local PgCluster: a read-write endpoint that follows
+    /// the primary, a read-only one over the replicas.
+    #[command(after_help = "Example:\n  sipctl render haproxy -f platform.yaml")]
+    Haproxy(RenderClusterArgs),
+    /// Print the pgbouncer.ini of a PgCluster whose spec.pooler is enabled.
+    #[command(after_help = "Example:\n  sipctl render pgbouncer -f platform.yaml")]
+    Pgbouncer(RenderClusterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderClusterArgs {
+    /// Platform file with the PgCluster.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// PgCluster to render; needed when the file declares several.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// State directory of the local platform (where the files and data live).
+    #[arg(long, env = "SIPSTACK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderPatroniArgs {
+    #[command(flatten)]
+    pub cluster: RenderClusterArgs,
+    /// Member to render (0 to instances - 1).
+    #[arg(long, default_value_t = 0)]
+    pub member: u32,
+    /// Render for the operator's StatefulSet instead of the local driver.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Namespace of the PgCluster (with --kubernetes).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
 }
 
 #[derive(Debug, Args)]
@@ -35,15 +87,94 @@ pub fn run(cmd: RenderCommand) -> anyhow::Result<()> {
         RenderCommand::Kamailio(args) => {
             let platform = load_platform(&args.file)?;
             let edge = platform.edge(args.name.as_deref())?;
-            let options = KamailioRenderOptions { runtime_dir: args.runtime_dir, ..Default::default() };
+            let options = KamailioRenderOptions {
+                runtime_dir: args.runtime_dir,
+                ..Default::default()
+            };
             let rendered = render_kamailio(edge, &platform.pools_of(edge), &options)?;
             print!("{}", rendered.text);
+            Ok(())
+        }
+        RenderCommand::Patroni(args) => {
+            let platform = load_platform(&args.cluster.file)?;
+            let pg = pg_cluster(&platform, args.cluster.name.as_deref())?;
+            let rendered = if args.kubernetes {
+                render_patroni(
+                    pg,
+                    &PatroniTarget::Kubernetes {
+                        namespace: &args.namespace,
+                    },
+                )?
+            } else {
+                let cluster = LocalCluster::new(&state_dir(&args.cluster), pg);
+                let dir = cluster.member_dir(args.member);
+                let hosts = cluster.endpoints().etcd_endpoints;
+                render_patroni(
+                    pg,
+                    &PatroniTarget::Local {
+                        index: args.member,
+                        dir: &dir,
+                        etcd_hosts: hosts,
+                    },
+                )?
+            };
+            print!("{}", rendered.text);
+            Ok(())
+        }
+        RenderCommand::Haproxy(args) => {
+            let platform = load_platform(&args.file)?;
+            let pg = pg_cluster(&platform, args.name.as_deref())?;
+            print!("{}", render_haproxy(pg, None)?.text);
+            Ok(())
+        }
+        RenderCommand::Pgbouncer(args) => {
+            let platform = load_platform(&args.file)?;
+            let pg = pg_cluster(&platform, args.name.as_deref())?;
+            if !pg.spec.pooler.enabled {
+                anyhow::bail!(
+                    "PgCluster/{}: spec.pooler.enabled is false; set it to true to run PgBouncer",
+                    pg.name_any()
+                );
+            }
+            let cluster = LocalCluster::new(&state_dir(&args), pg);
+            let userlist = cluster.dir().join("pgbouncer/userlist.txt");
+            let target = PgbouncerTarget {
+                upstream_host: "127.0.0.1",
+                upstream_port: pg.spec.port,
+                listen_addr: "127.0.0.1",
+                auth_file: &userlist,
+                unix_socket_dir: None,
+                pid_file: None,
+            };
+            print!("{}", render_pgbouncer(pg, &target)?.text);
             Ok(())
         }
     }
 }
 
+fn state_dir(args: &RenderClusterArgs) -> PathBuf {
+    args.state_dir
+        .clone()
+        .unwrap_or_else(sipstack_local::default_state_dir)
+}
+
+fn pg_cluster<'a>(platform: &'a Platform, name: Option<&str>) -> anyhow::Result<&'a PgCluster> {
+    let found: Vec<&PgCluster> = platform
+        .pg_clusters
+        .iter()
+        .filter(|p| name.is_none_or(|n| p.name_any() == n))
+        .collect();
+    match (found.as_slice(), name) {
+        ([one], _) => Ok(one),
+        ([], Some(n)) => anyhow::bail!("the file declares no PgCluster named {n:?}"),
+        ([], None) => anyhow::bail!("the file declares no PgCluster"),
+        (_, _) => anyhow::bail!("the file declares several PgClusters; choose one with --name"),
+    }
+}
+
 pub fn load_platform(path: &std::path::Path) -> anyhow::Result<Platform> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Platform::from_yaml(&text).with_context(|| format!("{} is not a usable platform file", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Platform::from_yaml(&text)
+        .with_context(|| format!("{} is not a usable platform file", path.display()))
 }

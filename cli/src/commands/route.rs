@@ -13,7 +13,8 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
 use sipstack_db::route::{
-    self, DialplanRule, MatchKind, NewRoute, Route, RuleOutcome, Target, DEFAULT_DPID, DOMAIN_MAP_DPID,
+    self, DialplanRule, MatchKind, NewRoute, Route, RuleOutcome, Target, DEFAULT_DPID,
+    DOMAIN_MAP_DPID,
 };
 use sipstack_db::{media_pool, validate, DbError};
 use sipstack_edgerpc::{DialplanEntry, EdgeRpc, Reload};
@@ -58,9 +59,11 @@ pub struct TargetArgs {
 
 /// Add a routing rule; the edges reload their rules.
 #[derive(Debug, Args)]
-#[command(after_help = "Routes are tried in the order of their priority (lower first; equal priorities in the order \
+#[command(
+    after_help = "Routes are tried in the order of their priority (lower first; equal priorities in the order \
 they were added); the first that matches decides. A route with --from-domain applies only to callers of that \
-domain, together with the routes for every domain.\n\nExamples:\n  sipctl add route uk --prefix +44 --to-uri sip:carrier@203.0.113.5\n  sipctl add route premium-block --prefix 0900 --reject 403 --reason 'Premium Blocked' --priority 10\n  sipctl add route desks --regex '^7[0-9]{3}$' --to-user\n  sipctl add route ivr --exact 5000 --to-pool media --from-domain example.com")]
+domain, together with the routes for every domain.\n\nExamples:\n  sipctl add route uk --prefix +44 --to-uri sip:carrier@203.0.113.5\n  sipctl add route premium-block --prefix 0900 --reject 403 --reason 'Premium Blocked' --priority 10\n  sipctl add route desks --regex '^7[0-9]{3}$' --to-user\n  sipctl add route ivr --exact 5000 --to-pool media --from-domain example.com"
+)]
 pub struct AddArgs {
     /// Name of the route (lower-case letters, digits, '-').
     pub name: String,
@@ -84,7 +87,9 @@ pub struct AddArgs {
 
 /// List routes in the order they are tried, or show one.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  sipctl get routes\n  sipctl get routes -o wide\n  sipctl get route uk -o yaml")]
+#[command(
+    after_help = "Examples:\n  sipctl get routes\n  sipctl get routes -o wide\n  sipctl get route uk -o yaml"
+)]
 pub struct GetArgs {
     /// One route by name.
     pub name: Option<String>,
@@ -100,9 +105,11 @@ pub struct DeleteArgs {
 
 /// Show which route a dialled number takes and why, without a call.
 #[derive(Debug, Args)]
-#[command(after_help = "The rules are evaluated from the database as the edge's dialplan module does; every edge \
+#[command(
+    after_help = "The rules are evaluated from the database as the edge's dialplan module does; every edge \
 that answers is asked too (`dialplan.translate`), and the answer says whether it agrees. `-o wide` lists every \
-route and why it did or did not match.\n\nExamples:\n  sipctl test route +442071234567\n  sipctl test route 5000 --from-domain example.com -o wide")]
+route and why it did or did not match.\n\nExamples:\n  sipctl test route +442071234567\n  sipctl test route 5000 --from-domain example.com -o wide"
+)]
 pub struct TestArgs {
     /// The dialled number (the Request-URI's user part).
     pub number: String,
@@ -168,7 +175,10 @@ impl RouteView {
     fn target_text(&self) -> String {
         match self.target_kind {
             "pool" => match self.target_set_id {
-                Some(set) => format!("pool {} (set {set})", self.target_pool.as_deref().unwrap_or_default()),
+                Some(set) => format!(
+                    "pool {} (set {set})",
+                    self.target_pool.as_deref().unwrap_or_default()
+                ),
                 None => format!("pool {}", self.target_pool.as_deref().unwrap_or_default()),
             },
             "uri" => format!("uri {}", self.target_uri.as_deref().unwrap_or_default()),
@@ -189,10 +199,18 @@ impl RouteView {
                     "to media pool {} (dispatcher set {set}); its algorithm picks the node",
                     self.target_pool.as_deref().unwrap_or_default()
                 ),
-                None => format!("to media pool {}", self.target_pool.as_deref().unwrap_or_default()),
+                None => format!(
+                    "to media pool {}",
+                    self.target_pool.as_deref().unwrap_or_default()
+                ),
             },
-            "user" => format!("to the registered contacts of user {number} (404 Not Found when not registered)"),
-            "uri" => format!("relayed to {}", self.target_uri.as_deref().unwrap_or_default()),
+            "user" => format!(
+                "to the registered contacts of user {number} (404 Not Found when not registered)"
+            ),
+            "uri" => format!(
+                "relayed to {}",
+                self.target_uri.as_deref().unwrap_or_default()
+            ),
             "reject" => format!(
                 "rejected with {} {}",
                 self.reject_code.unwrap_or_default(),
@@ -204,7 +222,16 @@ impl RouteView {
 }
 
 const COLUMNS: Columns = Columns {
-    headers: &["NAME", "PRIORITY", "MATCH", "FROM-DOMAIN", "TARGET", "ID", "DESCRIPTION", "CREATED"],
+    headers: &[
+        "NAME",
+        "PRIORITY",
+        "MATCH",
+        "FROM-DOMAIN",
+        "TARGET",
+        "ID",
+        "DESCRIPTION",
+        "CREATED",
+    ],
     narrow: 5,
 };
 
@@ -246,9 +273,16 @@ fn flag_of(field: &str, kind: Option<MatchKind>) -> String {
 /// A validation error of the database layer, naming the flag instead of the column.
 fn flag_error(e: DbError, kind: Option<MatchKind>) -> anyhow::Error {
     match e {
-        DbError::Invalid { field, problem, fix } => {
-            DbError::Invalid { field: flag_of(&field, kind), problem, fix }.into()
+        DbError::Invalid {
+            field,
+            problem,
+            fix,
+        } => DbError::Invalid {
+            field: flag_of(&field, kind),
+            problem,
+            fix,
         }
+        .into(),
         other => other.into(),
     }
 }
@@ -294,16 +328,31 @@ fn default_reason(code: u16) -> &'static str {
 }
 
 /// Media pool name → dispatcher set id.
-async fn pool_sets(db: &impl tokio_postgres::GenericClient) -> anyhow::Result<BTreeMap<String, i32>> {
-    Ok(media_pool::list(db).await?.into_iter().map(|p| (p.name, p.set_id)).collect())
+async fn pool_sets(
+    db: &impl tokio_postgres::GenericClient,
+) -> anyhow::Result<BTreeMap<String, i32>> {
+    Ok(media_pool::list(db)
+        .await?
+        .into_iter()
+        .map(|p| (p.name, p.set_id))
+        .collect())
 }
 
 fn new_route(args: &AddArgs) -> anyhow::Result<NewRoute> {
-    let (match_kind, match_value) = match (&args.matcher.prefix, &args.matcher.exact, &args.matcher.regex) {
+    let (match_kind, match_value) = match (
+        &args.matcher.prefix,
+        &args.matcher.exact,
+        &args.matcher.regex,
+    ) {
         (Some(v), _, _) => (MatchKind::Prefix, v.clone()),
         (_, Some(v), _) => (MatchKind::Exact, v.clone()),
         (_, _, Some(v)) => (MatchKind::Regex, v.clone()),
-        _ => return Err(CliError::Invalid("give what the route matches: --prefix, --exact or --regex".into()).into()),
+        _ => {
+            return Err(CliError::Invalid(
+                "give what the route matches: --prefix, --exact or --regex".into(),
+            )
+            .into())
+        }
     };
     let t = &args.target;
     let target = if let Some(pool) = &t.to_pool {
@@ -313,13 +362,24 @@ fn new_route(args: &AddArgs) -> anyhow::Result<NewRoute> {
     } else if let Some(uri) = &t.to_uri {
         Target::Uri(uri.clone())
     } else if let Some(code) = t.reject {
-        let code = u16::try_from(code).ok().filter(|c| (400..=699).contains(c)).ok_or_else(|| {
-            CliError::Invalid(format!("--reject: {code} is not an error status; use a SIP status from 400 to 699"))
-        })?;
-        let reason = args.reason.clone().unwrap_or_else(|| default_reason(code).to_string());
+        let code = u16::try_from(code)
+            .ok()
+            .filter(|c| (400..=699).contains(c))
+            .ok_or_else(|| {
+                CliError::Invalid(format!(
+                    "--reject: {code} is not an error status; use a SIP status from 400 to 699"
+                ))
+            })?;
+        let reason = args
+            .reason
+            .clone()
+            .unwrap_or_else(|| default_reason(code).to_string());
         Target::Reject { code, reason }
     } else {
-        return Err(CliError::Invalid("give where calls go: --to-pool, --to-user, --to-uri or --reject".into()).into());
+        return Err(CliError::Invalid(
+            "give where calls go: --to-pool, --to-user, --to-uri or --reject".into(),
+        )
+        .into());
     };
     Ok(NewRoute {
         name: args.name.clone(),
@@ -338,7 +398,9 @@ pub async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<()> {
     route::validate(&new).map_err(|e| flag_error(e, Some(new.match_kind)))?;
     let db = ctx.db().await?;
     let sets = pool_sets(&db).await?;
-    let added = route::add(&db, &new).await.map_err(|e| flag_error(e, Some(new.match_kind)))?;
+    let added = route::add(&db, &new)
+        .await
+        .map_err(|e| flag_error(e, Some(new.match_kind)))?;
     let view = RouteView::new(&added, &sets);
     ctx.output.object(&view, |out| {
         writeln!(
@@ -348,7 +410,10 @@ pub async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<()> {
             view.match_text(),
             view.target_text(),
             view.priority,
-            view.from_domain.as_ref().map(|d| format!(", callers of {d} only")).unwrap_or_default()
+            view.from_domain
+                .as_ref()
+                .map(|d| format!(", callers of {d} only"))
+                .unwrap_or_default()
         )
     })?;
     ctx.push_reload(Reload::Routes).await;
@@ -360,7 +425,9 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
     let sets = pool_sets(&db).await?;
     match &args.name {
         Some(name) => {
-            let r = route::get(&db, name).await.map_err(|e| flag_error(e, None))?;
+            let r = route::get(&db, name)
+                .await
+                .map_err(|e| flag_error(e, None))?;
             let view = RouteView::new(&r, &sets);
             if matches!(ctx.output.format, Format::Json | Format::Yaml) {
                 ctx.output.object(&view, |_| Ok(()))
@@ -369,7 +436,11 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
             }
         }
         None => {
-            let views: Vec<RouteView> = route::list(&db).await?.iter().map(|r| RouteView::new(r, &sets)).collect();
+            let views: Vec<RouteView> = route::list(&db)
+                .await?
+                .iter()
+                .map(|r| RouteView::new(r, &sets))
+                .collect();
             ctx.output.list(&views, &COLUMNS, row)?;
             if views.is_empty() && ctx.output.is_human() {
                 eprintln!("No routes: every call goes to the edge's default media pool, or gets 404 without one.");
@@ -386,12 +457,14 @@ struct Deleted {
 
 pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<()> {
     let db = ctx.db().await?;
-    let deleted = route::delete_all(&db, &args.names).await.map_err(|e| match e {
-        DbError::NotFound { kind, name } if args.names.len() > 1 => {
-            anyhow::Error::new(DbError::NotFound { kind, name }).context("nothing was deleted")
-        }
-        other => flag_error(other, None),
-    })?;
+    let deleted = route::delete_all(&db, &args.names)
+        .await
+        .map_err(|e| match e {
+            DbError::NotFound { kind, name } if args.names.len() > 1 => {
+                anyhow::Error::new(DbError::NotFound { kind, name }).context("nothing was deleted")
+            }
+            other => flag_error(other, None),
+        })?;
     let result = Deleted { deleted };
     ctx.output.object(&result, |out| {
         for name in &result.deleted {
@@ -481,7 +554,11 @@ fn validate_number(number: &str) -> Result<(), CliError> {
 
 pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
     validate_number(&args.number)?;
-    let from_domain = args.from_domain.as_deref().map(|d| validate::domain("--from-domain", d)).transpose()?;
+    let from_domain = args
+        .from_domain
+        .as_deref()
+        .map(|d| validate::domain("--from-domain", d))
+        .transpose()?;
 
     // Routes, rules and pools from one snapshot.
     let mut db = ctx.db().await?;
@@ -499,26 +576,49 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
 
     let evaluation = route::evaluate(&rules, &args.number, from_domain.as_deref());
     let outcome_of = |id: i32| {
-        evaluation.verdicts.iter().find(|v| route::rule_route_id(&v.rule.attrs) == Some(id)).map(|v| &v.outcome)
+        evaluation
+            .verdicts
+            .iter()
+            .find(|v| route::rule_route_id(&v.rule.attrs) == Some(id))
+            .map(|v| &v.outcome)
     };
-    let matched_id = evaluation.matched().and_then(|r| route::rule_route_id(&r.attrs));
+    let matched_id = evaluation
+        .matched()
+        .and_then(|r| route::rule_route_id(&r.attrs));
     let matched_route = matched_id.and_then(|id| routes.iter().find(|r| r.id == id));
 
     let mut candidates = Vec::new();
     for r in &routes {
         let (outcome, reason) = match outcome_of(r.id) {
-            Some(RuleOutcome::Matched) => ("matched", format!("{} {}", args.number, match_reason(r, true))),
-            Some(RuleOutcome::NoMatch) => ("no-match", format!("{} {}", args.number, match_reason(r, false))),
-            Some(RuleOutcome::NotTried) => {
-                ("not-tried", format!("route {} matched first", matched_route.map(|m| m.name.as_str()).unwrap_or("?")))
-            }
-            Some(RuleOutcome::OtherLength) => ("not-tried", "never tried for a number of this length".to_string()),
-            Some(RuleOutcome::Unevaluable(e)) => {
-                ("unevaluable", format!("cannot be evaluated here ({e}); the edge's answer decides"))
-            }
+            Some(RuleOutcome::Matched) => (
+                "matched",
+                format!("{} {}", args.number, match_reason(r, true)),
+            ),
+            Some(RuleOutcome::NoMatch) => (
+                "no-match",
+                format!("{} {}", args.number, match_reason(r, false)),
+            ),
+            Some(RuleOutcome::NotTried) => (
+                "not-tried",
+                format!(
+                    "route {} matched first",
+                    matched_route.map(|m| m.name.as_str()).unwrap_or("?")
+                ),
+            ),
+            Some(RuleOutcome::OtherLength) => (
+                "not-tried",
+                "never tried for a number of this length".to_string(),
+            ),
+            Some(RuleOutcome::Unevaluable(e)) => (
+                "unevaluable",
+                format!("cannot be evaluated here ({e}); the edge's answer decides"),
+            ),
             None => (
                 "other-domain",
-                format!("only for callers of {}", r.source_domain.as_deref().unwrap_or("another domain")),
+                format!(
+                    "only for callers of {}",
+                    r.source_domain.as_deref().unwrap_or("another domain")
+                ),
             ),
         };
         candidates.push(Candidate {
@@ -531,8 +631,15 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
             reason,
         });
     }
-    let before = candidates.iter().take_while(|c| c.outcome != "matched").filter(|c| c.outcome == "no-match").count();
-    let unevaluable = candidates.iter().filter(|c| c.outcome == "unevaluable").count();
+    let before = candidates
+        .iter()
+        .take_while(|c| c.outcome != "matched")
+        .filter(|c| c.outcome == "no-match")
+        .count();
+    let unevaluable = candidates
+        .iter()
+        .filter(|c| c.outcome == "unevaluable")
+        .count();
     let route_view = matched_route.map(|r| RouteView::new(r, &sets));
     let mut reason = match matched_route {
         Some(r) => format!(
@@ -546,13 +653,19 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
                 n => format!("{n} routes tried before it did not match"),
             }
         ),
-        None => match candidates.iter().filter(|c| c.outcome == "no-match").count() {
+        None => match candidates
+            .iter()
+            .filter(|c| c.outcome == "no-match")
+            .count()
+        {
             0 => "there are no routes for this caller".to_string(),
             n => format!("none of the {n} routes for this caller matches"),
         },
     };
     if unevaluable > 0 {
-        reason.push_str(&format!("; {unevaluable} route(s) could not be evaluated here"));
+        reason.push_str(&format!(
+            "; {unevaluable} route(s) could not be evaluated here"
+        ));
     }
     let result = match &route_view {
         Some(v) => v.outcome_text(&args.number),
@@ -598,10 +711,16 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
         d.dedup();
         d
     };
-    ctx.output.object(&view, |out| human_test(out, &view, &other_domains, wide))
+    ctx.output
+        .object(&view, |out| human_test(out, &view, &other_domains, wide))
 }
 
-fn human_test(out: &mut dyn Write, view: &TestView, other_domains: &[String], wide: bool) -> std::io::Result<()> {
+fn human_test(
+    out: &mut dyn Write,
+    view: &TestView,
+    other_domains: &[String],
+    wide: bool,
+) -> std::io::Result<()> {
     let caller = match (&view.from_domain, view.domain_rule_set) {
         (None, _) => {
             let mut text = format!("a domain without routes of its own (rule set {DEFAULT_DPID})");
@@ -613,7 +732,10 @@ fn human_test(out: &mut dyn Write, view: &TestView, other_domains: &[String], wi
             }
             text
         }
-        (Some(d), true) => format!("{d}: its own routes and those for every domain (rule set {})", view.rule_set),
+        (Some(d), true) => format!(
+            "{d}: its own routes and those for every domain (rule set {})",
+            view.rule_set
+        ),
         (Some(d), false) => {
             format!("{d}, which has no routes of its own: the routes for every domain (rule set {DEFAULT_DPID})")
         }
@@ -624,7 +746,13 @@ fn human_test(out: &mut dyn Write, view: &TestView, other_domains: &[String], wi
         vec![
             "route".into(),
             match &view.route {
-                Some(r) => format!("{} ({}, priority {}, id {})", r.name, r.match_text(), r.priority, r.id),
+                Some(r) => format!(
+                    "{} ({}, priority {}, id {})",
+                    r.name,
+                    r.match_text(),
+                    r.priority,
+                    r.id
+                ),
                 None => "none matches".into(),
             },
         ],
@@ -632,7 +760,10 @@ fn human_test(out: &mut dyn Write, view: &TestView, other_domains: &[String], wi
         vec!["result".into(), view.result.clone()],
     ];
     if view.edges.is_empty() {
-        lines.push(vec!["edges".into(), "none known (--edge or a context): the answer is the database's only".into()]);
+        lines.push(vec![
+            "edges".into(),
+            "none known (--edge or a context): the answer is the database's only".into(),
+        ]);
     }
     for e in &view.edges {
         lines.push(vec![format!("edge {}", e.edge), e.note.clone()]);
@@ -640,10 +771,18 @@ fn human_test(out: &mut dyn Write, view: &TestView, other_domains: &[String], wi
     write_table(out, None, &lines)?;
     if wide {
         writeln!(out)?;
-        let headers: Vec<String> = ["ORDER", "PRIORITY", "NAME", "MATCH", "FROM-DOMAIN", "OUTCOME", "REASON"]
-            .iter()
-            .map(|h| h.to_string())
-            .collect();
+        let headers: Vec<String> = [
+            "ORDER",
+            "PRIORITY",
+            "NAME",
+            "MATCH",
+            "FROM-DOMAIN",
+            "OUTCOME",
+            "REASON",
+        ]
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
         let rows: Vec<Vec<String>> = view
             .candidates
             .iter()
@@ -742,11 +881,14 @@ async fn ask_edge(name: &str, rpc: &EdgeRpc, q: &Question<'_>) -> EdgeAnswer {
             }
         }
         let translation = rpc.dialplan_translate(edge_dpid, q.number).await?;
-        let route_id = translation.as_ref().and_then(|t| route::rule_route_id(&t.attrs));
+        let route_id = translation
+            .as_ref()
+            .and_then(|t| route::rule_route_id(&t.attrs));
         let map = rpc.dialplan_dump(DOMAIN_MAP_DPID).await?;
         let set = rpc.dialplan_dump(edge_dpid).await?;
-        let current =
-            edge_dpid == q.dpid && same_rules(q.rules, DOMAIN_MAP_DPID, &map) && same_rules(q.rules, q.dpid, &set);
+        let current = edge_dpid == q.dpid
+            && same_rules(q.rules, DOMAIN_MAP_DPID, &map)
+            && same_rules(q.rules, q.dpid, &set);
         Ok((edge_dpid, route_id, current))
     }
     .await;
@@ -755,7 +897,12 @@ async fn ask_edge(name: &str, rpc: &EdgeRpc, q: &Question<'_>) -> EdgeAnswer {
             answer.reachable = true;
             answer.rule_set = Some(edge_dpid);
             answer.route_id = route_id;
-            answer.route = route_id.map(|id| q.names.get(&id).cloned().unwrap_or_else(|| format!("id {id}")));
+            answer.route = route_id.map(|id| {
+                q.names
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("id {id}"))
+            });
             let agrees = route_id == q.matched_id;
             answer.agrees = Some(agrees);
             answer.rules_current = Some(current);
@@ -795,7 +942,9 @@ mod tests {
         for code in 400..=699u16 {
             let r = default_reason(code);
             assert!(
-                !r.is_empty() && r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == ' '),
+                !r.is_empty()
+                    && r.len() <= 64
+                    && r.chars().all(|c| c.is_ascii_alphanumeric() || c == ' '),
                 "{code}: {r}"
             );
         }

@@ -19,7 +19,19 @@ pub struct StatusArgs {}
 struct StatusView {
     context: Option<String>,
     database: DatabaseView,
+    /// The database's Patroni cluster, when the context names its REST APIs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<ClusterView>,
     edges: Vec<EdgeView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterView {
+    reachable: bool,
+    leader: Option<String>,
+    members: Vec<sipstack_patroni::Member>,
+    error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,9 +91,19 @@ pub async fn run(ctx: &Ctx, _args: StatusArgs) -> anyhow::Result<()> {
                     let latency_ms = Some(started.elapsed().as_millis() as u64);
                     let schema_version = sipstack_db::schema_version(&client).await.ok();
                     if let Ok(list) = sipstack_db::media_pool::list(&client).await {
-                        pools = list.into_iter().map(|p| (i64::from(p.set_id), p.name)).collect();
+                        pools = list
+                            .into_iter()
+                            .map(|p| (i64::from(p.set_id), p.name))
+                            .collect();
                     }
-                    DatabaseView { reachable: true, url: Some(redact(url)), server_version, schema_version, latency_ms, error: None }
+                    DatabaseView {
+                        reachable: true,
+                        url: Some(redact(url)),
+                        server_version,
+                        schema_version,
+                        latency_ms,
+                        error: None,
+                    }
                 }
                 Err(e) => DatabaseView {
                     reachable: false,
@@ -93,6 +115,30 @@ pub async fn run(ctx: &Ctx, _args: StatusArgs) -> anyhow::Result<()> {
                 },
             }
         }
+    };
+
+    let cluster = if ctx.target.patroni.is_empty() {
+        None
+    } else {
+        Some(
+            match sipstack_patroni::PatroniClient::new(ctx.target.patroni.clone())
+                .cluster()
+                .await
+            {
+                Ok(c) => ClusterView {
+                    reachable: true,
+                    leader: c.leader().map(|l| l.name.clone()),
+                    members: c.members,
+                    error: None,
+                },
+                Err(e) => ClusterView {
+                    reachable: false,
+                    leader: None,
+                    members: Vec::new(),
+                    error: Some(e.to_string()),
+                },
+            },
+        )
     };
 
     let mut edges = Vec::new();
@@ -143,13 +189,37 @@ pub async fn run(ctx: &Ctx, _args: StatusArgs) -> anyhow::Result<()> {
         edges.push(view);
     }
 
-    let status = StatusView { context: ctx.target.context.clone(), database, edges };
+    let status = StatusView {
+        context: ctx.target.context.clone(),
+        database,
+        cluster,
+        edges,
+    };
     ctx.output.object(&status, |out| human(out, &status))?;
 
     let unreachable: Vec<String> = std::iter::once(&status.database)
         .filter(|d| !d.reachable)
         .map(|_| "the database".to_string())
-        .chain(status.edges.iter().filter(|e| !e.reachable).map(|e| format!("edge {}", e.name)))
+        .chain(
+            status
+                .cluster
+                .iter()
+                .filter(|c| !c.reachable || c.leader.is_none())
+                .map(|c| {
+                    if c.reachable {
+                        "the database cluster's primary (none elected)".to_string()
+                    } else {
+                        "Patroni".to_string()
+                    }
+                }),
+        )
+        .chain(
+            status
+                .edges
+                .iter()
+                .filter(|e| !e.reachable)
+                .map(|e| format!("edge {}", e.name)),
+        )
         .collect();
     if unreachable.is_empty() {
         Ok(())
@@ -159,7 +229,11 @@ pub async fn run(ctx: &Ctx, _args: StatusArgs) -> anyhow::Result<()> {
 }
 
 fn human(out: &mut dyn Write, s: &StatusView) -> std::io::Result<()> {
-    writeln!(out, "CONTEXT    {}", s.context.as_deref().unwrap_or("(none)"))?;
+    writeln!(
+        out,
+        "CONTEXT    {}",
+        s.context.as_deref().unwrap_or("(none)")
+    )?;
     let d = &s.database;
     if d.reachable {
         writeln!(
@@ -167,11 +241,36 @@ fn human(out: &mut dyn Write, s: &StatusView) -> std::io::Result<()> {
             "DATABASE   ok      {}  PostgreSQL {}, schema {}, {} ms",
             d.url.as_deref().unwrap_or("-"),
             d.server_version.as_deref().unwrap_or("?"),
-            d.schema_version.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+            d.schema_version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into()),
             d.latency_ms.unwrap_or(0)
         )?;
     } else {
-        writeln!(out, "DATABASE   DOWN    {}  {}", d.url.as_deref().unwrap_or("-"), d.error.as_deref().unwrap_or(""))?;
+        writeln!(
+            out,
+            "DATABASE   DOWN    {}  {}",
+            d.url.as_deref().unwrap_or("-"),
+            d.error.as_deref().unwrap_or("")
+        )?;
+    }
+    if let Some(c) = &s.cluster {
+        match (&c.error, &c.leader) {
+            (Some(e), _) => writeln!(out, "CLUSTER    DOWN    {e}")?,
+            (None, Some(leader)) => writeln!(
+                out,
+                "CLUSTER    ok      primary {leader}, {} member(s)",
+                c.members.len()
+            )?,
+            (None, None) => writeln!(out, "CLUSTER    DOWN    no primary elected")?,
+        }
+        if !c.members.is_empty() {
+            let cluster = sipstack_patroni::Cluster {
+                members: c.members.clone(),
+                pending_switchover: false,
+            };
+            write!(out, "{}", super::db::members_table(&cluster))?;
+        }
     }
     if s.edges.is_empty() {
         writeln!(out, "EDGES      none known (give --edge or use a context)")?;
@@ -184,13 +283,27 @@ fn human(out: &mut dyn Write, s: &StatusView) -> std::io::Result<()> {
                 e.name,
                 e.rpc,
                 e.version.as_deref().unwrap_or("?"),
-                e.uptime_seconds.map(human_duration).unwrap_or_else(|| "?".into())
+                e.uptime_seconds
+                    .map(human_duration)
+                    .unwrap_or_else(|| "?".into())
             )?;
         } else {
-            writeln!(out, "EDGE       DOWN    {}  {}  {}", e.name, e.rpc, e.error.as_deref().unwrap_or(""))?;
+            writeln!(
+                out,
+                "EDGE       DOWN    {}  {}  {}",
+                e.name,
+                e.rpc,
+                e.error.as_deref().unwrap_or("")
+            )?;
         }
         for set in &e.sets {
-            let health = if set.active == set.total { "ok" } else if set.active == 0 { "DOWN" } else { "DEGRADED" };
+            let health = if set.active == set.total {
+                "ok"
+            } else if set.active == 0 {
+                "DOWN"
+            } else {
+                "DEGRADED"
+            };
             writeln!(
                 out,
                 "  SET {:<5} {:<8} {}/{} members active  {}{}",
@@ -198,8 +311,15 @@ fn human(out: &mut dyn Write, s: &StatusView) -> std::io::Result<()> {
                 health,
                 set.active,
                 set.total,
-                set.pool.as_deref().map(|p| format!("MediaPool {p}")).unwrap_or_default(),
-                if set.not_active.is_empty() { String::new() } else { format!("; not active: {}", set.not_active.join(", ")) }
+                set.pool
+                    .as_deref()
+                    .map(|p| format!("MediaPool {p}"))
+                    .unwrap_or_default(),
+                if set.not_active.is_empty() {
+                    String::new()
+                } else {
+                    format!("; not active: {}", set.not_active.join(", "))
+                }
             )?;
         }
     }
@@ -207,7 +327,12 @@ fn human(out: &mut dyn Write, s: &StatusView) -> std::io::Result<()> {
 }
 
 fn human_duration(seconds: i64) -> String {
-    let (d, h, m, s) = (seconds / 86400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    let (d, h, m, s) = (
+        seconds / 86400,
+        seconds / 3600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+    );
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
         (0, 0, _) => format!("{m}m{s}s"),

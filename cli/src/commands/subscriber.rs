@@ -144,7 +144,16 @@ pub async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<()> {
     let aor = format!("{username}@{domain}");
     let (password, generated) = args.password.obtain(&aor)?;
     subscriber::add(&client, &username, &domain, &password).await?;
-    print_changed(ctx, Changed { aor, username, domain, password: generated.then_some(password) }, "added")
+    print_changed(
+        ctx,
+        Changed {
+            aor,
+            username,
+            domain,
+            password: generated.then_some(password),
+        },
+        "added",
+    )
 }
 
 pub async fn set_password(ctx: &Ctx, args: SetPasswordArgs) -> anyhow::Result<()> {
@@ -156,14 +165,26 @@ pub async fn set_password(ctx: &Ctx, args: SetPasswordArgs) -> anyhow::Result<()
     let aor = format!("{username}@{domain}");
     let (password, generated) = args.password.obtain(&aor)?;
     subscriber::set_password(&client, &username, &domain, &password).await?;
-    print_changed(ctx, Changed { aor, username, domain, password: generated.then_some(password) }, "password changed")
+    print_changed(
+        ctx,
+        Changed {
+            aor,
+            username,
+            domain,
+            password: generated.then_some(password),
+        },
+        "password changed",
+    )
 }
 
 fn print_changed(ctx: &Ctx, changed: Changed, what: &str) -> anyhow::Result<()> {
     ctx.output.object(&changed, |out| {
         writeln!(out, "subscriber {} {what}", changed.aor)?;
         if let Some(pw) = &changed.password {
-            writeln!(out, "generated password (shown only now; it is not stored): {pw}")?;
+            writeln!(
+                out,
+                "generated password (shown only now; it is not stored): {pw}"
+            )?;
         }
         Ok(())
     })
@@ -196,11 +217,20 @@ impl From<SubscriberInfo> for SubscriberView {
     }
 }
 
-const COLUMNS: Columns = Columns { headers: &["USERNAME", "DOMAIN", "ID", "DIGEST", "PLAINTEXT-PASSWORD"], narrow: 2 };
+const COLUMNS: Columns = Columns {
+    headers: &["USERNAME", "DOMAIN", "ID", "DIGEST", "PLAINTEXT-PASSWORD"],
+    narrow: 2,
+};
 
 fn row(s: &SubscriberView) -> Vec<String> {
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
-    vec![s.username.clone(), s.domain.clone(), s.id.to_string(), yes_no(s.digest), yes_no(s.plaintext_password)]
+    vec![
+        s.username.clone(),
+        s.domain.clone(),
+        s.id.to_string(),
+        yes_no(s.digest),
+        yes_no(s.plaintext_password),
+    ]
 }
 
 pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
@@ -220,24 +250,46 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
         };
     }
     if args.limit < 0 {
-        return Err(CliError::Invalid(format!("--limit {} is negative; give 0 (all) or more", args.limit)).into());
+        return Err(CliError::Invalid(format!(
+            "--limit {} is negative; give 0 (all) or more",
+            args.limit
+        ))
+        .into());
     }
-    let after = args.after.as_deref().map(|a| parse_aor(a).context("--after")).transpose()?;
-    let query = PageQuery { domain: args.domain.clone(), after, limit: (args.limit > 0).then_some(args.limit) };
+    let after = args
+        .after
+        .as_deref()
+        .map(|a| parse_aor(a).context("--after"))
+        .transpose()?;
+    let query = PageQuery {
+        domain: args.domain.clone(),
+        after,
+        limit: (args.limit > 0).then_some(args.limit),
+    };
     let client = ctx.db().await?;
-    let items: Vec<SubscriberView> =
-        subscriber::page(&client, &query).await?.into_iter().map(SubscriberView::from).collect();
+    let items: Vec<SubscriberView> = subscriber::page(&client, &query)
+        .await?
+        .into_iter()
+        .map(SubscriberView::from)
+        .collect();
     ctx.output.list(&items, &COLUMNS, row)?;
     if let (Some(limit), Some(last)) = (query.limit, items.last()) {
         if items.len() as i64 == limit && ctx.output.is_human() {
-            eprintln!("note: more subscribers may follow; the next page: --after {}", last.aor);
+            eprintln!(
+                "note: more subscribers may follow; the next page: --after {}",
+                last.aor
+            );
         }
     }
     Ok(())
 }
 
 pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<()> {
-    let aors = args.aors.iter().map(|a| parse_aor(a)).collect::<anyhow::Result<Vec<_>>>()?;
+    let aors = args
+        .aors
+        .iter()
+        .map(|a| parse_aor(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut client = ctx.db().await?;
     match subscriber::remove_all(&mut client, &aors).await? {
         Removal::Removed(_) => {
@@ -251,7 +303,10 @@ pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<()> {
         }
         Removal::Missing(missing) => Err(CliError::NotFound(match missing.as_slice() {
             [one] => format!("subscriber {one} does not exist; nothing was deleted"),
-            many => format!("subscribers {} do not exist; nothing was deleted", many.join(", ")),
+            many => format!(
+                "subscribers {} do not exist; nothing was deleted",
+                many.join(", ")
+            ),
         })
         .into()),
     }
@@ -329,10 +384,12 @@ impl PasswordSource {
         let first = rpassword::prompt_password(format!("Password for {aor}: "))
             .context("cannot read the password from the terminal")?;
         subscriber::validate_password(&first)?;
-        let again =
-            rpassword::prompt_password("Type it again: ").context("cannot read the password from the terminal")?;
+        let again = rpassword::prompt_password("Type it again: ")
+            .context("cannot read the password from the terminal")?;
         if first != again {
-            return Err(CliError::Invalid("the two passwords differ; nothing was changed".into()).into());
+            return Err(
+                CliError::Invalid("the two passwords differ; nothing was changed".into()).into(),
+            );
         }
         Ok((first, false))
     }
@@ -377,9 +434,13 @@ fn generate_password() -> anyhow::Result<String> {
     let mut password = String::with_capacity(GENERATED_PASSWORD_LEN);
     let mut buf = [0u8; 64];
     while password.len() < GENERATED_PASSWORD_LEN {
-        getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("cannot get random bytes for a password: {e}"))?;
+        getrandom::fill(&mut buf)
+            .map_err(|e| anyhow::anyhow!("cannot get random bytes for a password: {e}"))?;
         // Bytes at or above 248 (4 × 62) are skipped so that every character is equally likely.
-        for b in buf.iter().filter(|b| (**b as usize) < 4 * PASSWORD_ALPHABET.len()) {
+        for b in buf
+            .iter()
+            .filter(|b| (**b as usize) < 4 * PASSWORD_ALPHABET.len())
+        {
             if password.len() == GENERATED_PASSWORD_LEN {
                 break;
             }
@@ -407,8 +468,11 @@ struct ImportSummary {
 
 pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let source =
-        if args.file.as_os_str() == "-" { "standard input".to_string() } else { args.file.display().to_string() };
+    let source = if args.file.as_os_str() == "-" {
+        "standard input".to_string()
+    } else {
+        args.file.display().to_string()
+    };
     let rows = if args.file.as_os_str() == "-" {
         read_subscriber_csv(io::stdin().lock(), &source)?
     } else {
@@ -419,7 +483,9 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<()> {
 
     let bar = if !args.no_progress && io::stderr().is_terminal() {
         let bar = ProgressBar::new(rows.len() as u64);
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg:7} [{bar:30}] {human_pos}/{human_len} rows {elapsed}") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} {msg:7} [{bar:30}] {human_pos}/{human_len} rows {elapsed}",
+        ) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message("sending");
@@ -429,7 +495,10 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<()> {
     } else {
         ProgressBar::hidden()
     };
-    let options = ImportOptions { upsert: args.upsert, dry_run: args.dry_run };
+    let options = ImportOptions {
+        upsert: args.upsert,
+        dry_run: args.dry_run,
+    };
     let result = subscriber::import(&mut client, &rows, options, &mut |step| match step {
         ImportStep::Copied(n) => bar.set_position(n),
         ImportStep::Writing => bar.set_message("writing"),
@@ -447,7 +516,11 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<()> {
         updated: report.updated,
         unchanged: report.unchanged,
         seconds,
-        rows_per_second: if seconds > 0.0 { report.rows as f64 / seconds } else { 0.0 },
+        rows_per_second: if seconds > 0.0 {
+            report.rows as f64 / seconds
+        } else {
+            0.0
+        },
     };
     ctx.output.object(&summary, |out| {
         let s = &summary;
@@ -470,8 +543,17 @@ pub async fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<()> {
 /// Which columns of the file hold what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
-    Password { username: usize, domain: usize, password: usize },
-    Hashes { username: usize, domain: usize, ha1: usize, ha1b: usize },
+    Password {
+        username: usize,
+        domain: usize,
+        password: usize,
+    },
+    Hashes {
+        username: usize,
+        domain: usize,
+        ha1: usize,
+        ha1b: usize,
+    },
 }
 
 impl Layout {
@@ -482,7 +564,11 @@ impl Layout {
             .map(|(i, cell)| {
                 let text = String::from_utf8_lossy(cell);
                 // A byte order mark some spreadsheet programs write.
-                let text = if i == 0 { text.trim_start_matches('\u{feff}') } else { &text };
+                let text = if i == 0 {
+                    text.trim_start_matches('\u{feff}')
+                } else {
+                    &text
+                };
                 text.trim().to_ascii_lowercase()
             })
             .collect();
@@ -497,13 +583,24 @@ impl Layout {
                 return Err(format!("{expected}; column {name} is named twice"));
             }
         }
-        match (position("username"), position("domain"), position("password"), position("ha1"), position("ha1b")) {
-            (Some(username), Some(domain), Some(password), None, None) => {
-                Ok(Layout::Password { username, domain, password })
-            }
-            (Some(username), Some(domain), None, Some(ha1), Some(ha1b)) => {
-                Ok(Layout::Hashes { username, domain, ha1, ha1b })
-            }
+        match (
+            position("username"),
+            position("domain"),
+            position("password"),
+            position("ha1"),
+            position("ha1b"),
+        ) {
+            (Some(username), Some(domain), Some(password), None, None) => Ok(Layout::Password {
+                username,
+                domain,
+                password,
+            }),
+            (Some(username), Some(domain), None, Some(ha1), Some(ha1b)) => Ok(Layout::Hashes {
+                username,
+                domain,
+                ha1,
+                ha1b,
+            }),
             _ => Err(format!("{expected}; found {}", names.join(","))),
         }
     }
@@ -526,17 +623,26 @@ impl Layout {
 /// Reads a subscriber CSV and checks every row. Returns the rows, or one error
 /// that lists every problem with its line.
 fn read_subscriber_csv(input: impl Read, source: &str) -> anyhow::Result<Vec<Credentials>> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(input);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(input);
     let mut record = csv::ByteRecord::new();
-    if !reader.read_byte_record(&mut record).with_context(|| format!("cannot read {source}"))? {
+    if !reader
+        .read_byte_record(&mut record)
+        .with_context(|| format!("cannot read {source}"))?
+    {
         return Err(CliError::Invalid(format!(
             "{source} is empty; its first line must name the columns: username,domain,password or username,domain,ha1,ha1b"
         ))
         .into());
     }
     let header_line = record.position().map_or(1, |p| p.line());
-    let layout = Layout::from_header(&record)
-        .map_err(|e| CliError::Invalid(format!("{source} line {header_line}: {e}; nothing was imported")))?;
+    let layout = Layout::from_header(&record).map_err(|e| {
+        CliError::Invalid(format!(
+            "{source} line {header_line}: {e}; nothing was imported"
+        ))
+    })?;
 
     let mut rows = Vec::new();
     let mut problems: Vec<String> = Vec::new();
@@ -544,7 +650,10 @@ fn read_subscriber_csv(input: impl Read, source: &str) -> anyhow::Result<Vec<Cre
     let mut total = 0u64;
     // (username, domain) → the line it was first seen on
     let mut seen: HashMap<(String, String), u64> = HashMap::new();
-    while reader.read_byte_record(&mut record).with_context(|| format!("cannot read {source}"))? {
+    while reader
+        .read_byte_record(&mut record)
+        .with_context(|| format!("cannot read {source}"))?
+    {
         total += 1;
         let line = record.position().map_or(0, |p| p.line());
         let before = problems.len();
@@ -562,39 +671,81 @@ fn read_subscriber_csv(input: impl Read, source: &str) -> anyhow::Result<Vec<Cre
             match std::str::from_utf8(&record[index]) {
                 Ok(text) => Some(text),
                 Err(_) => {
-                    problems.push(format!("line {line}: {name}: the cell is not UTF-8 text; save the file as UTF-8"));
+                    problems.push(format!(
+                        "line {line}: {name}: the cell is not UTF-8 text; save the file as UTF-8"
+                    ));
                     None
                 }
             }
         };
         let checked = match layout {
-            Layout::Password { username, domain, password } => {
-                let (u, d, p) = (field("username", username), field("domain", domain), field("password", password));
-                let u = u.and_then(|u| note(subscriber::validate_username(u).map(|()| u), &mut problems, line));
+            Layout::Password {
+                username,
+                domain,
+                password,
+            } => {
+                let (u, d, p) = (
+                    field("username", username),
+                    field("domain", domain),
+                    field("password", password),
+                );
+                let u = u.and_then(|u| {
+                    note(
+                        subscriber::validate_username(u).map(|()| u),
+                        &mut problems,
+                        line,
+                    )
+                });
                 let d = d.and_then(|d| note(validate::domain("domain", d), &mut problems, line));
-                let p = p.and_then(|p| note(subscriber::validate_password(p).map(|()| p), &mut problems, line));
+                let p = p.and_then(|p| {
+                    note(
+                        subscriber::validate_password(p).map(|()| p),
+                        &mut problems,
+                        line,
+                    )
+                });
                 match (u, d, p) {
-                    (Some(u), Some(d), Some(p)) => note(Credentials::from_password(u, &d, p), &mut problems, line),
+                    (Some(u), Some(d), Some(p)) => {
+                        note(Credentials::from_password(u, &d, p), &mut problems, line)
+                    }
                     _ => None,
                 }
             }
-            Layout::Hashes { username, domain, ha1, ha1b } => {
+            Layout::Hashes {
+                username,
+                domain,
+                ha1,
+                ha1b,
+            } => {
                 let (u, d) = (field("username", username), field("domain", domain));
                 let (h1, h1b) = (field("ha1", ha1), field("ha1b", ha1b));
-                let u = u.and_then(|u| note(subscriber::validate_username(u).map(|()| u), &mut problems, line));
+                let u = u.and_then(|u| {
+                    note(
+                        subscriber::validate_username(u).map(|()| u),
+                        &mut problems,
+                        line,
+                    )
+                });
                 let d = d.and_then(|d| note(validate::domain("domain", d), &mut problems, line));
-                let h1 = h1.and_then(|h| note(subscriber::validate_ha1("ha1", h), &mut problems, line));
-                let h1b = h1b.and_then(|h| note(subscriber::validate_ha1("ha1b", h), &mut problems, line));
+                let h1 =
+                    h1.and_then(|h| note(subscriber::validate_ha1("ha1", h), &mut problems, line));
+                let h1b = h1b
+                    .and_then(|h| note(subscriber::validate_ha1("ha1b", h), &mut problems, line));
                 match (u, d, h1, h1b) {
-                    (Some(u), Some(d), Some(h1), Some(h1b)) => {
-                        note(Credentials::from_hashes(u, &d, &h1, &h1b), &mut problems, line)
-                    }
+                    (Some(u), Some(d), Some(h1), Some(h1b)) => note(
+                        Credentials::from_hashes(u, &d, &h1, &h1b),
+                        &mut problems,
+                        line,
+                    ),
                     _ => None,
                 }
             }
         };
         if let Some(credentials) = checked {
-            let key = (credentials.username().to_string(), credentials.domain().to_string());
+            let key = (
+                credentials.username().to_string(),
+                credentials.domain().to_string(),
+            );
             match seen.get(&key) {
                 Some(first) => problems.push(format!(
                     "line {line}: {} is on line {first} too; give each subscriber once",
@@ -635,7 +786,11 @@ fn note<T>(checked: Result<T, DbError>, problems: &mut Vec<String>, line: u64) -
 // export
 
 pub async fn export(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<()> {
-    let domain = args.domain.as_deref().map(|d| validate::domain("domain", d)).transpose()?;
+    let domain = args
+        .domain
+        .as_deref()
+        .map(|d| validate::domain("domain", d))
+        .transpose()?;
     let client = ctx.db().await?;
     let mut rows = subscriber::export(&client, domain.as_deref()).await?;
     let outcome = match &args.file {
@@ -646,10 +801,19 @@ pub async fn export(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<()> {
         Some(path) => export_to_file(&mut rows, path).await?,
     };
     if let Some(path) = &args.file {
-        eprintln!("exported {} subscribers to {}", outcome.written, path.display());
+        eprintln!(
+            "exported {} subscribers to {}",
+            outcome.written,
+            path.display()
+        );
     }
     if !outcome.skipped.is_empty() {
-        let shown_names: Vec<&str> = outcome.skipped.iter().take(20).map(String::as_str).collect();
+        let shown_names: Vec<&str> = outcome
+            .skipped
+            .iter()
+            .take(20)
+            .map(String::as_str)
+            .collect();
         eprintln!(
             "warning: {} subscribers were left out: another tool wrote them without valid ha1/ha1b hashes or with \
              a user name or domain sipctl does not accept ({}{}); give them a password with `sipctl set password`",
@@ -669,7 +833,9 @@ struct ExportOutcome {
 /// Writes the CSV next to `path` first and renames it into place when it is
 /// complete, so a failed export leaves no partial file.
 async fn export_to_file(rows: &mut ExportStream, path: &Path) -> anyhow::Result<ExportOutcome> {
-    let name = path.file_name().with_context(|| format!("{} is not a file name", path.display()))?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file name", path.display()))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".sipctl-{}.tmp", std::process::id()));
@@ -683,8 +849,10 @@ async fn export_to_file(rows: &mut ExportStream, path: &Path) -> anyhow::Result<
         .with_context(|| format!("cannot create {}", tmp.display()))?;
     let result = async {
         let outcome = write_export(rows, BufWriter::new(&file)).await?;
-        file.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
         anyhow::Ok(outcome)
     }
     .await;
@@ -696,16 +864,25 @@ async fn export_to_file(rows: &mut ExportStream, path: &Path) -> anyhow::Result<
 
 async fn write_export(rows: &mut ExportStream, out: impl Write) -> anyhow::Result<ExportOutcome> {
     let mut w = csv::Writer::from_writer(out);
-    w.write_record(["username", "domain", "ha1", "ha1b"]).context("cannot write the export")?;
-    let mut outcome = ExportOutcome { written: 0, skipped: Vec::new() };
+    w.write_record(["username", "domain", "ha1", "ha1b"])
+        .context("cannot write the export")?;
+    let mut outcome = ExportOutcome {
+        written: 0,
+        skipped: Vec::new(),
+    };
     while let Some(row) = rows.next().await {
         let row = row?;
         match Credentials::from_hashes(&row.username, &row.domain, &row.ha1, &row.ha1b) {
             Ok(c) => {
-                w.write_record([c.username(), c.domain(), c.ha1(), c.ha1b()]).context("cannot write the export")?;
+                w.write_record([c.username(), c.domain(), c.ha1(), c.ha1b()])
+                    .context("cannot write the export")?;
                 outcome.written += 1;
             }
-            Err(_) => outcome.skipped.push(format!("{}@{}", row.username, row.domain).escape_debug().to_string()),
+            Err(_) => outcome.skipped.push(
+                format!("{}@{}", row.username, row.domain)
+                    .escape_debug()
+                    .to_string(),
+            ),
         }
     }
     w.flush().context("cannot write the export")?;
@@ -722,11 +899,23 @@ mod tests {
 
     #[test]
     fn password_and_hash_files_are_read() {
-        let rows = read("username,domain,password\nalice,Example.com,secret\nbob,example.com,\"a,b\"\n").unwrap();
-        assert_eq!(rows[0], Credentials::from_password("alice", "example.com", "secret").unwrap());
-        assert_eq!(rows[1], Credentials::from_password("bob", "example.com", "a,b").unwrap());
+        let rows =
+            read("username,domain,password\nalice,Example.com,secret\nbob,example.com,\"a,b\"\n")
+                .unwrap();
+        assert_eq!(
+            rows[0],
+            Credentials::from_password("alice", "example.com", "secret").unwrap()
+        );
+        assert_eq!(
+            rows[1],
+            Credentials::from_password("bob", "example.com", "a,b").unwrap()
+        );
         let a = &rows[0];
-        let text = format!("ha1b,ha1,domain,username\n{},{},example.com,alice\n", a.ha1b(), a.ha1().to_uppercase());
+        let text = format!(
+            "ha1b,ha1,domain,username\n{},{},example.com,alice\n",
+            a.ha1b(),
+            a.ha1().to_uppercase()
+        );
         assert_eq!(read(&text).unwrap(), vec![a.clone()]);
         // a byte order mark and a header-only file
         assert_eq!(read("\u{feff}Username,Domain,Password\n").unwrap(), vec![]);
@@ -742,13 +931,28 @@ mod tests {
                     alice,EXAMPLE.com,0123456789abcdef0123456789abcdef,0123456789abcdef0123456789abcdef\n\
                     erin,example.com,0123456789abcdef0123456789abcdef,\n";
         let err = read(text).unwrap_err();
-        assert!(err.starts_with("users.csv: 5 of 6 rows are not valid; nothing was imported"), "{err}");
+        assert!(
+            err.starts_with("users.csv: 5 of 6 rows are not valid; nothing was imported"),
+            "{err}"
+        );
         assert!(err.contains("line 3: username: \"bad user\""), "{err}");
         assert!(err.contains("line 4: domain: \"exa mple.com\""), "{err}");
-        assert!(err.contains("line 4: ha1: \"xyz\" is not an MD5 digest"), "{err}");
-        assert!(err.contains("line 5: 3 fields, but the header names 4"), "{err}");
-        assert!(err.contains("line 6: alice@example.com is on line 2 too"), "{err}");
-        assert!(err.contains("line 7: ha1b: \"\" is not an MD5 digest"), "{err}");
+        assert!(
+            err.contains("line 4: ha1: \"xyz\" is not an MD5 digest"),
+            "{err}"
+        );
+        assert!(
+            err.contains("line 5: 3 fields, but the header names 4"),
+            "{err}"
+        );
+        assert!(
+            err.contains("line 6: alice@example.com is on line 2 too"),
+            "{err}"
+        );
+        assert!(
+            err.contains("line 7: ha1b: \"\" is not an MD5 digest"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -757,9 +961,18 @@ mod tests {
             "username,domain,password\nalice,example.com,\nbob,example.com,\"a\nb\"\ncarol,example.com,\"a\0b\"\n",
         )
         .unwrap_err();
-        assert!(err.contains("line 2: password: the password is empty"), "{err}");
-        assert!(err.contains("line 3: password: the password contains a control character"), "{err}");
-        assert!(err.contains("line 5: password: the password contains a control character"), "{err}");
+        assert!(
+            err.contains("line 2: password: the password is empty"),
+            "{err}"
+        );
+        assert!(
+            err.contains("line 3: password: the password contains a control character"),
+            "{err}"
+        );
+        assert!(
+            err.contains("line 5: password: the password contains a control character"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -767,9 +980,15 @@ mod tests {
         for (text, expected) in [
             ("", "users.csv is empty"),
             ("username,domain\n", "found username,domain"),
-            ("username,domain,password,ha1\n", "found username,domain,password,ha1"),
+            (
+                "username,domain,password,ha1\n",
+                "found username,domain,password,ha1",
+            ),
             ("username,domain,pass\n", "column 3 is \"pass\""),
-            ("username,domain,password,password\n", "column password is named twice"),
+            (
+                "username,domain,password,password\n",
+                "column password is named twice",
+            ),
         ] {
             let err = read(text).unwrap_err();
             assert!(err.contains(expected), "{text:?}: {err}");
@@ -778,16 +997,28 @@ mod tests {
 
     #[test]
     fn non_utf8_cells_are_reported() {
-        let err = read_subscriber_csv(&b"username,domain,password\nal\xffice,example.com,pw\n"[..], "f.csv")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("line 2: username: the cell is not UTF-8 text"), "{err}");
+        let err = read_subscriber_csv(
+            &b"username,domain,password\nal\xffice,example.com,pw\n"[..],
+            "f.csv",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 2: username: the cell is not UTF-8 text"),
+            "{err}"
+        );
     }
 
     #[test]
     fn passwords_from_stdin_lose_only_the_line_ending() {
-        assert_eq!(read_password_line(&b"S3cret! x\r\nmore"[..]).unwrap(), "S3cret! x");
-        assert_eq!(read_password_line(&b"$$\\'\" OR 1=1"[..]).unwrap(), "$$\\'\" OR 1=1");
+        assert_eq!(
+            read_password_line(&b"S3cret! x\r\nmore"[..]).unwrap(),
+            "S3cret! x"
+        );
+        assert_eq!(
+            read_password_line(&b"$$\\'\" OR 1=1"[..]).unwrap(),
+            "$$\\'\" OR 1=1"
+        );
         assert!(read_password_line(&b"\n"[..]).is_err());
         assert!(read_password_line(&b""[..]).is_err());
         assert!(read_password_line(&vec![b'a'; 5000][..]).is_err());
@@ -804,9 +1035,18 @@ mod tests {
 
     #[test]
     fn names_take_the_domain_from_either_place() {
-        assert_eq!(name_parts("alice@Example.com", None).unwrap(), ("alice".into(), "example.com".into()));
-        assert_eq!(name_parts("alice", Some("example.com")).unwrap(), ("alice".into(), "example.com".into()));
-        assert!(name_parts("alice", None).unwrap_err().to_string().contains("has no domain"));
+        assert_eq!(
+            name_parts("alice@Example.com", None).unwrap(),
+            ("alice".into(), "example.com".into())
+        );
+        assert_eq!(
+            name_parts("alice", Some("example.com")).unwrap(),
+            ("alice".into(), "example.com".into())
+        );
+        assert!(name_parts("alice", None)
+            .unwrap_err()
+            .to_string()
+            .contains("has no domain"));
         assert!(name_parts("alice@a.com", Some("b.com")).is_err());
     }
 }

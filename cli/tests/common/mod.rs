@@ -21,13 +21,22 @@ pub fn sipctl_with_stdin(tb: &Testbed, args: &[&str], stdin: Option<&str>) -> Ou
         .env("SIPCTL_DB_URL", &tb.db_url)
         .env("SIPCTL_EDGE", format!("127.0.0.1:{}", tb.ports.rpc))
         .env_remove("SIPCTL_CONTEXT")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("sipctl runs");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
     child.wait_with_output().expect("sipctl finishes")
 }
@@ -46,6 +55,13 @@ pub fn ok(out: &Output) -> String {
 
 /// Exit code and stderr of a run that must fail.
 pub fn fails(out: &Output) -> (i32, String) {
-    assert!(!out.status.success(), "sipctl succeeded:\n{}", String::from_utf8_lossy(&out.stdout));
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    assert!(
+        !out.status.success(),
+        "sipctl succeeded:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

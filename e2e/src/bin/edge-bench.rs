@@ -119,8 +119,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use sipstack_e2e::bench::{
-    clear_location, location_rows, postmaster_pid, register_callees, seed_subscribers, vacuum, BenchPlatform, Load,
-    LoadKind, Ramp, StepResult, StockKamailio, LOAD_IP,
+    clear_location, location_rows, postmaster_pid, register_callees, seed_subscribers, vacuum,
+    BenchPlatform, Load, LoadKind, Ramp, StepResult, StockKamailio, LOAD_IP,
 };
 use sipstack_e2e::sipp::{free_udp_port_on, SippCommand, SippProcess};
 use sipstack_e2e::testbed::{media_ip, PoolSpec, TestbedSpec};
@@ -220,17 +220,25 @@ struct Plan {
 
 impl Plan {
     fn from(args: &Args) -> Result<Self> {
-        let duration = Duration::from_secs_f64(args.duration.unwrap_or(if args.quick { 2.0 } else { 5.0 }));
+        let duration =
+            Duration::from_secs_f64(args.duration.unwrap_or(if args.quick { 2.0 } else { 5.0 }));
         if duration < Duration::from_millis(500) || duration > Duration::from_secs(120) {
             bail!("--duration must be between 0.5 and 120 seconds");
         }
-        let max_rate = args.max_rate.unwrap_or(if args.quick { 9000 } else { 12000 });
-        let max_call_rate = args.max_call_rate.unwrap_or(if args.quick { 3000 } else { 4000 });
+        let max_rate = args
+            .max_rate
+            .unwrap_or(if args.quick { 9000 } else { 12000 });
+        let max_call_rate = args
+            .max_call_rate
+            .unwrap_or(if args.quick { 3000 } else { 4000 });
         let (register_steps, call_steps): (Vec<u32>, Vec<u32>) = if args.quick {
             (vec![3000, 6000, 9000], vec![1000, 2000, 3000])
         } else {
             (
-                [2000, 4000].into_iter().chain((5..=100).map(|k| k * 1000)).collect(),
+                [2000, 4000]
+                    .into_iter()
+                    .chain((5..=100).map(|k| k * 1000))
+                    .collect(),
                 vec![500, 1000, 1500, 2000, 2500, 3000, 3500, 4000],
             )
         };
@@ -248,16 +256,30 @@ impl Plan {
         if !(2..=1_000_000).contains(&users) {
             bail!("--users must be between 2 and 1000000");
         }
-        let register_rates =
-            if args.register_rates.is_empty() { cap(register_steps, max_rate) } else { args.register_rates.clone() };
-        let call_rates =
-            if args.call_rates.is_empty() { cap(call_steps, max_call_rate) } else { args.call_rates.clone() };
-        if register_rates.iter().chain(&call_rates).any(|r| *r == 0 || *r > 100_000) {
+        let register_rates = if args.register_rates.is_empty() {
+            cap(register_steps, max_rate)
+        } else {
+            args.register_rates.clone()
+        };
+        let call_rates = if args.call_rates.is_empty() {
+            cap(call_steps, max_call_rate)
+        } else {
+            args.call_rates.clone()
+        };
+        if register_rates
+            .iter()
+            .chain(&call_rates)
+            .any(|r| *r == 0 || *r > 100_000)
+        {
             bail!("rates must be between 1 and 100000 per second");
         }
         Ok(Self {
             duration,
-            settle: if args.quick { Duration::from_millis(500) } else { Duration::from_secs(1) },
+            settle: if args.quick {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(1)
+            },
             users,
             refine: args.refine.unwrap_or(if args.quick { 0 } else { 2 }),
             register_rates,
@@ -296,7 +318,10 @@ async fn main() {
         std::process::exit(130);
     };
     match outcome {
-        Ok(()) => say(format!("\nedge-bench finished in {:.0} s", started.elapsed().as_secs_f64())),
+        Ok(()) => say(format!(
+            "\nedge-bench finished in {:.0} s",
+            started.elapsed().as_secs_f64()
+        )),
         Err(e) => {
             sipstack_e2e::bench::kill_running_sipp();
             eprintln!("edge-bench: {e:#}");
@@ -314,7 +339,9 @@ async fn run(args: &Args) -> Result<()> {
         "  {} | {} | {} CPUs | both Kamailios: {} UDP workers, -m {} -M {}",
         kamailio_version.trim(),
         sipp_version.trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         args.workers,
         args.shm_mb,
         PKG_MB
@@ -328,11 +355,9 @@ async fn run(args: &Args) -> Result<()> {
     // media stand-ins: the pool members for ours, the callees' contacts for stock
     let (standin_addrs, standins) = start_standins()?;
     let spec = TestbedSpec {
-        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(standin_addrs[0], 1, 0).member(
-            standin_addrs[1],
-            1,
-            0,
-        )],
+        pools: vec![PoolSpec::new("media", 1, "roundRobin")
+            .member(standin_addrs[0], 1, 0)
+            .member(standin_addrs[1], 1, 0)],
         default_pool: Some("media".into()),
         // the product defaults, not the tests' fast timers
         probe_interval_seconds: 10,
@@ -344,11 +369,23 @@ async fn run(args: &Args) -> Result<()> {
         extra_edge_spec: args.ours_spec.iter().map(|l| format!("{l}\n")).collect(),
     };
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load1: f64 = loadavg.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let load1: f64 = loadavg
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     say(format!(
         "  load average before the start: {}{}",
-        loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        if load1 > 0.5 { " (other processes are running: the figures will be noisy)" } else { "" }
+        loadavg
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        if load1 > 0.5 {
+            " (other processes are running: the figures will be noisy)"
+        } else {
+            ""
+        }
     ));
     if args.flush_interval != 10 || !args.ours_spec.is_empty() {
         say(format!(
@@ -357,8 +394,9 @@ async fn run(args: &Args) -> Result<()> {
         ));
     }
     let t = Instant::now();
-    let platform =
-        BenchPlatform::up(&spec, args.shm_mb, FLOOD_WINDOW_SECONDS).await.context("bringing our platform up")?;
+    let platform = BenchPlatform::up(&spec, args.shm_mb, FLOOD_WINDOW_SECONDS)
+        .await
+        .context("bringing our platform up")?;
     let db = platform.db().await?;
     let pg_version: String = db.query_one("SHOW server_version", &[]).await?.get(0);
     let subscribers = seed_subscribers(&db, plan.users).await?;
@@ -374,7 +412,11 @@ async fn run(args: &Args) -> Result<()> {
     for round in 1..=args.rounds {
         // odd rounds in the order asked for, even rounds swapped
         let stock_first = args.stock_first != (round % 2 == 0) && !args.skip_stock;
-        let ctx = RoundCtx { round, standin_addrs, standin_pids: standins.iter().map(|p| p.pid() as i32).collect() };
+        let ctx = RoundCtx {
+            round,
+            standin_addrs,
+            standin_pids: standins.iter().map(|p| p.pid() as i32).collect(),
+        };
         if args.rounds > 1 {
             say(format!(
                 "\n######## round {round} of {} ({} first)",
@@ -448,8 +490,12 @@ fn summarize_rounds(
     let mut ratios = Vec::new();
     let mut lines = Vec::new();
     for (i, (o, s)) in rounds.iter().enumerate() {
-        let (Some(o), Some(s)) = (pick(o), pick(s)) else { continue };
-        let (Some(os), Some(ss)) = (o.sustained(), s.sustained()) else { continue };
+        let (Some(o), Some(s)) = (pick(o), pick(s)) else {
+            continue;
+        };
+        let (Some(os), Some(ss)) = (o.sustained(), s.sustained()) else {
+            continue;
+        };
         let ratio = f64::from(os.offered) / f64::from(ss.offered);
         lines.push(format!(
             "    round {}: ours {}/s, stock {}/s, ratio {ratio:.2}; failures at those rates {} / {}",
@@ -503,7 +549,11 @@ async fn run_ours(
     if platform.edge_pid().is_none() {
         platform.start_edge().await?;
     }
-    say(format!("\n== ours: {} (log {})", platform.edge_config().display(), platform.edge_log().display()));
+    say(format!(
+        "\n== ours: {} (log {})",
+        platform.edge_config().display(),
+        platform.edge_log().display()
+    ));
     let target = Target {
         name: "ours",
         addr: platform.edge(),
@@ -514,9 +564,14 @@ async fn run_ours(
         standin_pids: ctx.standin_pids.clone(),
         log: Some(platform.edge_log()),
     };
-    let results = bench_config(&target, plan, args.only).await.with_context(|| {
-        format!("benchmarking our config; last lines of its log:\n{}", log_tail(&platform.edge_log()))
-    })?;
+    let results = bench_config(&target, plan, args.only)
+        .await
+        .with_context(|| {
+            format!(
+                "benchmarking our config; last lines of its log:\n{}",
+                log_tail(&platform.edge_log())
+            )
+        })?;
     platform.stop_edge().await?;
     keep_log(args, "ours", ctx.round, &platform.edge_log())?;
     let flushed = location_rows(db).await?;
@@ -536,8 +591,13 @@ async fn run_stock(
     args: &Args,
 ) -> Result<ConfigResults> {
     let standin_addrs = ctx.standin_addrs;
-    let mut stock_kam = StockKamailio::start(&platform.db_url, args.workers, args.shm_mb, PKG_MB).await?;
-    say(format!("\n== stock: {} (log {})", stock_kam.config_path().display(), stock_kam.log_path().display()));
+    let mut stock_kam =
+        StockKamailio::start(&platform.db_url, args.workers, args.shm_mb, PKG_MB).await?;
+    say(format!(
+        "\n== stock: {} (log {})",
+        stock_kam.config_path().display(),
+        stock_kam.log_path().display()
+    ));
     if args.only != Some(Only::Register) {
         register_callees(stock_kam.addr, standin_addrs).await?;
         say(format!(
@@ -555,9 +615,14 @@ async fn run_stock(
         standin_pids: ctx.standin_pids.clone(),
         log: Some(stock_kam.log_path()),
     };
-    let results = bench_config(&target, plan, args.only).await.with_context(|| {
-        format!("benchmarking the stock config; last lines of its log:\n{}", stock_kam.log_tail(20))
-    })?;
+    let results = bench_config(&target, plan, args.only)
+        .await
+        .with_context(|| {
+            format!(
+                "benchmarking the stock config; last lines of its log:\n{}",
+                stock_kam.log_tail(20)
+            )
+        })?;
     stock_kam.stop().await?;
     keep_log(args, "stock", ctx.round, &stock_kam.log_path())?;
     let flushed = location_rows(db).await?;
@@ -581,7 +646,8 @@ fn keep_log(args: &Args, name: &str, round: u32, log: &std::path::Path) -> Resul
     if let Some(dir) = &args.keep_logs {
         std::fs::create_dir_all(dir)?;
         let to = dir.join(format!("{name}-round{round}.log"));
-        std::fs::copy(log, &to).with_context(|| format!("copying {} to {}", log.display(), to.display()))?;
+        std::fs::copy(log, &to)
+            .with_context(|| format!("copying {} to {}", log.display(), to.display()))?;
         say(format!("  log kept in {}", to.display()));
     }
     Ok(())
@@ -607,14 +673,16 @@ async fn bench_config(target: &Target, plan: &Plan, only: Option<Only>) -> Resul
     let name = target.name;
     let mut results = ConfigResults::default();
     let port = free_udp_port_on(LOAD_IP)?;
-    let loads =
-        [(LoadKind::Register, &plan.register_rates, Only::Register), (LoadKind::Call, &plan.call_rates, Only::Invite)];
+    let loads = [
+        (LoadKind::Register, &plan.register_rates, Only::Register),
+        (LoadKind::Call, &plan.call_rates, Only::Invite),
+    ];
     for (kind, rates, which) in loads {
         if only.is_some_and(|o| o != which) {
             continue;
         }
-        let mut load =
-            Load::new(kind, target.addr, port, plan.users, target.kamailio_pid).with_postgres_pid(target.postgres_pid);
+        let mut load = Load::new(kind, target.addr, port, plan.users, target.kamailio_pid)
+            .with_postgres_pid(target.postgres_pid);
         if let Some(log) = &target.ban_log {
             // the ALERT line route[REQINIT] of our config writes when pike bans a source
             load = load.with_ban_marker(log.clone(), "flood from");
@@ -630,7 +698,11 @@ async fn bench_config(target: &Target, plan: &Plan, only: Option<Only>) -> Resul
         }
         load.warm_up().await?;
         say(format!("  {name} {}:", kind.name()));
-        let ramp = load.ramp(rates, plan.refine, plan.duration, plan.settle, |step| say(format!("    {step}"))).await?;
+        let ramp = load
+            .ramp(rates, plan.refine, plan.duration, plan.settle, |step| {
+                say(format!("    {step}"))
+            })
+            .await?;
         match kind {
             LoadKind::Register => results.register = Some(ramp),
             LoadKind::Call => results.invite = Some(ramp),
@@ -647,7 +719,9 @@ fn start_standins() -> Result<([SocketAddr; 2], Vec<SippProcess>)> {
         let ip = media_ip(n);
         let port = free_udp_port_on(ip)?;
         // bounded by SIPp's own timeout too, should this program die
-        let process = SippCommand::media_standin(ip, port).deadline(Duration::from_secs(3600)).spawn()?;
+        let process = SippCommand::media_standin(ip, port)
+            .deadline(Duration::from_secs(3600))
+            .spawn()?;
         addrs.push(SocketAddr::new(ip, port));
         processes.push(process);
     }
@@ -665,7 +739,10 @@ fn fmt_rate(ramp: &Ramp) -> String {
 fn cell(step: Option<&StepResult>) -> String {
     let ms = |v: Option<f64>| v.map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into());
     match step {
-        None => format!("{:>8} {:>6} {:>7} {:>6} {:>6} {:>6}", "-", "-", "-", "-", "-", ""),
+        None => format!(
+            "{:>8} {:>6} {:>7} {:>6} {:>6} {:>6}",
+            "-", "-", "-", "-", "-", ""
+        ),
         Some(s) => format!(
             "{:>8.0} {:>6} {:>7} {:>6} {:>6} {:>6}",
             s.achieved(),
@@ -682,14 +759,36 @@ fn report((title, ours_label, stock_label): (&str, &str, &str), ours: &Ramp, sto
     say(format!("\n{title}"));
     say(format!("  {ours_label}"));
     say(format!("  {stock_label}"));
-    let rates: BTreeSet<u32> = ours.steps.iter().chain(&stock.steps).map(|s| s.offered).collect();
+    let rates: BTreeSet<u32> = ours
+        .steps
+        .iter()
+        .chain(&stock.steps)
+        .map(|s| s.offered)
+        .collect();
     say("  (ok/s = completed per second; kam/pg = Kamailio/PostgreSQL CPU ms per call)");
     say(format!(
         "  {:>9} | {:<8} {:>6} {:>7} {:>6} {:>6} {:>6} | {:<8} {:>6} {:>7} {:>6} {:>6} {:>6}",
-        "offered/s", "ours", "failed", "retrans", "kam", "pg", "", "stock", "failed", "retrans", "kam", "pg", ""
+        "offered/s",
+        "ours",
+        "failed",
+        "retrans",
+        "kam",
+        "pg",
+        "",
+        "stock",
+        "failed",
+        "retrans",
+        "kam",
+        "pg",
+        ""
     ));
     for rate in &rates {
-        say(format!("  {:>9} | {} | {}", rate, cell(ours.step_at(*rate)), cell(stock.step_at(*rate))));
+        say(format!(
+            "  {:>9} | {} | {}",
+            rate,
+            cell(ours.step_at(*rate)),
+            cell(stock.step_at(*rate))
+        ));
     }
     let (o, s) = (ours.sustained(), stock.sustained());
     if !ours.transients.is_empty() || !stock.transients.is_empty() {
@@ -735,7 +834,12 @@ fn report((title, ours_label, stock_label): (&str, &str, &str), ours: &Ramp, sto
         .steps
         .iter()
         .filter(|x| x.clean())
-        .filter_map(|x| stock.step_at(x.offered).filter(|y| y.clean()).map(|y| (x, y)))
+        .filter_map(|x| {
+            stock
+                .step_at(x.offered)
+                .filter(|y| y.clean())
+                .map(|y| (x, y))
+        })
         .max_by_key(|(x, _)| x.offered);
     if let Some((x, y)) = common {
         if let (Some(a), Some(b)) = (x.cpu_per_call_ms(), y.cpu_per_call_ms()) {
@@ -749,10 +853,22 @@ fn report((title, ours_label, stock_label): (&str, &str, &str), ours: &Ramp, sto
 }
 
 async fn command_first_line(program: &str, args: &[&str]) -> String {
-    match tokio::process::Command::new(program).args(args).output().await {
+    match tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+    {
         Ok(out) => {
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_string()
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or_default()
+                .to_string()
         }
         Err(e) => format!("{program}: {e}"),
     }

@@ -60,7 +60,9 @@ const TARGET_RATIO: f64 = 50.0;
 const PAGE: i64 = 500;
 
 #[derive(Debug, Parser)]
-#[command(about = "sipctl import subscribers vs kamcli subscriber add, and get subscribers latency")]
+#[command(
+    about = "sipctl import subscribers vs kamcli subscriber add, and get subscribers latency"
+)]
 struct Args {
     /// Rows to import.
     #[arg(long, default_value_t = 100_000)]
@@ -83,7 +85,10 @@ fn say(line: impl AsRef<str>) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
-    let dir = match tempfile::Builder::new().prefix("sipstack-import-bench-").tempdir() {
+    let dir = match tempfile::Builder::new()
+        .prefix("sipstack-import-bench-")
+        .tempdir()
+    {
         Ok(dir) => dir,
         Err(e) => {
             eprintln!("import-bench: cannot create a temporary directory: {e}");
@@ -105,7 +110,9 @@ async fn main() {
     drop(dir);
     match outcome {
         None => {
-            eprintln!("\nimport-bench: interrupted; PostgreSQL stopped, temporary directory removed");
+            eprintln!(
+                "\nimport-bench: interrupted; PostgreSQL stopped, temporary directory removed"
+            );
             std::process::exit(130);
         }
         Some(Ok(true)) => {}
@@ -118,7 +125,9 @@ async fn main() {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
 }
 
 /// Returns whether every target was met.
@@ -127,7 +136,11 @@ async fn run(args: &Args, dir: &Path, pg: &LocalPostgres) -> Result<bool> {
         bail!("--rows and --lookups must be at least 1");
     }
     let sipctl = locate_sipctl(args).await?;
-    say(format!("import-bench: {} rows; sipctl {}", args.rows, sipctl.display()));
+    say(format!(
+        "import-bench: {} rows; sipctl {}",
+        args.rows,
+        sipctl.display()
+    ));
 
     // PostgreSQL runs as the postgres user when the bench runs as root.
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -140,13 +153,19 @@ async fn run(args: &Args, dir: &Path, pg: &LocalPostgres) -> Result<bool> {
     say(format!(
         "  PostgreSQL {server} on 127.0.0.1:{} (defaults), {} CPUs",
         pg.port(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     ));
 
     let passwords_csv = dir.join("subscribers.csv");
     let hashes_csv = dir.join("subscribers-ha1.csv");
     write_csvs(args.rows, &passwords_csv, &hashes_csv)?;
-    let ctl = Sipctl { path: sipctl, db_url: db_url.clone(), config: dir.join("sipctl-config.yaml") };
+    let ctl = Sipctl {
+        path: sipctl,
+        db_url: db_url.clone(),
+        config: dir.join("sipctl-config.yaml"),
+    };
 
     // 1. baseline, into the empty table
     let baseline = if args.baseline_sample == 0 {
@@ -165,7 +184,10 @@ async fn run(args: &Args, dir: &Path, pg: &LocalPostgres) -> Result<bool> {
     vacuum(&db).await?;
 
     // 2. imports
-    say(format!("\nsipctl import subscribers ({} rows, username,domain,password; empty table)", args.rows));
+    say(format!(
+        "\nsipctl import subscribers ({} rows, username,domain,password; empty table)",
+        args.rows
+    ));
     let (elapsed, summary) = ctl.import(&passwords_csv, &[]).await?;
     let rate = f64::from(args.rows) / elapsed.as_secs_f64();
     say(format!(
@@ -176,7 +198,11 @@ async fn run(args: &Args, dir: &Path, pg: &LocalPostgres) -> Result<bool> {
         summary["rowsPerSecond"].as_f64().unwrap_or(0.0)
     ));
     if summary["inserted"].as_u64() != Some(u64::from(args.rows)) {
-        bail!("the import inserted {} rows, not {}", summary["inserted"], args.rows);
+        bail!(
+            "the import inserted {} rows, not {}",
+            summary["inserted"],
+            args.rows
+        );
     }
     vacuum(&db).await?;
     let (again, summary) = ctl.import(&passwords_csv, &["--upsert"]).await?;
@@ -201,7 +227,10 @@ async fn run(args: &Args, dir: &Path, pg: &LocalPostgres) -> Result<bool> {
     if !has_domain_username_index(&db).await? {
         say("\n  the schema has no index on subscriber (domain, username), the listing's order: each page sorts");
         say("  the matching rows. With that index, created here in the temporary database only:");
-        db.batch_execute("CREATE INDEX bench_subscriber_domain_username_idx ON subscriber (domain, username)").await?;
+        db.batch_execute(
+            "CREATE INDEX bench_subscriber_domain_username_idx ON subscriber (domain, username)",
+        )
+        .await?;
         vacuum(&db).await?;
         pages(args, &ctl, &db).await?;
     }
@@ -233,7 +262,11 @@ async fn run(args: &Args, dir: &Path, pg: &LocalPostgres) -> Result<bool> {
             ));
             say(format!(
                 "  sipctl / kamcli: {ratio:.0}x; target at least {TARGET_RATIO}x: {}",
-                if ratio >= TARGET_RATIO { "met" } else { "MISSED" }
+                if ratio >= TARGET_RATIO {
+                    "met"
+                } else {
+                    "MISSED"
+                }
             ));
         }
         None => say("  no baseline: the ratio target was not checked"),
@@ -263,20 +296,37 @@ impl Sipctl {
     /// Runs sipctl; its wall-clock time and standard output.
     async fn run(&self, args: &[&str]) -> Result<(Duration, String)> {
         let started = Instant::now();
-        let out = self.command(args).output().await.with_context(|| format!("running {}", self.path.display()))?;
+        let out = self
+            .command(args)
+            .output()
+            .await
+            .with_context(|| format!("running {}", self.path.display()))?;
         let elapsed = started.elapsed();
         if !out.status.success() {
-            bail!("sipctl {} failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "sipctl {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok((elapsed, String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
     async fn import(&self, file: &Path, extra: &[&str]) -> Result<(Duration, serde_json::Value)> {
         let file = file.to_string_lossy();
-        let mut args = vec!["import", "subscribers", file.as_ref(), "--no-progress", "-o", "json"];
+        let mut args = vec![
+            "import",
+            "subscribers",
+            file.as_ref(),
+            "--no-progress",
+            "-o",
+            "json",
+        ];
         args.extend_from_slice(extra);
         let (elapsed, stdout) = self.run(&args).await?;
-        let summary = serde_json::from_str(&stdout).with_context(|| format!("sipctl's summary: {stdout}"))?;
+        let summary =
+            serde_json::from_str(&stdout).with_context(|| format!("sipctl's summary: {stdout}"))?;
         Ok((elapsed, summary))
     }
 }
@@ -290,27 +340,42 @@ async fn locate_sipctl(args: &Args) -> Result<PathBuf> {
         return Ok(path.clone());
     }
     let own = std::env::current_exe().context("cannot find the bench's own executable")?;
-    let bin_dir = own.parent().context("the bench's executable has no directory")?;
+    let bin_dir = own
+        .parent()
+        .context("the bench's executable has no directory")?;
     let sibling = bin_dir.join("sipctl");
     let release = bin_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace directory")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace directory")?;
     let mut build = Command::new(&cargo);
-    build.args(["build", "-p", "sipctl", "--quiet"]).current_dir(workspace);
+    build
+        .args(["build", "-p", "sipctl", "--quiet"])
+        .current_dir(workspace);
     if release {
         build.arg("--release");
     }
-    say(format!("building sipctl: cargo build -p sipctl{}", if release { " --release" } else { "" }));
+    say(format!(
+        "building sipctl: cargo build -p sipctl{}",
+        if release { " --release" } else { "" }
+    ));
     match build.status().await {
         Ok(status) if status.success() => {}
         Ok(status) => bail!("cargo build -p sipctl failed ({status})"),
         Err(e) if sibling.is_file() => {
-            say(format!("  cargo is not available ({e}); using {} as it is", sibling.display()));
+            say(format!(
+                "  cargo is not available ({e}); using {} as it is",
+                sibling.display()
+            ));
         }
         Err(e) => bail!("cannot run cargo to build sipctl ({e}); give --sipctl PATH"),
     }
     if !sibling.is_file() {
-        bail!("{} does not exist after the build; give --sipctl PATH", sibling.display());
+        bail!(
+            "{} does not exist after the build; give --sipctl PATH",
+            sibling.display()
+        );
     }
     Ok(sibling)
 }
@@ -340,7 +405,9 @@ fn write_csvs(rows: u32, passwords: &Path, hashes: &Path) -> Result<()> {
 }
 
 async fn vacuum(db: &Client) -> Result<()> {
-    db.batch_execute("VACUUM (ANALYZE) subscriber").await.context("vacuum")?;
+    db.batch_execute("VACUUM (ANALYZE) subscriber")
+        .await
+        .context("vacuum")?;
     Ok(())
 }
 
@@ -352,13 +419,19 @@ struct Baseline {
 
 /// `kamcli subscriber add` once per row, as a shell loop over a file would.
 async fn kamcli_baseline(args: &Args, dir: &Path, db_url: &str) -> Result<Baseline> {
-    let python = Command::new("/usr/bin/python3").args(["-c", "import sqlalchemy, psycopg2"]).status().await;
+    let python = Command::new("/usr/bin/python3")
+        .args(["-c", "import sqlalchemy, psycopg2"])
+        .status()
+        .await;
     if !python.is_ok_and(|s| s.success()) {
         bail!("kamcli reaches PostgreSQL through SQLAlchemy and psycopg2; apt-get install kamcli python3-psycopg2");
     }
     let config = dir.join("kamcli.ini");
     let url = db_url.replacen("postgres://", "postgresql+psycopg2://", 1);
-    std::fs::write(&config, format!("[main]\ndomain={DOMAIN}\n\n[db]\nrwurl={url}\nrourl={url}\n"))?;
+    std::fs::write(
+        &config,
+        format!("[main]\ndomain={DOMAIN}\n\n[db]\nrwurl={url}\nrourl={url}\n"),
+    )?;
     let config = config.to_string_lossy().into_owned();
     say(format!(
         "\nbaseline: kamcli subscriber add, one process per row, {} rows into the empty table",
@@ -368,25 +441,46 @@ async fn kamcli_baseline(args: &Args, dir: &Path, db_url: &str) -> Result<Baseli
     for i in 0..args.baseline_sample {
         let aor = format!("{}@{DOMAIN}", user(i));
         let out = Command::new("kamcli")
-            .args(["--no-default-configs", "-c", &config, "subscriber", "add", &aor, &format!("pw-{i}-x")])
+            .args([
+                "--no-default-configs",
+                "-c",
+                &config,
+                "subscriber",
+                "add",
+                &aor,
+                &format!("pw-{i}-x"),
+            ])
             .stdin(Stdio::null())
             .output()
             .await
             .context("running kamcli")?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() || stderr.contains("Traceback") {
-            bail!("kamcli subscriber add {aor} failed ({}): {stderr}", out.status);
+            bail!(
+                "kamcli subscriber add {aor} failed ({}): {stderr}",
+                out.status
+            );
         }
     }
     let elapsed = started.elapsed();
     let db = sipstack_db::connect(db_url, Duration::from_secs(10)).await?;
-    let count: i64 = db.query_one("SELECT count(*) FROM subscriber", &[]).await?.get(0);
+    let count: i64 = db
+        .query_one("SELECT count(*) FROM subscriber", &[])
+        .await?
+        .get(0);
     if count != i64::from(args.baseline_sample) {
         bail!("kamcli left {count} rows, not {}", args.baseline_sample);
     }
     let rate = f64::from(args.baseline_sample) / elapsed.as_secs_f64();
-    say(format!("  {:.1} s, {rate:.1} rows/s", elapsed.as_secs_f64()));
-    Ok(Baseline { sample: args.baseline_sample, elapsed, rate })
+    say(format!(
+        "  {:.1} s, {rate:.1} rows/s",
+        elapsed.as_secs_f64()
+    ));
+    Ok(Baseline {
+        sample: args.baseline_sample,
+        elapsed,
+        rate,
+    })
 }
 
 fn stats(mut samples: Vec<Duration>) -> String {
@@ -421,18 +515,28 @@ async fn lookups(args: &Args, ctl: &Sipctl, db: &Client) -> Result<()> {
         }
         process.push(elapsed);
     }
-    say(format!("  get subscriber AOR, whole sipctl process (start, connect, query, print): {}", stats(process)));
+    say(format!(
+        "  get subscriber AOR, whole sipctl process (start, connect, query, print): {}",
+        stats(process)
+    ));
     let mut query = Vec::new();
     for i in spread(1000, rows) {
         let started = Instant::now();
         subscriber::get(db, &user(i), DOMAIN).await?;
         query.push(started.elapsed());
     }
-    say(format!("  the same lookup in-process on one connection: {}", stats(query)));
+    say(format!(
+        "  the same lookup in-process on one connection: {}",
+        stats(query)
+    ));
     say(format!(
         "    plan: {}",
-        plan(db, "EXPLAIN SELECT id FROM subscriber WHERE username = $1 AND domain = $2", &[&user(rows / 2), &DOMAIN])
-            .await
+        plan(
+            db,
+            "EXPLAIN SELECT id FROM subscriber WHERE username = $1 AND domain = $2",
+            &[&user(rows / 2), &DOMAIN]
+        )
+        .await
     ));
 
     pages(args, ctl, db).await
@@ -443,18 +547,31 @@ async fn pages(args: &Args, ctl: &Sipctl, db: &Client) -> Result<()> {
     let rows = args.rows;
     let middle = format!("{}@{DOMAIN}", user(rows / 2));
     let last_page_after = format!("{}@{DOMAIN}", user(rows.saturating_sub(PAGE as u32 + 1)));
-    for (label, after) in [("first page", None), ("middle page", Some(&middle)), ("last page", Some(&last_page_after))]
-    {
+    for (label, after) in [
+        ("first page", None),
+        ("middle page", Some(&middle)),
+        ("last page", Some(&last_page_after)),
+    ] {
         let mut samples = Vec::new();
         for _ in 0..args.lookups.min(10) {
             let limit = PAGE.to_string();
-            let mut a = vec!["get", "subscribers", "--limit", limit.as_str(), "-o", "json"];
+            let mut a = vec![
+                "get",
+                "subscribers",
+                "--limit",
+                limit.as_str(),
+                "-o",
+                "json",
+            ];
             if let Some(after) = after {
                 a.extend(["--after", after.as_str()]);
             }
             samples.push(ctl.run(&a).await?.0);
         }
-        say(format!("  get subscribers --limit {PAGE} ({label}), whole process: {}", stats(samples)));
+        say(format!(
+            "  get subscribers --limit {PAGE} ({label}), whole process: {}",
+            stats(samples)
+        ));
     }
     let started = Instant::now();
     let mut pages = Vec::new();
@@ -462,7 +579,15 @@ async fn pages(args: &Args, ctl: &Sipctl, db: &Client) -> Result<()> {
     let mut seen = 0usize;
     loop {
         let t = Instant::now();
-        let page = subscriber::page(db, &PageQuery { domain: None, after: after.clone(), limit: Some(PAGE) }).await?;
+        let page = subscriber::page(
+            db,
+            &PageQuery {
+                domain: None,
+                after: after.clone(),
+                limit: Some(PAGE),
+            },
+        )
+        .await?;
         pages.push(t.elapsed());
         seen += page.len();
         match page.last() {
@@ -506,12 +631,24 @@ async fn has_domain_username_index(db: &Client) -> Result<bool> {
 }
 
 /// The plan's lines joined, e.g. `Limit -> Index Scan using … on subscriber`.
-async fn plan(db: &Client, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> String {
+async fn plan(
+    db: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> String {
     match db.query(sql, params).await {
         Ok(rows) => rows
             .iter()
             .map(|r| r.get::<_, String>(0))
-            .map(|l| l.trim().trim_start_matches("->").trim().split("  (cost").next().unwrap_or_default().to_string())
+            .map(|l| {
+                l.trim()
+                    .trim_start_matches("->")
+                    .trim()
+                    .split("  (cost")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect::<Vec<_>>()
             .join(" -> "),
         Err(e) => format!("(no plan: {e})"),

@@ -1,0 +1,507 @@
+//! PostgreSQL HA under test: a PgCluster of three Patroni members with etcd and
+//! HAProxy (and PgBouncer), a writer that records every acknowledged row, a
+//! REGISTER load through Kamailio, and the ways a member is made to fail.
+//!
+//! Used by the failover tests and by `pg-failover-bench`, so the figures the
+//! benchmark prints come from the same code the tests check.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sipstack_patroni::{Cluster, PatroniClient};
+
+use crate::sipp::{InjectionFile, SippCommand, SippOutcome};
+use crate::testbed::{free_udp_and_tcp_port, Ports, TestbedSpec, DOMAIN, EDGE_IP};
+
+/// Patroni timing of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatroniTiming {
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+}
+
+impl PatroniTiming {
+    /// Patroni's documented defaults.
+    pub const DEFAULT: PatroniTiming = PatroniTiming {
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+    };
+    /// What sipstack recommends for a SIP platform: a lost primary is replaced within
+    /// ttl + loop_wait = 12 s, and loop_wait + 2 × retry_timeout = 8 ≤ ttl.
+    pub const TUNED: PatroniTiming = PatroniTiming {
+        ttl: 10,
+        loop_wait: 2,
+        retry_timeout: 3,
+    };
+}
+
+/// The PgCluster of a HA testbed.
+#[derive(Debug, Clone)]
+pub struct HaSpec {
+    pub timing: PatroniTiming,
+    /// off, on, strict
+    pub synchronous_mode: &'static str,
+    pub pooler: bool,
+    pub etcd_members: u32,
+}
+
+impl Default for HaSpec {
+    fn default() -> Self {
+        Self {
+            timing: PatroniTiming::TUNED,
+            synchronous_mode: "on",
+            pooler: false,
+            etcd_members: 3,
+        }
+    }
+}
+
+/// Free ports for a local cluster: each range's ports free now.
+#[derive(Debug, Clone, Copy)]
+pub struct HaPorts {
+    pub member_base: u16,
+    pub rest_base: u16,
+    pub etcd_base: u16,
+    pub read_only: u16,
+    pub pooler: u16,
+}
+
+impl HaPorts {
+    pub fn free() -> Result<Self> {
+        Ok(Self {
+            member_base: free_tcp_range(3)?,
+            rest_base: free_tcp_range(3)?,
+            etcd_base: free_tcp_range(6)?,
+            read_only: crate::testbed::free_tcp_port()?,
+            pooler: crate::testbed::free_tcp_port()?,
+        })
+    }
+}
+
+/// `n` consecutive TCP ports on 127.0.0.1 that are free now, from a spread of bases.
+pub fn free_tcp_range(n: u16) -> Result<u16> {
+    // start from a port the kernel picked, so parallel tests land apart
+    for _ in 0..200 {
+        let base = crate::testbed::free_tcp_port()?;
+        if base > 65000 - n {
+            continue;
+        }
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    bail!("no {n} consecutive free TCP ports found")
+}
+
+/// The platform file: `spec`'s media pools and edge, and a three-member PgCluster.
+pub fn ha_yaml(spec: &TestbedSpec, ports: Ports, ha: &HaSpec, hp: HaPorts) -> String {
+    let single = spec.yaml(ports);
+    let (_, rest) = single.split_once("---\n").unwrap_or(("", ""));
+    let mut y = String::new();
+    let t = ha.timing;
+    let _ = write!(
+        y,
+        "apiVersion: sipstack.io/v1alpha1\nkind: PgCluster\nmetadata: {{name: pg}}\nspec:\n  instances: 3\n  port: {}\n  patroni: {{ttl: {}, loopWait: {}, retryTimeout: {}, synchronousMode: {}}}\n  dcs: {{kind: etcd, etcdMembers: {}}}\n  pooler: {{enabled: {}, port: {}, poolMode: transaction}}\n  local: {{memberPort: {}, restApiPort: {}, etcdPort: {}, readOnlyPort: {}}}\n---\n",
+        ports.postgres,
+        t.ttl,
+        t.loop_wait,
+        t.retry_timeout,
+        ha.synchronous_mode,
+        ha.etcd_members,
+        ha.pooler,
+        hp.pooler,
+        hp.member_base,
+        hp.rest_base,
+        hp.etcd_base,
+        hp.read_only
+    );
+    y.push_str(rest);
+    y
+}
+
+/// A local cluster's members seen from the outside.
+#[derive(Debug, Clone)]
+pub struct ClusterHandle {
+    pub state_dir: PathBuf,
+    pub patroni: PatroniClient,
+    pub hp: HaPorts,
+}
+
+impl ClusterHandle {
+    pub fn new(state_dir: &Path, hp: HaPorts) -> Self {
+        let urls = (0..3)
+            .map(|n| format!("http://127.0.0.1:{}", hp.rest_base + n))
+            .collect();
+        Self {
+            state_dir: state_dir.to_path_buf(),
+            patroni: PatroniClient::new(urls),
+            hp,
+        }
+    }
+
+    fn member_dir(&self, name: &str) -> Result<PathBuf> {
+        let n = name
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .context("member name")?;
+        Ok(self.state_dir.join(format!("pg-pg/member-{n}")))
+    }
+
+    pub async fn cluster(&self) -> Result<Cluster> {
+        Ok(self.patroni.cluster().await?)
+    }
+
+    /// The running leader's name.
+    pub async fn leader(&self) -> Result<String> {
+        let c = self.cluster().await?;
+        c.leader()
+            .filter(|l| l.is_running())
+            .map(|l| l.name.clone())
+            .context("no running leader")
+    }
+
+    /// Waits until a running leader other than `not` is elected and every other
+    /// member named in `followers` runs; returns the leader.
+    pub async fn wait_for_leader(&self, not: Option<&str>, limit: Duration) -> Result<String> {
+        let start = Instant::now();
+        loop {
+            if let Ok(c) = self.cluster().await {
+                if let Some(l) = c
+                    .leader()
+                    .filter(|l| l.is_running() && Some(l.name.as_str()) != not)
+                {
+                    return Ok(l.name.clone());
+                }
+            }
+            if start.elapsed() > limit {
+                bail!("no new leader within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until all three members run (the leader and two streaming replicas).
+    pub async fn wait_for_all_running(&self, limit: Duration) -> Result<Cluster> {
+        let start = Instant::now();
+        loop {
+            if let Ok(c) = self.cluster().await {
+                if c.members.len() == 3
+                    && c.members.iter().all(|m| m.is_running())
+                    && c.leader().is_some()
+                {
+                    return Ok(c);
+                }
+                if start.elapsed() > limit {
+                    bail!("not every member runs after {limit:?}: {:?}", c.members);
+                }
+            } else if start.elapsed() > limit {
+                bail!("Patroni does not answer after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// SIGKILL of a member's Patroni and its PostgreSQL together (a crashed host).
+    pub fn kill_member(&self, name: &str) -> Result<()> {
+        let dir = self.member_dir(name)?;
+        let patroni =
+            sipstack_local::process::read_pid(&dir.join("patroni.pid")).context("patroni pid")?;
+        let postmaster = std::fs::read_to_string(dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        let _ = kill(Pid::from_raw(patroni), Signal::SIGKILL);
+        if let Some(pm) = postmaster {
+            // the postmaster's children: a crashed host takes them along
+            for child in children_of(pm) {
+                let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(pm), Signal::SIGKILL);
+        }
+        Ok(())
+    }
+
+    /// SIGKILL of one etcd member.
+    pub fn kill_etcd(&self, n: u32) -> Result<()> {
+        let pid = sipstack_local::process::read_pid(
+            &self.state_dir.join(format!("pg-pg/etcd-{n}/etcd.pid")),
+        )
+        .context("etcd pid")?;
+        kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+        Ok(())
+    }
+
+    /// The pid of a member's Patroni.
+    pub fn patroni_pid(&self, name: &str) -> Result<i32> {
+        let dir = self.member_dir(name)?;
+        sipstack_local::process::read_pid(&dir.join("patroni.pid")).context("patroni pid")
+    }
+
+    /// The pid of a member's postmaster.
+    pub fn postmaster_pid(&self, name: &str) -> Option<i32> {
+        let dir = self.member_dir(name).ok()?;
+        std::fs::read_to_string(dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+    }
+
+    /// PostgreSQL port of a member.
+    pub fn member_port(&self, name: &str) -> Result<u16> {
+        let n = name
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<u16>().ok())
+            .context("member name")?;
+        Ok(self.hp.member_base + n)
+    }
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string))
+                })
+                .and_then(|ppid| ppid.parse::<i32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// One acknowledged write: its id, when the commit returned, and which member's
+/// port answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    pub id: i64,
+    pub at: Instant,
+    pub server_port: i32,
+}
+
+/// What a writer saw.
+#[derive(Debug, Clone, Default)]
+pub struct WriterLog {
+    pub acks: Vec<Ack>,
+    /// Attempts whose outcome is unknown or failed (the id may or may not be in).
+    pub failed: Vec<(i64, Instant, String)>,
+}
+
+impl WriterLog {
+    /// The longest time without an acknowledged write after `since`, up to the first
+    /// ack after it: the write gap an event caused.
+    pub fn first_ack_after(&self, since: Instant) -> Option<Duration> {
+        self.acks
+            .iter()
+            .find(|a| a.at > since)
+            .map(|a| a.at - since)
+    }
+
+    /// The longest gap between consecutive acknowledged writes.
+    pub fn longest_gap(&self) -> Duration {
+        self.acks
+            .windows(2)
+            .map(|w| w[1].at - w[0].at)
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// Inserts rows one by one through `url` until stopped, reconnecting after every
+/// failure; every acknowledged id is recorded.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<WriterLog>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The table the writers fill (created by [`Writer::prepare`]).
+pub const PROBE_TABLE: &str = "ha_probe";
+
+impl Writer {
+    /// Creates the probe table: no primary key, so a duplicate would show.
+    pub async fn prepare(url: &str) -> Result<()> {
+        let db = sipstack_db::connect(url, Duration::from_secs(10)).await?;
+        db.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (id bigint NOT NULL, at timestamptz NOT NULL DEFAULT now(), server_port int)"
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Starts writing through `url`, `pause` between rows.
+    pub fn start(url: &str, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(WriterLog::default()));
+        let (s, l, url) = (stop.clone(), log.clone(), url.to_string());
+        let task = tokio::spawn(async move {
+            let mut next_id: i64 = 1;
+            let mut client: Option<tokio_postgres::Client> = None;
+            while !s.load(Ordering::Relaxed) {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    match sipstack_db::connect(&url, Duration::from_secs(1)).await {
+                        Ok(c) => client = Some(c),
+                        Err(_) => {
+                            client = None;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = client.as_ref() else { continue };
+                let id = next_id;
+                next_id += 1;
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                let insert = c.query_one(
+                    "INSERT INTO ha_probe (id, server_port) VALUES ($1, inet_server_port()) RETURNING server_port",
+                    &params,
+                );
+                match tokio::time::timeout(Duration::from_secs(3), insert).await {
+                    Ok(Ok(row)) => {
+                        let port: Option<i32> = row.get(0);
+                        if let Ok(mut log) = l.lock() {
+                            log.acks.push(Ack {
+                                id,
+                                at: Instant::now(),
+                                server_port: port.unwrap_or(0),
+                            });
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        if let Ok(mut log) = l.lock() {
+                            log.failed.push((id, Instant::now(), e.to_string()));
+                        }
+                        client = None;
+                    }
+                    Err(_) => {
+                        if let Ok(mut log) = l.lock() {
+                            log.failed
+                                .push((id, Instant::now(), "no answer within 3 s".into()));
+                        }
+                        client = None;
+                    }
+                }
+                tokio::time::sleep(pause).await;
+            }
+        });
+        Self { stop, log, task }
+    }
+
+    /// A copy of what it saw so far.
+    pub fn snapshot(&self) -> WriterLog {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Stops and returns what it saw.
+    pub async fn finish(self) -> WriterLog {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// What the database holds of a writer's rows, compared with what it acknowledged.
+#[derive(Debug, Clone)]
+pub struct LossReport {
+    pub acknowledged: usize,
+    /// Acknowledged ids missing from the table.
+    pub lost: Vec<i64>,
+    /// Ids present more than once.
+    pub duplicated: Vec<i64>,
+}
+
+/// Reads the probe table through `url` and checks every acknowledged id is there once.
+pub async fn check_no_loss(url: &str, log: &WriterLog) -> Result<LossReport> {
+    let db = sipstack_db::connect(url, Duration::from_secs(20)).await?;
+    let rows = db
+        .query(
+            &format!("SELECT id, count(*) FROM {PROBE_TABLE} GROUP BY id"),
+            &[],
+        )
+        .await?;
+    let present: std::collections::HashMap<i64, i64> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let lost = log
+        .acks
+        .iter()
+        .filter(|a| !present.contains_key(&a.id))
+        .map(|a| a.id)
+        .collect();
+    let mut duplicated: Vec<i64> = present
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    duplicated.sort_unstable();
+    Ok(LossReport {
+        acknowledged: log.acks.len(),
+        lost,
+        duplicated,
+    })
+}
+
+/// A REGISTER load through the edge: `users` subscribers (`reguserN`, password
+/// `pwN`), `rate` registrations per second for `duration`.
+pub fn register_load(
+    edge: SocketAddr,
+    users: u32,
+    rate: u32,
+    duration: Duration,
+) -> Result<SippCommand> {
+    let port = free_udp_and_tcp_port()?;
+    let mut injection = InjectionFile::sequential();
+    for n in 0..users {
+        let user = format!("reguser{n}");
+        injection = injection.line([
+            user.clone(),
+            DOMAIN.to_string(),
+            InjectionFile::auth_keyword(&user, &format!("pw{n}")),
+            format!("sip:{user}@{EDGE_IP}:{port}"),
+        ]);
+    }
+    let calls = u64::from(rate) * duration.as_secs();
+    Ok(SippCommand::scenario("bench_register")
+        .remote(edge)
+        .local(EDGE_IP, port)
+        .injection(injection)
+        .key("expires", "600")
+        .rate(rate)
+        .max_calls(calls)
+        // a REGISTER the edge cannot answer is retransmitted, then counted failed
+        .recv_timeout(Duration::from_secs(4))
+        .deadline(duration + Duration::from_secs(30)))
+}
+
+/// Adds the REGISTER load's subscribers.
+pub async fn add_register_users(db_url: &str, users: u32) -> Result<()> {
+    let db = sipstack_db::connect(db_url, Duration::from_secs(10)).await?;
+    for n in 0..users {
+        sipstack_db::subscriber::add(&db, &format!("reguser{n}"), DOMAIN, &format!("pw{n}"))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The share of REGISTERs answered 200, in percent.
+pub fn success_rate(out: &SippOutcome) -> f64 {
+    let total = out.successful() + out.failed();
+    if total == 0 {
+        return 0.0;
+    }
+    100.0 * out.successful() as f64 / total as f64
+}

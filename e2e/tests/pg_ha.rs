@@ -1,0 +1,418 @@
+//! PostgreSQL HA against the real programs: a PgCluster of three Patroni members,
+//! three etcd members, HAProxy and PgBouncer, brought up by the local driver, with
+//! Kamailio in front. Members are killed, switched over and cut off from etcd
+//! while a writer records every acknowledged row and SIPp keeps REGISTERing.
+
+use std::time::{Duration, Instant};
+
+use sipstack_e2e::pgha::{
+    add_register_users, check_no_loss, ha_yaml, register_load, success_rate, ClusterHandle,
+    HaPorts, HaSpec, Writer,
+};
+use sipstack_e2e::sipp::free_udp_port_on;
+use sipstack_e2e::testbed::{register_phone, Ports, Testbed, TestbedSpec, EDGE_IP};
+use sipstack_patroni::{Role, SwitchoverRequest};
+
+struct HaBed {
+    bed: Testbed,
+    cluster: ClusterHandle,
+}
+
+async fn ha_testbed(ha: HaSpec) -> HaBed {
+    let ports = Ports::free().unwrap();
+    let hp = HaPorts::free().unwrap();
+    let yaml = ha_yaml(&TestbedSpec::default(), ports, &ha, hp);
+    let bed = Testbed::up_yaml(yaml, ports).await.unwrap();
+    let cluster = ClusterHandle::new(&bed.state_dir(), hp);
+    cluster
+        .wait_for_all_running(Duration::from_secs(60))
+        .await
+        .unwrap();
+    HaBed { bed, cluster }
+}
+
+/// Superuser connection straight to one member (not through HAProxy).
+async fn member_db(h: &HaBed, member: &str) -> tokio_postgres::Client {
+    let password =
+        std::fs::read_to_string(h.bed.state_dir().join("pg-pg/secrets/postgres.password")).unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(h.cluster.member_port(member).unwrap())
+        .user("postgres")
+        .password(password.trim())
+        .dbname("sipstack");
+    sipstack_db::connect_with(config, Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_forms_and_the_edge_registers_through_it() {
+    let h = ha_testbed(HaSpec {
+        pooler: true,
+        ..HaSpec::default()
+    })
+    .await;
+    let cluster = h.cluster.cluster().await.unwrap();
+    let leaders: Vec<_> = cluster
+        .members
+        .iter()
+        .filter(|m| m.role.is_leader())
+        .collect();
+    assert_eq!(leaders.len(), 1, "{cluster:?}");
+    assert_eq!(
+        cluster
+            .members
+            .iter()
+            .filter(|m| m.role == Role::SyncStandby)
+            .count(),
+        1,
+        "{cluster:?}"
+    );
+    let leader = leaders[0].name.clone();
+
+    // two streaming replicas, seen by the primary itself
+    let primary = member_db(&h, &leader).await;
+    let streaming: i64 = primary
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(streaming, 2);
+
+    // the schema was applied once, on the primary, and reached the replicas
+    let db = h.bed.db().await.unwrap();
+    let versions: Vec<i32> = db
+        .query(
+            "SELECT version FROM sipstack_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=sipstack_db::latest_version()).collect::<Vec<_>>()
+    );
+    let replica = cluster
+        .members
+        .iter()
+        .find(|m| !m.role.is_leader())
+        .unwrap()
+        .name
+        .clone();
+    let replica_db = member_db(&h, &replica).await;
+    let in_recovery: bool = replica_db
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_recovery);
+    // a second `up` changes nothing and applies no migration
+    let options = sipstack_local::UpOptions {
+        state_dir: h.bed.state_dir(),
+        standins: false,
+    };
+    let (_, report) = sipstack_local::up(&h.bed.yaml, &options).await.unwrap();
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|l| l.contains("0 migration(s) applied")),
+        "{:?}",
+        report.lines
+    );
+    assert_eq!(
+        h.cluster.leader().await.unwrap(),
+        leader,
+        "a second up must not move the primary"
+    );
+
+    // the read-only endpoint lands on a replica
+    let ro_url = h.bed.db_url.replace(
+        &format!(":{}/", h.bed.ports.postgres),
+        &format!(":{}/", h.cluster.hp.read_only),
+    );
+    let ro = sipstack_db::connect(&ro_url, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let ro_recovery: bool = ro
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ro_recovery, "the read-only endpoint reached the primary");
+
+    // Kamailio (through PgBouncer and HAProxy) authenticates and stores a registration
+    h.bed.add_subscriber("alice", "alice-pw").await.unwrap();
+    let port = free_udp_port_on(EDGE_IP).unwrap();
+    register_phone(h.bed.edge(), "alice", "alice-pw", port)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = replica_db
+            .query_one(
+                "SELECT count(*) FROM location WHERE username = 'alice'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the registration never reached the replica's location table"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = sipstack_local::status(&h.bed.state_dir()).await.unwrap();
+    let seen = status.cluster.unwrap().unwrap();
+    assert_eq!(seen.members.len(), 3);
+    h.bed.down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_primary_loses_no_acknowledged_write() {
+    let h = ha_testbed(HaSpec::default()).await;
+    let url = h.bed.db_url.clone();
+    Writer::prepare(&url).await.unwrap();
+    add_register_users(&url, 20).await.unwrap();
+    let old = h.cluster.leader().await.unwrap();
+
+    let load = register_load(h.bed.edge(), 20, 20, Duration::from_secs(35))
+        .unwrap()
+        .run_async();
+    let load = tokio::spawn(load);
+    let writer = Writer::start(&url, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let killed_at = Instant::now();
+    h.cluster.kill_member(&old).unwrap();
+    let new = h
+        .cluster
+        .wait_for_leader(Some(&old), Duration::from_secs(40))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = writer.finish().await;
+    let gap = log
+        .first_ack_after(killed_at)
+        .expect("no write succeeded after the kill");
+    let out = load.await.unwrap().unwrap();
+    let rate = success_rate(&out);
+    println!(
+        "SIGKILL of {old}: {new} took over; first write {:.1} s after the kill; {} rows acknowledged, {} attempts failed; REGISTER success {rate:.1}% ({} of {})",
+        gap.as_secs_f64(),
+        log.acks.len(),
+        log.failed.len(),
+        out.successful(),
+        out.successful() + out.failed()
+    );
+    // ttl + loop_wait bounds it (10 + 2 s with these settings), plus HAProxy's check
+    assert!(gap < Duration::from_secs(15), "write gap {gap:?}");
+    let report = check_no_loss(&url, &log).await.unwrap();
+    assert!(
+        report.lost.is_empty(),
+        "acknowledged rows lost in synchronous mode: {:?}",
+        report.lost
+    );
+    assert!(
+        report.duplicated.is_empty(),
+        "duplicated rows: {:?}",
+        report.duplicated
+    );
+    // the edge keeps registering through the outage (usrloc write-back, cached credentials)
+    assert!(rate >= 90.0, "REGISTER success {rate:.1}%");
+
+    // the old primary comes back as a replica of the new one (pg_rewind when needed)
+    let options = sipstack_local::UpOptions {
+        state_dir: h.bed.state_dir(),
+        standins: false,
+    };
+    sipstack_local::up(&h.bed.yaml, &options).await.unwrap();
+    let cluster = h
+        .cluster
+        .wait_for_all_running(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let rejoined = cluster.member(&old).unwrap();
+    assert!(!rejoined.role.is_leader(), "{cluster:?}");
+    assert_eq!(cluster.leader().unwrap().name, new);
+    let old_db = member_db(&h, &old).await;
+    let in_recovery: bool = old_db
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_recovery, "the old primary did not rejoin as a replica");
+    h.bed.down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_under_load_loses_nothing_and_no_client_stays_on_the_old_primary() {
+    let h = ha_testbed(HaSpec {
+        pooler: true,
+        ..HaSpec::default()
+    })
+    .await;
+    let url = h.bed.db_url.clone();
+    Writer::prepare(&url).await.unwrap();
+    add_register_users(&url, 20).await.unwrap();
+    let old = h.cluster.leader().await.unwrap();
+    let state = sipstack_local::state::LocalState::load(&h.bed.state_dir()).unwrap();
+    let pooler_port = state.postgres.ha.as_ref().unwrap().pooler_port.unwrap();
+    let pooled_url = url.replace(
+        &format!(":{}/", h.bed.ports.postgres),
+        &format!(":{pooler_port}/"),
+    );
+
+    // clients that were connected before: one through HAProxy, one through PgBouncer
+    let mut direct = sipstack_db::connect(&url, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut pooled = sipstack_db::connect(&pooled_url, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let load = tokio::spawn(
+        register_load(h.bed.edge(), 20, 20, Duration::from_secs(20))
+            .unwrap()
+            .run_async(),
+    );
+    let writer = Writer::start(&url, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let answer = h
+        .cluster
+        .patroni
+        .switchover(&SwitchoverRequest::default())
+        .await
+        .unwrap();
+    let new = h
+        .cluster
+        .wait_for_leader(Some(&old), Duration::from_secs(30))
+        .await
+        .unwrap();
+    println!("switchover: {answer}");
+
+    // every answer the clients get comes from a primary; an error ends a session
+    // and the client connects again, as applications do
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let (mut direct_errors, mut pooled_errors, mut pooled_ok) = (0, 0, 0);
+    while Instant::now() < deadline {
+        match direct.query_one("SELECT pg_is_in_recovery()", &[]).await {
+            Ok(row) => assert!(
+                !row.get::<_, bool>(0),
+                "a client stayed on the demoted primary (HAProxy)"
+            ),
+            Err(_) => {
+                direct_errors += 1;
+                if let Ok(c) = sipstack_db::connect(&url, Duration::from_secs(2)).await {
+                    direct = c;
+                }
+            }
+        }
+        // simple_query: no prepared statement, as a transaction-pooled client must
+        match pooled.simple_query("SELECT pg_is_in_recovery()").await {
+            Ok(msgs) => {
+                for m in msgs {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        assert_eq!(
+                            r.get(0),
+                            Some("f"),
+                            "a PgBouncer client was served by the demoted primary"
+                        );
+                        pooled_ok += 1;
+                    }
+                }
+            }
+            Err(_) => {
+                pooled_errors += 1;
+                if let Ok(c) = sipstack_db::connect(&pooled_url, Duration::from_secs(2)).await {
+                    pooled = c;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("after the switchover: {direct_errors} error(s) through HAProxy, {pooled_errors} through PgBouncer, {pooled_ok} pooled answer(s), all from the primary");
+    assert!(
+        direct_errors > 0,
+        "HAProxy did not cut the session to the old primary"
+    );
+    assert!(
+        pooled_ok > 0,
+        "the PgBouncer client never got an answer after the switchover"
+    );
+
+    let log = writer.finish().await;
+    let gap = log.first_ack_after(started).unwrap();
+    let longest = log.longest_gap();
+    let out = load.await.unwrap().unwrap();
+    println!(
+        "switchover {old} -> {new}: longest write gap {:.2} s; {} rows acknowledged; REGISTER success {:.1}%",
+        longest.as_secs_f64(),
+        log.acks.len(),
+        success_rate(&out)
+    );
+    assert!(gap < Duration::from_secs(10), "{gap:?}");
+    assert!(
+        longest < Duration::from_secs(5),
+        "switchover write gap {longest:?}"
+    );
+    let report = check_no_loss(&url, &log).await.unwrap();
+    assert!(
+        report.lost.is_empty() && report.duplicated.is_empty(),
+        "{report:?}"
+    );
+    assert!(
+        success_rate(&out) >= 95.0,
+        "REGISTER success {:.1}%",
+        success_rate(&out)
+    );
+    h.bed.down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_etcd_member_causes_no_failover_and_no_interruption() {
+    let h = ha_testbed(HaSpec::default()).await;
+    let url = h.bed.db_url.clone();
+    Writer::prepare(&url).await.unwrap();
+    let leader = h.cluster.leader().await.unwrap();
+    let writer = Writer::start(&url, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.cluster.kill_etcd(0).unwrap();
+    // several Patroni cycles and more than one ttl
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let log = writer.finish().await;
+    assert_eq!(
+        h.cluster.leader().await.unwrap(),
+        leader,
+        "a failover happened"
+    );
+    assert!(
+        log.failed.is_empty(),
+        "writes failed: {:?}",
+        &log.failed[..log.failed.len().min(5)]
+    );
+    assert!(
+        log.longest_gap() < Duration::from_secs(2),
+        "writes paused for {:?}",
+        log.longest_gap()
+    );
+    let report = check_no_loss(&url, &log).await.unwrap();
+    assert!(
+        report.lost.is_empty() && report.duplicated.is_empty(),
+        "{report:?}"
+    );
+    h.bed.down().await.unwrap();
+}

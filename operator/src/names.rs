@@ -1,0 +1,111 @@
+//! Names of the objects the operator creates for each custom resource. Kinds refer
+//! to each other's objects (an edge reads its PgCluster's app Secret), so the names
+//! are made in one place. Each carries the program's name, so objects of different
+//! kinds with the same resource name do not collide.
+
+use kube::ResourceExt;
+use sipstack_crds::PgCluster;
+
+use crate::error::BuildError;
+
+/// Longest name a StatefulSet, Deployment or DaemonSet may have so that its pods'
+/// names and revision labels stay within Kubernetes' 63 characters.
+pub const MAX_WORKLOAD_NAME: usize = 52;
+
+/// Refuses a workload name Kubernetes would refuse (or truncate in its pods' labels).
+pub fn check_workload_name(object: &str, name: &str) -> Result<(), BuildError> {
+    if name.len() > MAX_WORKLOAD_NAME {
+        return Err(BuildError::NameTooLong {
+            object: object.into(),
+            name: name.into(),
+            max: MAX_WORKLOAD_NAME,
+        });
+    }
+    Ok(())
+}
+
+// ----- MediaPool -----
+pub fn media_workload(pool: &str) -> String {
+    format!("{pool}-freeswitch")
+}
+pub fn media_config(pool: &str) -> String {
+    format!("{pool}-freeswitch-config")
+}
+/// The event socket Secret the operator generates when `spec.eventSocket.passwordSecret` is unset.
+pub fn media_esl_secret(pool: &str) -> String {
+    format!("{pool}-freeswitch-esl")
+}
+
+// ----- SipEdge -----
+pub fn edge_workload(edge: &str) -> String {
+    format!("{edge}-kamailio")
+}
+pub fn edge_config(edge: &str) -> String {
+    format!("{edge}-kamailio-config")
+}
+/// The nonce secret every replica of an edge shares.
+pub fn edge_auth_secret(edge: &str) -> String {
+    format!("{edge}-kamailio-auth")
+}
+pub fn edge_sip_service(edge: &str) -> String {
+    format!("{edge}-sip")
+}
+pub fn edge_rpc_service(edge: &str) -> String {
+    format!("{edge}-rpc")
+}
+pub fn edge_metrics_service(edge: &str) -> String {
+    format!("{edge}-metrics")
+}
+
+// ----- PgCluster -----
+/// The StatefulSet: its pods are the Patroni members `NAME-0`, `NAME-1`, … (the
+/// member names `sipstack_render::patroni::member_name` gives).
+pub fn pg_workload(pg: &str) -> String {
+    pg.to_string()
+}
+/// The read-write Service. It has no selector: Patroni (`use_endpoints`) keeps its
+/// Endpoints, named after the cluster (Patroni's scope), pointing at the primary.
+pub fn pg_primary_service(pg: &str) -> String {
+    pg.to_string()
+}
+pub fn pg_replicas_service(pg: &str) -> String {
+    format!("{pg}-replicas")
+}
+/// The headless Service that gives the members stable DNS names.
+pub fn pg_members_service(pg: &str) -> String {
+    format!("{pg}-members")
+}
+pub fn pg_config(pg: &str) -> String {
+    format!("{pg}-patroni-config")
+}
+pub fn pg_service_account(pg: &str) -> String {
+    format!("{pg}-patroni")
+}
+pub fn pg_superuser_secret(pg: &str) -> String {
+    format!("{pg}-superuser")
+}
+pub fn pg_replication_secret(pg: &str) -> String {
+    format!("{pg}-replication")
+}
+/// The platform role's credentials (`username`, `password`): what Kamailio,
+/// FreeSWITCH and sipctl connect with.
+pub fn pg_app_secret(pg: &str) -> String {
+    format!("{pg}-app")
+}
+pub fn pg_pooler(pg: &str) -> String {
+    format!("{pg}-pooler")
+}
+pub fn pg_pooler_config(pg: &str) -> String {
+    format!("{pg}-pooler-config")
+}
+
+/// Where clients of the platform database connect: PgBouncer when the cluster runs
+/// one, else the primary Service.
+pub fn pg_client_endpoint(cluster: &PgCluster) -> (String, u16) {
+    let name = cluster.name_any();
+    if cluster.spec.pooler.enabled {
+        (pg_pooler(&name), cluster.spec.pooler.port)
+    } else {
+        (pg_primary_service(&name), cluster.spec.port)
+    }
+}

@@ -1,0 +1,106 @@
+//! The Kubernetes objects the operator writes, as one type so that the builders can
+//! return them in the order they are applied.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::ResourceExt;
+use serde::Serialize;
+
+use crate::meta::GENERATED_SECRET_ANNOTATION;
+
+/// One object the operator applies. Serializes as the object itself (with its
+/// `apiVersion` and `kind`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Object {
+    ServiceAccount(ServiceAccount),
+    Role(Role),
+    RoleBinding(RoleBinding),
+    Secret(Secret),
+    ConfigMap(ConfigMap),
+    Service(Service),
+    StatefulSet(StatefulSet),
+    Deployment(Deployment),
+    DaemonSet(DaemonSet),
+    PodDisruptionBudget(PodDisruptionBudget),
+}
+
+impl Object {
+    /// The object's `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::ServiceAccount(_) => "ServiceAccount",
+            Object::Role(_) => "Role",
+            Object::RoleBinding(_) => "RoleBinding",
+            Object::Secret(_) => "Secret",
+            Object::ConfigMap(_) => "ConfigMap",
+            Object::Service(_) => "Service",
+            Object::StatefulSet(_) => "StatefulSet",
+            Object::Deployment(_) => "Deployment",
+            Object::DaemonSet(_) => "DaemonSet",
+            Object::PodDisruptionBudget(_) => "PodDisruptionBudget",
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Object::ServiceAccount(o) => o.name_any(),
+            Object::Role(o) => o.name_any(),
+            Object::RoleBinding(o) => o.name_any(),
+            Object::Secret(o) => o.name_any(),
+            Object::ConfigMap(o) => o.name_any(),
+            Object::Service(o) => o.name_any(),
+            Object::StatefulSet(o) => o.name_any(),
+            Object::Deployment(o) => o.name_any(),
+            Object::DaemonSet(o) => o.name_any(),
+            Object::PodDisruptionBudget(o) => o.name_any(),
+        }
+    }
+
+    /// `Kind/name`, as messages and conditions name objects.
+    pub fn reference(&self) -> String {
+        format!("{}/{}", self.kind(), self.name())
+    }
+
+    /// A Secret whose values the operator generates once and never overwrites.
+    pub fn is_generated_secret(&self) -> bool {
+        match self {
+            Object::Secret(s) => s.annotations().contains_key(GENERATED_SECRET_ANNOTATION),
+            _ => false,
+        }
+    }
+}
+
+macro_rules! from_kinds {
+    ($($kind:ident),*) => {$(
+        impl From<$kind> for Object {
+            fn from(o: $kind) -> Self {
+                Object::$kind(o)
+            }
+        }
+    )*};
+}
+from_kinds!(
+    ServiceAccount,
+    Role,
+    RoleBinding,
+    Secret,
+    ConfigMap,
+    Service,
+    StatefulSet,
+    Deployment,
+    DaemonSet,
+    PodDisruptionBudget
+);
+
+/// Objects as one multi-document YAML stream, in the order given.
+pub fn to_yaml(objects: &[Object]) -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(o)?);
+    }
+    Ok(out)
+}
