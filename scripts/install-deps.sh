@@ -11,6 +11,8 @@ packages=(
   postgresql-15 postgresql-client-15
   # PostgreSQL HA: Patroni with etcd as its DCS, HAProxy and PgBouncer in front
   patroni etcd-server etcd-client haproxy pgbouncer
+  # network partitions in the failover tests: nftables rules per cgroup
+  nftables iproute2
   # SIP test peer; Kamailio's own admin tool and the PostgreSQL driver it needs
   # (sipctl's interoperability tests)
   sip-tester kamcli python3-psycopg2

@@ -555,3 +555,61 @@ impl PgClusterSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::platform::Platform;
+
+    fn errors_of(spec: &str) -> String {
+        let yaml = format!("apiVersion: sipstack.io/v1alpha1\nkind: PgCluster\nmetadata: {{name: pg}}\nspec:\n{spec}");
+        match Platform::from_yaml(&yaml) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_sound_cluster_passes() {
+        assert_eq!(errors_of("  instances: 3\n  patroni: {ttl: 10, loopWait: 2, retryTimeout: 3, synchronousMode: strict}\n"), "");
+    }
+
+    #[test]
+    fn timing_that_lets_the_leader_lock_expire_between_cycles_is_refused() {
+        let e = errors_of("  instances: 3\n  patroni: {ttl: 20, loopWait: 10, retryTimeout: 10}\n");
+        assert!(e.contains("spec.patroni.ttl") && e.contains("loopWait + 2 × retryTimeout = 30"), "{e}");
+    }
+
+    #[test]
+    fn an_even_etcd_cluster_is_refused() {
+        let e = errors_of("  instances: 3\n  dcs: {kind: etcd, etcdMembers: 2}\n");
+        assert!(e.contains("spec.dcs.etcdMembers") && e.contains("odd number"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_postgres_version_is_refused() {
+        let e = errors_of("  instances: 3\n  postgresVersion: \"14\"\n");
+        assert!(e.contains("postgresVersion") || e.contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn synchronous_replication_needs_a_replica() {
+        let e = errors_of("  instances: 1\n  patroni: {synchronousMode: on}\n");
+        assert!(e.contains("spec.patroni.synchronousMode"), "{e}");
+    }
+
+    #[test]
+    fn local_ports_must_not_collide() {
+        let e = errors_of("  instances: 3\n  port: 5432\n  local: {memberPort: 5431}\n");
+        assert!(e.contains("spec.local.memberPort (member 1)") && e.contains("is also spec.port"), "{e}");
+        let e = errors_of("  instances: 3\n  local: {memberPort: 65534}\n");
+        assert!(e.contains("65536"), "{e}");
+        let e = errors_of("  instances: 3\n  dcs: {kind: etcd}\n  local: {etcdPort: 8007}\n");
+        assert!(e.contains("spec.local.restApiPort (member 0)") && e.contains("etcdPort"), "{e}");
+    }
+
+    #[test]
+    fn etcd_endpoints_need_kind_etcd() {
+        let e = errors_of("  instances: 3\n  dcs: {etcdEndpoints: ['etcd-0:2379']}\n");
+        assert!(e.contains("spec.dcs.etcdEndpoints"), "{e}");
+    }
+}

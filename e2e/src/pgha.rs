@@ -346,11 +346,16 @@ impl Writer {
 
     /// Starts writing through `url`, `pause` between rows.
     pub fn start(url: &str, pause: Duration) -> Self {
+        Self::start_at(url, pause, 1)
+    }
+
+    /// Like [`Self::start`], with ids from `first_id` (writers side by side use apart ranges).
+    pub fn start_at(url: &str, pause: Duration, first_id: i64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(WriterLog::default()));
         let (s, l, url) = (stop.clone(), log.clone(), url.to_string());
         let task = tokio::spawn(async move {
-            let mut next_id: i64 = 1;
+            let mut next_id: i64 = first_id;
             let mut client: Option<tokio_postgres::Client> = None;
             while !s.load(Ordering::Relaxed) {
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
@@ -504,4 +509,144 @@ pub fn success_rate(out: &SippOutcome) -> f64 {
         return 0.0;
     }
     100.0 * out.successful() as f64 / total as f64
+}
+
+/// A network partition on one host: the processes of the members on each side are
+/// put in their own cgroup (v2), and nftables drops the TCP traffic between the
+/// sides and from the isolated side to etcd. Undone when dropped.
+pub struct Partition {
+    table: String,
+    groups: Vec<PathBuf>,
+}
+
+impl Partition {
+    /// Cuts `member` off from etcd and from the other members (and them from it).
+    /// Clients that are not members (HAProxy, the test's writers) still reach both sides.
+    pub fn isolate(cluster: &ClusterHandle, member: &str, others: &[&str], etcd_ports: &[u16]) -> Result<Self> {
+        let (mount, nft_prefix) = cgroup2_mount()?;
+        let tag = format!("sipstack-partition-{}", std::process::id());
+        let table = tag.replace('-', "_");
+        let mut partition = Partition { table: table.clone(), groups: Vec::new() };
+        let isolated = mount.join(format!("{tag}-isolated"));
+        let majority = mount.join(format!("{tag}-majority"));
+        for dir in [&isolated, &majority] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+            partition.groups.push(dir.clone());
+        }
+        let move_member = |name: &str, group: &Path| -> Result<()> {
+            let mut pids = vec![cluster.patroni_pid(name)?];
+            if let Some(pm) = cluster.postmaster_pid(name) {
+                pids.push(pm);
+                pids.extend(children_of(pm));
+            }
+            for pid in pids {
+                // a process that just ended cannot move: fine
+                let _ = std::fs::write(group.join("cgroup.procs"), pid.to_string());
+            }
+            Ok(())
+        };
+        move_member(member, &isolated)?;
+        for o in others {
+            move_member(o, &majority)?;
+        }
+        let isolated_ports = [cluster.member_port(member)?, cluster.hp.rest_base + member_index(member)?];
+        let mut other_ports = Vec::new();
+        for o in others {
+            other_ports.push(cluster.member_port(o)?);
+            other_ports.push(cluster.hp.rest_base + member_index(o)?);
+        }
+        let set = |ports: &[u16]| ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+        let iso = format!("\"{nft_prefix}{tag}-isolated\"");
+        let maj = format!("\"{nft_prefix}{tag}-majority\"");
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} out {{ type filter hook output priority 0; }}\n\
+             add rule inet {table} out socket cgroupv2 level 1 {iso} tcp dport {{ {} }} drop\n\
+             add rule inet {table} out socket cgroupv2 level 1 {iso} tcp dport {{ {} }} drop\n\
+             add rule inet {table} out socket cgroupv2 level 1 {maj} tcp dport {{ {} }} drop\n",
+            set(etcd_ports),
+            set(&other_ports),
+            set(&isolated_ports),
+        );
+        let status = std::process::Command::new("nft")
+            .arg("-f")
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                if let Some(stdin) = child.stdin.as_mut() {
+                    stdin.write_all(script.as_bytes())?;
+                }
+                child.wait()
+            })
+            .context("running nft (apt-get install nftables)")?;
+        if !status.success() {
+            bail!("nft refused the partition rules:\n{script}");
+        }
+        // The rules match a socket by the cgroup it was created in, so connections
+        // opened before the move would go on: end them (their owners reconnect, and
+        // the new sockets fall under the rules).
+        let all_ports: Vec<String> =
+            etcd_ports.iter().chain(&isolated_ports).chain(&other_ports).map(|p| format!("dport = :{p}")).collect();
+        let filter = format!("( {} )", all_ports.join(" or "));
+        let killed = std::process::Command::new("ss")
+            .args(["-K", "-tn", "state", "established", &filter])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running ss (iproute2)")?;
+        if !killed.success() {
+            bail!("ss -K could not end the connections that cross the partition");
+        }
+        Ok(partition)
+    }
+
+    /// Removes the rules; the processes stay in their cgroups (which no longer matter).
+    pub fn heal(&mut self) {
+        if !self.table.is_empty() {
+            let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+            self.table.clear();
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.heal();
+        for g in &self.groups {
+            // a cgroup with processes cannot be removed; move them to the root first
+            if let Ok(procs) = std::fs::read_to_string(g.join("cgroup.procs")) {
+                if let Some(root) = g.parent() {
+                    for pid in procs.lines() {
+                        let _ = std::fs::write(root.join("cgroup.procs"), pid);
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(g);
+        }
+    }
+}
+
+fn member_index(name: &str) -> Result<u16> {
+    name.rsplit('-').next().and_then(|n| n.parse::<u16>().ok()).context("member name")
+}
+
+/// Where cgroup v2 is mounted, and the path prefix nft needs for it (nft resolves
+/// cgroup paths under /sys/fs/cgroup).
+fn cgroup2_mount() -> Result<(PathBuf, String)> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    let mount = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .next()
+        .context("cgroup v2 is not mounted")?;
+    let prefix = match mount.strip_prefix("/sys/fs/cgroup") {
+        Ok(rel) if rel.as_os_str().is_empty() => String::new(),
+        Ok(rel) => format!("{}/", rel.display()),
+        Err(_) => bail!("cgroup v2 is mounted at {}, not under /sys/fs/cgroup where nft looks", mount.display()),
+    };
+    Ok((mount, prefix))
 }
