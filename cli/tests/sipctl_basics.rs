@@ -246,3 +246,100 @@ fn exit_codes_scripts_rely_on() {
         Some(2)
     );
 }
+
+#[test]
+fn render_prints_what_the_local_driver_and_the_operator_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/platform-ha.yaml");
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+
+    let out = ok(&bare_sipctl(
+        &config,
+        &[
+            "render",
+            "patroni",
+            "-f",
+            example,
+            "--member",
+            "2",
+            "--state-dir",
+            state,
+        ],
+    ));
+    let yml: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+    assert_eq!(yml["name"].as_str(), Some("pg-2"));
+    assert_eq!(
+        yml["postgresql"]["listen"].as_str(),
+        Some("127.0.0.1:15434")
+    );
+    assert_eq!(
+        yml["etcd3"]["hosts"].as_str(),
+        Some("127.0.0.1:2379,127.0.0.1:2381,127.0.0.1:2383")
+    );
+    let out = ok(&bare_sipctl(
+        &config,
+        &[
+            "render",
+            "patroni",
+            "-f",
+            example,
+            "--kubernetes",
+            "--namespace",
+            "voice",
+        ],
+    ));
+    assert!(out.contains("namespace: voice"), "{out}");
+    let (_, err) = fails(&bare_sipctl(
+        &config,
+        &["render", "patroni", "-f", example, "--member", "3"],
+    ));
+    assert!(err.contains("members 0 to 2"), "{err}");
+
+    let out = ok(&bare_sipctl(&config, &["render", "haproxy", "-f", example]));
+    assert!(
+        out.contains("bind 127.0.0.1:5432") && out.contains("uri /primary"),
+        "{out}"
+    );
+    let out = ok(&bare_sipctl(
+        &config,
+        &["render", "pgbouncer", "-f", example, "--state-dir", state],
+    ));
+    assert!(
+        out.contains("listen_port = 6432") && out.contains("pool_mode = transaction"),
+        "{out}"
+    );
+    let single = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/platform.yaml");
+    let (_, err) = fails(&bare_sipctl(
+        &config,
+        &["render", "pgbouncer", "-f", single],
+    ));
+    assert!(err.contains("spec.pooler.enabled"), "{err}");
+
+    let out = ok(&bare_sipctl(
+        &config,
+        &[
+            "render",
+            "freeswitch",
+            "-f",
+            example,
+            "--only",
+            "autoload_configs/sofia.conf.xml",
+        ],
+    ));
+    assert!(out.contains("sip-options-respond-503-on-busy"), "{out}");
+    let conf = dir.path().join("fs");
+    ok(&bare_sipctl(
+        &config,
+        &[
+            "render",
+            "freeswitch",
+            "-f",
+            example,
+            "--out",
+            conf.to_str().unwrap(),
+        ],
+    ));
+    assert!(conf.join("vars.xml").is_file() && conf.join("dialplan/sipstack.xml").is_file());
+}

@@ -284,6 +284,20 @@ fn default_read_only_port() -> u16 {
     5433
 }
 
+impl PgCluster {
+    /// The Service (and port) the platform's clients connect to on Kubernetes:
+    /// `NAME-pooler` (PgBouncer) when the cluster runs a pooler, else `NAME`, the
+    /// read-write Service that follows the primary.
+    pub fn client_service(&self) -> (String, u16) {
+        let name = kube::ResourceExt::name_any(self);
+        if self.spec.pooler.enabled {
+            (format!("{name}-pooler"), self.spec.pooler.port)
+        } else {
+            (name, self.spec.port)
+        }
+    }
+}
+
 impl PgClusterSpec {
     /// Whether the local driver starts its own etcd for this cluster: a cluster of more
     /// than one member that names no etcd endpoints (with DCS kind kubernetes too, since
@@ -576,19 +590,28 @@ mod tests {
     #[test]
     fn timing_that_lets_the_leader_lock_expire_between_cycles_is_refused() {
         let e = errors_of("  instances: 3\n  patroni: {ttl: 20, loopWait: 10, retryTimeout: 10}\n");
-        assert!(e.contains("spec.patroni.ttl") && e.contains("loopWait + 2 × retryTimeout = 30"), "{e}");
+        assert!(
+            e.contains("spec.patroni.ttl") && e.contains("loopWait + 2 × retryTimeout = 30"),
+            "{e}"
+        );
     }
 
     #[test]
     fn an_even_etcd_cluster_is_refused() {
         let e = errors_of("  instances: 3\n  dcs: {kind: etcd, etcdMembers: 2}\n");
-        assert!(e.contains("spec.dcs.etcdMembers") && e.contains("odd number"), "{e}");
+        assert!(
+            e.contains("spec.dcs.etcdMembers") && e.contains("odd number"),
+            "{e}"
+        );
     }
 
     #[test]
     fn an_unknown_postgres_version_is_refused() {
         let e = errors_of("  instances: 3\n  postgresVersion: \"14\"\n");
-        assert!(e.contains("postgresVersion") || e.contains("unknown variant"), "{e}");
+        assert!(
+            e.contains("postgresVersion") || e.contains("unknown variant"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -600,11 +623,17 @@ mod tests {
     #[test]
     fn local_ports_must_not_collide() {
         let e = errors_of("  instances: 3\n  port: 5432\n  local: {memberPort: 5431}\n");
-        assert!(e.contains("spec.local.memberPort (member 1)") && e.contains("is also spec.port"), "{e}");
+        assert!(
+            e.contains("spec.local.memberPort (member 1)") && e.contains("is also spec.port"),
+            "{e}"
+        );
         let e = errors_of("  instances: 3\n  local: {memberPort: 65534}\n");
         assert!(e.contains("65536"), "{e}");
         let e = errors_of("  instances: 3\n  dcs: {kind: etcd}\n  local: {etcdPort: 8007}\n");
-        assert!(e.contains("spec.local.restApiPort (member 0)") && e.contains("etcdPort"), "{e}");
+        assert!(
+            e.contains("spec.local.restApiPort (member 0)") && e.contains("etcdPort"),
+            "{e}"
+        );
     }
 
     #[test]

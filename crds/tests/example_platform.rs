@@ -1,13 +1,18 @@
-//! examples/platform.yaml is the file a user applies with `kubectl apply -f` and
-//! runs with `sipctl local up -f`. Both paths must accept it: the Rust loader, and
-//! the OpenAPI schema of the generated CRDs (what the API server validates).
+//! examples/platform.yaml (and platform-ha.yaml) are the files a user applies with
+//! `kubectl apply -f` and runs with `sipctl local up -f`. Both paths must accept
+//! them: the Rust loader, and the OpenAPI schema of the generated CRDs (what the API
+//! server validates).
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-fn example() -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/platform.yaml");
+const EXAMPLES: [&str; 2] = ["platform.yaml", "platform-ha.yaml"];
+
+fn example_file(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
     std::fs::read_to_string(path).unwrap()
 }
 
@@ -28,30 +33,35 @@ fn schema_of(kind: &str) -> serde_json::Value {
 }
 
 #[test]
-fn the_example_platform_loads() {
-    let p = sipstack_crds::Platform::from_yaml(&example()).unwrap();
-    assert_eq!(
-        (p.pg_clusters.len(), p.media_pools.len(), p.sip_edges.len()),
-        (1, 1, 1)
-    );
+fn the_example_platforms_load() {
+    for name in EXAMPLES {
+        let p = sipstack_crds::Platform::from_yaml(&example_file(name)).unwrap();
+        assert_eq!(
+            (p.pg_clusters.len(), p.media_pools.len(), p.sip_edges.len()),
+            (1, 1, 1),
+            "{name}"
+        );
+    }
 }
 
 #[test]
-fn the_example_platform_validates_against_the_crd_schemas() {
-    let mut checked = 0;
-    for doc in serde_yaml::Deserializer::from_str(&example()) {
-        let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
-        let kind = value["kind"].as_str().unwrap().to_string();
-        let schema = schema_of(&kind);
-        let validator = jsonschema::validator_for(&schema).unwrap();
-        let errors: Vec<String> = validator
-            .iter_errors(&value)
-            .map(|e| format!("{} at {}", e, e.instance_path))
-            .collect();
-        assert!(errors.is_empty(), "{kind}: {errors:#?}");
-        checked += 1;
+fn the_example_platforms_validate_against_the_crd_schemas() {
+    for name in EXAMPLES {
+        let mut checked = 0;
+        for doc in serde_yaml::Deserializer::from_str(&example_file(name)) {
+            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+            let kind = value["kind"].as_str().unwrap().to_string();
+            let schema = schema_of(&kind);
+            let validator = jsonschema::validator_for(&schema).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| format!("{} at {}", e, e.instance_path))
+                .collect();
+            assert!(errors.is_empty(), "{name} {kind}: {errors:#?}");
+            checked += 1;
+        }
+        assert_eq!(checked, 3, "{name}");
     }
-    assert_eq!(checked, 3);
 }
 
 /// The schema check above must be able to fail.

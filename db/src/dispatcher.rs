@@ -86,7 +86,7 @@ pub fn validate_member(index: usize, member: &Member) -> Result<(), DbError> {
 /// relative weights) reads; `weight` is kept for the percentage-based algorithm 9
 /// and for people reading the table. Without `rweight`, algorithm 11 sends every
 /// call to one member.
-fn weight_attrs(weight: i32) -> String {
+pub fn weight_attrs(weight: i32) -> String {
     format!("weight={weight};rweight={weight}")
 }
 

@@ -5,6 +5,7 @@
 //! `sipstack_dialplan` view directly; everything written here must stay in the
 //! shape its modules expect (see the migrations).
 
+pub mod bootstrap;
 pub mod cdr;
 pub mod dispatcher;
 mod error;

@@ -64,6 +64,25 @@ pub(crate) fn invalid(field: &str, problem: impl Into<String>, fix: impl Into<St
     }
 }
 
+/// A PostgreSQL role or database name the platform accepts,
+/// `^[a-z_][a-z0-9_]{0,62}$`: it never needs quoting.
+pub fn check_db_identifier(field: &str, value: &str) -> Result<(), DbError> {
+    let mut chars = value.chars();
+    let ok = value.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ok {
+        return Err(invalid(
+            field,
+            format!("{} is not a PostgreSQL name the platform accepts", shown(value)),
+            "use at most 63 lower-case letters, digits and '_', not starting with a digit (e.g. sipstack)",
+        ));
+    }
+    Ok(())
+}
+
 /// A route or pool name: a DNS label of at most 63 characters.
 pub fn name(field: &str, value: &str) -> Result<(), DbError> {
     if value.is_empty() || value.len() > 63 || !DNS_LABEL.is_match(value) {

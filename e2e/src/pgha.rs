@@ -522,15 +522,24 @@ pub struct Partition {
 impl Partition {
     /// Cuts `member` off from etcd and from the other members (and them from it).
     /// Clients that are not members (HAProxy, the test's writers) still reach both sides.
-    pub fn isolate(cluster: &ClusterHandle, member: &str, others: &[&str], etcd_ports: &[u16]) -> Result<Self> {
+    pub fn isolate(
+        cluster: &ClusterHandle,
+        member: &str,
+        others: &[&str],
+        etcd_ports: &[u16],
+    ) -> Result<Self> {
         let (mount, nft_prefix) = cgroup2_mount()?;
         let tag = format!("sipstack-partition-{}", std::process::id());
         let table = tag.replace('-', "_");
-        let mut partition = Partition { table: table.clone(), groups: Vec::new() };
+        let mut partition = Partition {
+            table: table.clone(),
+            groups: Vec::new(),
+        };
         let isolated = mount.join(format!("{tag}-isolated"));
         let majority = mount.join(format!("{tag}-majority"));
         for dir in [&isolated, &majority] {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating cgroup {}", dir.display()))?;
             partition.groups.push(dir.clone());
         }
         let move_member = |name: &str, group: &Path| -> Result<()> {
@@ -549,13 +558,22 @@ impl Partition {
         for o in others {
             move_member(o, &majority)?;
         }
-        let isolated_ports = [cluster.member_port(member)?, cluster.hp.rest_base + member_index(member)?];
+        let isolated_ports = [
+            cluster.member_port(member)?,
+            cluster.hp.rest_base + member_index(member)?,
+        ];
         let mut other_ports = Vec::new();
         for o in others {
             other_ports.push(cluster.member_port(o)?);
             other_ports.push(cluster.hp.rest_base + member_index(o)?);
         }
-        let set = |ports: &[u16]| ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+        let set = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let iso = format!("\"{nft_prefix}{tag}-isolated\"");
         let maj = format!("\"{nft_prefix}{tag}-majority\"");
         let script = format!(
@@ -587,8 +605,12 @@ impl Partition {
         // The rules match a socket by the cgroup it was created in, so connections
         // opened before the move would go on: end them (their owners reconnect, and
         // the new sockets fall under the rules).
-        let all_ports: Vec<String> =
-            etcd_ports.iter().chain(&isolated_ports).chain(&other_ports).map(|p| format!("dport = :{p}")).collect();
+        let all_ports: Vec<String> = etcd_ports
+            .iter()
+            .chain(&isolated_ports)
+            .chain(&other_ports)
+            .map(|p| format!("dport = :{p}"))
+            .collect();
         let filter = format!("( {} )", all_ports.join(" or "));
         let killed = std::process::Command::new("ss")
             .args(["-K", "-tn", "state", "established", &filter])
@@ -604,7 +626,9 @@ impl Partition {
     /// Removes the rules; the processes stay in their cgroups (which no longer matter).
     pub fn heal(&mut self) {
         if !self.table.is_empty() {
-            let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "inet", &self.table])
+                .status();
             self.table.clear();
         }
     }
@@ -628,7 +652,10 @@ impl Drop for Partition {
 }
 
 fn member_index(name: &str) -> Result<u16> {
-    name.rsplit('-').next().and_then(|n| n.parse::<u16>().ok()).context("member name")
+    name.rsplit('-')
+        .next()
+        .and_then(|n| n.parse::<u16>().ok())
+        .context("member name")
 }
 
 /// Where cgroup v2 is mounted, and the path prefix nft needs for it (nft resolves
@@ -646,7 +673,10 @@ fn cgroup2_mount() -> Result<(PathBuf, String)> {
     let prefix = match mount.strip_prefix("/sys/fs/cgroup") {
         Ok(rel) if rel.as_os_str().is_empty() => String::new(),
         Ok(rel) => format!("{}/", rel.display()),
-        Err(_) => bail!("cgroup v2 is mounted at {}, not under /sys/fs/cgroup where nft looks", mount.display()),
+        Err(_) => bail!(
+            "cgroup v2 is mounted at {}, not under /sys/fs/cgroup where nft looks",
+            mount.display()
+        ),
     };
     Ok((mount, prefix))
 }

@@ -423,11 +423,22 @@ async fn partitioned_primary_demotes_itself_and_there_is_no_split_brain() {
     let url = h.bed.db_url.clone();
     Writer::prepare(&url).await.unwrap();
     let old = h.cluster.leader().await.unwrap();
-    let others: Vec<String> =
-        h.cluster.cluster().await.unwrap().members.iter().filter(|m| m.name != old).map(|m| m.name.clone()).collect();
+    let others: Vec<String> = h
+        .cluster
+        .cluster()
+        .await
+        .unwrap()
+        .members
+        .iter()
+        .filter(|m| m.name != old)
+        .map(|m| m.name.clone())
+        .collect();
     let old_port = i32::from(h.cluster.member_port(&old).unwrap());
     // one writer through HAProxy, one on the old primary's side of the partition
-    let direct_url = url.replace(&format!(":{}/", h.bed.ports.postgres), &format!(":{old_port}/"));
+    let direct_url = url.replace(
+        &format!(":{}/", h.bed.ports.postgres),
+        &format!(":{old_port}/"),
+    );
     let through_proxy = Writer::start(&url, Duration::from_millis(20));
     let on_old_side = Writer::start_at(&direct_url, Duration::from_millis(20), 1_000_000);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -435,8 +446,14 @@ async fn partitioned_primary_demotes_itself_and_there_is_no_split_brain() {
     let etcd_ports: Vec<u16> = (0..3).map(|n| h.cluster.hp.etcd_base + 2 * n).collect();
     let other_names: Vec<&str> = others.iter().map(String::as_str).collect();
     let partitioned_at = Instant::now();
-    let mut partition = sipstack_e2e::pgha::Partition::isolate(&h.cluster, &old, &other_names, &etcd_ports).unwrap();
-    let new = h.cluster.wait_for_leader(Some(&old), Duration::from_secs(60)).await.unwrap();
+    let mut partition =
+        sipstack_e2e::pgha::Partition::isolate(&h.cluster, &old, &other_names, &etcd_ports)
+            .unwrap();
+    let new = h
+        .cluster
+        .wait_for_leader(Some(&old), Duration::from_secs(60))
+        .await
+        .unwrap();
     let elected_after = partitioned_at.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let a = through_proxy.finish().await;
@@ -444,29 +461,56 @@ async fn partitioned_primary_demotes_itself_and_there_is_no_split_brain() {
 
     let new_port = i32::from(h.cluster.member_port(&new).unwrap());
     let acks: Vec<_> = a.acks.iter().chain(b.acks.iter()).copied().collect();
-    let old_last = acks.iter().filter(|x| x.server_port == old_port).map(|x| x.at).max().unwrap();
-    let new_first = acks.iter().filter(|x| x.server_port == new_port).map(|x| x.at).min().expect("the new primary took no write");
+    let old_last = acks
+        .iter()
+        .filter(|x| x.server_port == old_port)
+        .map(|x| x.at)
+        .max()
+        .unwrap();
+    let new_first = acks
+        .iter()
+        .filter(|x| x.server_port == new_port)
+        .map(|x| x.at)
+        .min()
+        .expect("the new primary took no write");
     println!(
         "partition of {old}: {new} elected {:.1} s later; last write on {old} {:.1} s after the cut, first on {new} {:.1} s after it",
         elected_after.as_secs_f64(),
         (old_last - partitioned_at).as_secs_f64(),
         (new_first - partitioned_at).as_secs_f64()
     );
-    assert!(old_last < new_first, "two primaries acknowledged writes in the same period");
+    assert!(
+        old_last < new_first,
+        "two primaries acknowledged writes in the same period"
+    );
     // the old primary took no write once cut off: in synchronous mode its commits wait
     // for a standby it cannot reach, and it demotes itself when the leader key is lost
-    assert!(old_last < partitioned_at + Duration::from_millis(500), "the isolated primary kept acknowledging writes");
+    assert!(
+        old_last < partitioned_at + Duration::from_millis(500),
+        "the isolated primary kept acknowledging writes"
+    );
     let old_db = member_db(&h, &old).await;
-    let read_only: bool = old_db.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
+    let read_only: bool = old_db
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(read_only, "the isolated primary did not demote itself");
     let mut all = a.clone();
     all.acks = acks;
     let report = check_no_loss(&url, &all).await.unwrap();
-    assert!(report.lost.is_empty() && report.duplicated.is_empty(), "{report:?}");
+    assert!(
+        report.lost.is_empty() && report.duplicated.is_empty(),
+        "{report:?}"
+    );
 
     // healed: the old primary follows the new one
     partition.heal();
-    let cluster = h.cluster.wait_for_all_running(Duration::from_secs(90)).await.unwrap();
+    let cluster = h
+        .cluster
+        .wait_for_all_running(Duration::from_secs(90))
+        .await
+        .unwrap();
     assert_eq!(cluster.leader().unwrap().name, new);
     drop(partition);
     h.bed.down().await.unwrap();
@@ -479,8 +523,16 @@ async fn writes_without_standbys(h: &HaBed) -> (usize, sipstack_e2e::pgha::Write
     let leader = h.cluster.leader().await.unwrap();
     let writer = Writer::start(&url, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let replicas: Vec<String> =
-        h.cluster.cluster().await.unwrap().members.iter().filter(|m| m.name != leader).map(|m| m.name.clone()).collect();
+    let replicas: Vec<String> = h
+        .cluster
+        .cluster()
+        .await
+        .unwrap()
+        .members
+        .iter()
+        .filter(|m| m.name != leader)
+        .map(|m| m.name.clone())
+        .collect();
     for r in &replicas {
         h.cluster.kill_member(r).unwrap();
     }
@@ -488,26 +540,46 @@ async fn writes_without_standbys(h: &HaBed) -> (usize, sipstack_e2e::pgha::Write
     tokio::time::sleep(Duration::from_secs(12)).await;
     let log = writer.finish().await;
     // commits in flight when the standbys died may still return within a second
-    let after = log.acks.iter().filter(|a| a.at > killed_at + Duration::from_secs(2)).count();
+    let after = log
+        .acks
+        .iter()
+        .filter(|a| a.at > killed_at + Duration::from_secs(2))
+        .count();
     (after, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_synchronous_mode_blocks_writes_when_no_standby_is_left() {
-    let h = ha_testbed(HaSpec { synchronous_mode: "strict", ..HaSpec::default() }).await;
+    let h = ha_testbed(HaSpec {
+        synchronous_mode: "strict",
+        ..HaSpec::default()
+    })
+    .await;
     let (acknowledged_without_standby, log) = writes_without_standbys(&h).await;
     println!("strict: {acknowledged_without_standby} write(s) acknowledged with no standby left, {} before", log.acks.len());
-    assert_eq!(acknowledged_without_standby, 0, "strict synchronous mode acknowledged writes no standby holds");
+    assert_eq!(
+        acknowledged_without_standby, 0,
+        "strict synchronous mode acknowledged writes no standby holds"
+    );
 
     // a standby comes back: writes go on, and nothing acknowledged was lost
-    let options = sipstack_local::UpOptions { state_dir: h.bed.state_dir(), standins: false };
+    let options = sipstack_local::UpOptions {
+        state_dir: h.bed.state_dir(),
+        standins: false,
+    };
     sipstack_local::up(&h.bed.yaml, &options).await.unwrap();
     let writer = Writer::start_at(&h.bed.db_url, Duration::from_millis(20), 1_000_000);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let resumed = writer.finish().await;
-    assert!(!resumed.acks.is_empty(), "writes did not resume once a standby was back");
+    assert!(
+        !resumed.acks.is_empty(),
+        "writes did not resume once a standby was back"
+    );
     let report = check_no_loss(&h.bed.db_url, &log).await.unwrap();
-    assert!(report.lost.is_empty() && report.duplicated.is_empty(), "{report:?}");
+    assert!(
+        report.lost.is_empty() && report.duplicated.is_empty(),
+        "{report:?}"
+    );
     h.bed.down().await.unwrap();
 }
 
@@ -517,6 +589,9 @@ async fn plain_synchronous_mode_keeps_writing_when_no_standby_is_left() {
     let h = ha_testbed(HaSpec::default()).await;
     let (acknowledged_without_standby, _) = writes_without_standbys(&h).await;
     println!("on: {acknowledged_without_standby} write(s) acknowledged with no standby left");
-    assert!(acknowledged_without_standby > 0, "synchronous mode `on` stopped writes without standbys");
+    assert!(
+        acknowledged_without_standby > 0,
+        "synchronous mode `on` stopped writes without standbys"
+    );
     h.bed.down().await.unwrap();
 }

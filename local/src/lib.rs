@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use sipstack_crds::{MediaPool, PgCluster, Platform};
-use sipstack_db::dispatcher::Member;
 use sipstack_edgerpc::{EdgeRpc, Reload};
 use sipstack_render::{render_kamailio, KamailioRenderOptions};
 
@@ -57,6 +56,8 @@ pub enum LocalError {
     Postgres(#[from] postgres::PostgresError),
     #[error("{0}")]
     Rpc(#[from] sipstack_edgerpc::RpcError),
+    #[error("{0}")]
+    Dispatch(#[from] sipstack_dispatch::SyncError),
 }
 
 impl LocalError {
@@ -229,8 +230,14 @@ pub async fn up(
         ));
     }
     let mut standins = Vec::new();
+    // edges already running stop sending calls to removed members at once
+    let running_edges: Vec<EdgeRpc> = platform
+        .sip_edges
+        .iter()
+        .map(|e| EdgeRpc::for_socket(&e.spec.rpc.address, e.spec.rpc.port))
+        .collect();
     for pool in &platform.media_pools {
-        sync_pool(&client, pool, &mut report).await?;
+        sync_pool(&mut client, pool, &running_edges, &mut report).await?;
         if pool.spec.replicas > 0 {
             report.notice(format!(
                 "MediaPool/{}: its {} FreeSWITCH replica(s) run on Kubernetes only; locally the pool is its static members",
@@ -489,32 +496,46 @@ fn local_postgres(state_dir: &Path, pg: &PgCluster) -> LocalPostgres {
     )
 }
 
-/// Writes a pool and its static members to the database.
+/// Writes a pool and its static members to the database with the dispatcher
+/// sync engine: members added to a serving pool wait for their first answered
+/// probe, removed ones are disabled on the running `edges` at once and deleted
+/// (the reload after the edges are up makes them load the rest).
 async fn sync_pool(
-    client: &tokio_postgres::Client,
+    client: &mut tokio_postgres::Client,
     pool: &MediaPool,
+    edges: &[EdgeRpc],
     report: &mut Report,
 ) -> Result<(), LocalError> {
     let name = pool.name_any();
-    sipstack_db::media_pool::upsert(client, &name, pool.spec.set_id, algorithm_name(pool)).await?;
-    let members: Vec<Member> = pool
+    let set_id = pool.spec.set_id;
+    sipstack_db::media_pool::upsert(client, &name, set_id, algorithm_name(pool)).await?;
+    let members: Vec<sipstack_dispatch::Member> = pool
         .spec
         .members
         .iter()
-        .map(|m| Member {
-            destination: m.uri.clone(),
-            weight: m.weight as i32,
-            priority: m.priority,
-            description: name.clone(),
-        })
+        .map(|m| sipstack_dispatch::Member::serving(&m.uri, set_id, m.weight as i32, m.priority))
         .collect();
-    let change = sipstack_db::dispatcher::replace_set(client, pool.spec.set_id, &members).await?;
+    let policy = sipstack_dispatch::SetPolicy {
+        set_id,
+        description: name.clone(),
+        drain_grace: Duration::from_secs(pool.spec.drain_seconds.into()),
+    };
+    let active = sipstack_dispatch::active_on_edges(edges, set_id).await;
+    let plan = sipstack_dispatch::store::apply(
+        client,
+        &policy,
+        &members,
+        &active,
+        sipstack_dispatch::store::unix_now(),
+    )
+    .await?;
+    sipstack_dispatch::disable_on(edges, set_id, &plan.to_disable()).await;
     report.line(format!(
         "media      MediaPool/{name}: dispatcher set {} with {} member(s) ({} added, {} removed)",
-        pool.spec.set_id,
+        set_id,
         members.len(),
-        change.added.len(),
-        change.removed.len()
+        plan.inserted().len(),
+        plan.deleted().len()
     ));
     Ok(())
 }

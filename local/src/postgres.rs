@@ -20,7 +20,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 const SUPERUSER: &str = "postgres";
@@ -89,14 +88,6 @@ pub enum PostgresError {
 
     #[error(transparent)]
     Db(#[from] sipstack_db::DbError),
-
-    #[error("cannot set up database {database} for role {owner}: {source}")]
-    Setup {
-        owner: String,
-        database: String,
-        #[source]
-        source: tokio_postgres::Error,
-    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PostgresError + '_ {
@@ -393,68 +384,8 @@ impl LocalPostgres {
         // Only the salted verifier travels to the server, never the password.
         let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
         let client = self.connect_superuser().await?;
-        let setup = |source| PostgresError::Setup {
-            owner: owner.to_string(),
-            database: db_name.to_string(),
-            source,
-        };
-
-        let role_exists = client
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&owner])
-            .await
-            .map_err(setup)?
-            .is_some();
-        let role_sql = if role_exists {
-            "ALTER ROLE %I LOGIN PASSWORD %L"
-        } else {
-            "CREATE ROLE %I LOGIN PASSWORD %L"
-        };
-        // CREATE/ALTER ROLE take no parameters: format() quotes the values server-side.
-        let statement: String = client
-            .query_one(
-                "SELECT format($1, $2::text, $3::text)",
-                &[&role_sql, &owner, &verifier],
-            )
-            .await
-            .map_err(setup)?
-            .get(0);
-        match client.batch_execute(&statement).await {
-            Ok(()) => {}
-            Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {
-                // Created concurrently: set the password we hold.
-                let statement: String = client
-                    .query_one(
-                        "SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
-                        &[&owner, &verifier],
-                    )
-                    .await
-                    .map_err(setup)?
-                    .get(0);
-                client.batch_execute(&statement).await.map_err(setup)?;
-            }
-            Err(e) => return Err(setup(e)),
-        }
-
-        let db_exists = client
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db_name])
-            .await
-            .map_err(setup)?
-            .is_some();
-        if !db_exists {
-            let statement: String = client
-                .query_one(
-                    "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)",
-                    &[&db_name, &owner],
-                )
-                .await
-                .map_err(setup)?
-                .get(0);
-            match client.batch_execute(&statement).await {
-                Ok(()) => tracing::info!(database = db_name, owner, "created database"),
-                Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
-                Err(e) => return Err(setup(e)),
-            }
-        }
+        sipstack_db::bootstrap::ensure_owner_and_database(&client, owner, &verifier, db_name)
+            .await?;
         self.url_for_owner(owner, db_name)
     }
 

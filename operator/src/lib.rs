@@ -1,7 +1,9 @@
-//! The sipstack operator's core: pure functions from the custom resources
-//! (SipEdge, MediaPool, PgCluster) to the Kubernetes objects that run them.
-//! Nothing here talks to a cluster, so every builder is tested against golden files.
+//! The sipstack operator: pure functions from the custom resources (SipEdge,
+//! MediaPool, PgCluster) to the Kubernetes objects that run them, tested against
+//! golden files, and the controllers ([`controller`]) that apply those objects to a
+//! cluster.
 
+pub mod controller;
 pub mod error;
 pub mod manifests;
 pub mod mediapool;

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{
 use kube::ResourceExt;
 use sipstack_crds::{MediaPool, PgCluster};
 use sipstack_render::freeswitch::{
-    CdrDatabase, FreeswitchRenderOptions, CDR_PASSWORD_ENV, ESL_PASSWORD_ENV, SIP_PROFILE,
+    FreeswitchRenderOptions, CDR_PASSWORD_ENV, ESL_PASSWORD_ENV, SIP_PROFILE,
 };
 
 use crate::error::BuildError;
@@ -36,16 +36,6 @@ pub const DEFAULT_IMAGE: &str = "docker.io/safarov/freeswitch:1.10.12";
 pub const CONFIG_DIR: &str = "/etc/sipstack/freeswitch";
 /// Writable state of one node (logs, core database, run files); lost with the pod.
 pub const STATE_DIR: &str = "/var/lib/sipstack-freeswitch";
-/// Networks the edges send SIP from: the private ranges pod and node networks use.
-/// The event socket is not among them: it listens on the pod's loopback only.
-pub const SIP_ALLOW_FROM: &[&str] = &[
-    "127.0.0.0/8",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",
-    "fd00::/8",
-];
 /// Seconds the grace period adds to `spec.drainSeconds` for FreeSWITCH to stop.
 pub const STOP_MARGIN_SECONDS: i64 = 30;
 
@@ -77,19 +67,7 @@ pub fn build(
         },
         _ => None,
     };
-    let render_options = FreeswitchRenderOptions {
-        bind_address: None,
-        sip_allow_from: SIP_ALLOW_FROM.iter().map(|s| s.to_string()).collect(),
-        event_socket_address: "127.0.0.1".into(),
-        event_socket_allow_from: vec!["127.0.0.0/8".into()],
-        cdr_database: cdr.map(|c| {
-            let (host, port) = names::pg_client_endpoint(c);
-            CdrDatabase {
-                port,
-                ..CdrDatabase::of_cluster(c, host)
-            }
-        }),
-    };
+    let render_options = FreeswitchRenderOptions::for_cluster(cdr);
     let rendered = sipstack_render::render_freeswitch(pool, &render_options).map_err(|source| {
         BuildError::Render {
             object: object.clone(),

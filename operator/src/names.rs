@@ -100,12 +100,12 @@ pub fn pg_pooler_config(pg: &str) -> String {
 }
 
 /// Where clients of the platform database connect: PgBouncer when the cluster runs
-/// one, else the primary Service.
+/// one, else the primary Service (the API's contract, [`PgCluster::client_service`]).
 pub fn pg_client_endpoint(cluster: &PgCluster) -> (String, u16) {
-    let name = cluster.name_any();
-    if cluster.spec.pooler.enabled {
-        (pg_pooler(&name), cluster.spec.pooler.port)
-    } else {
-        (pg_primary_service(&name), cluster.spec.port)
-    }
+    let endpoint = cluster.client_service();
+    debug_assert!(
+        endpoint.0 == pg_pooler(&cluster.name_any())
+            || endpoint.0 == pg_primary_service(&cluster.name_any())
+    );
+    endpoint
 }

@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::ResourceExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
 use crate::meta::GENERATED_SECRET_ANNOTATION;
@@ -45,18 +45,46 @@ impl Object {
     }
 
     pub fn name(&self) -> String {
+        self.metadata().name.clone().unwrap_or_default()
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
         match self {
-            Object::ServiceAccount(o) => o.name_any(),
-            Object::Role(o) => o.name_any(),
-            Object::RoleBinding(o) => o.name_any(),
-            Object::Secret(o) => o.name_any(),
-            Object::ConfigMap(o) => o.name_any(),
-            Object::Service(o) => o.name_any(),
-            Object::StatefulSet(o) => o.name_any(),
-            Object::Deployment(o) => o.name_any(),
-            Object::DaemonSet(o) => o.name_any(),
-            Object::PodDisruptionBudget(o) => o.name_any(),
+            Object::ServiceAccount(o) => &o.metadata,
+            Object::Role(o) => &o.metadata,
+            Object::RoleBinding(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::StatefulSet(o) => &o.metadata,
+            Object::Deployment(o) => &o.metadata,
+            Object::DaemonSet(o) => &o.metadata,
+            Object::PodDisruptionBudget(o) => &o.metadata,
         }
+    }
+
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::ServiceAccount(o) => &mut o.metadata,
+            Object::Role(o) => &mut o.metadata,
+            Object::RoleBinding(o) => &mut o.metadata,
+            Object::Secret(o) => &mut o.metadata,
+            Object::ConfigMap(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::StatefulSet(o) => &mut o.metadata,
+            Object::Deployment(o) => &mut o.metadata,
+            Object::DaemonSet(o) => &mut o.metadata,
+            Object::PodDisruptionBudget(o) => &mut o.metadata,
+        }
+    }
+
+    /// The value of an annotation of the object.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
     }
 
     /// `Kind/name`, as messages and conditions name objects.
@@ -67,7 +95,7 @@ impl Object {
     /// A Secret whose values the operator generates once and never overwrites.
     pub fn is_generated_secret(&self) -> bool {
         match self {
-            Object::Secret(s) => s.annotations().contains_key(GENERATED_SECRET_ANNOTATION),
+            Object::Secret(_) => self.annotation(GENERATED_SECRET_ANNOTATION).is_some(),
             _ => false,
         }
     }

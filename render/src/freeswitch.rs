@@ -55,6 +55,40 @@ impl CdrDatabase {
     }
 }
 
+/// Networks the edges send SIP from on Kubernetes: the private ranges pod and node
+/// networks use. The event socket is not among them: it listens on loopback only.
+pub const CLUSTER_SIP_ALLOW_FROM: &[&str] = &[
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fd00::/8",
+];
+
+impl FreeswitchRenderOptions {
+    /// What the operator renders for the pods of a MediaPool: SIP from the cluster's
+    /// private networks, the event socket on loopback, CDRs to `cdr`'s client Service.
+    pub fn for_cluster(cdr: Option<&PgCluster>) -> Self {
+        Self {
+            bind_address: None,
+            sip_allow_from: CLUSTER_SIP_ALLOW_FROM
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            event_socket_address: "127.0.0.1".into(),
+            event_socket_allow_from: vec!["127.0.0.0/8".into()],
+            cdr_database: cdr.map(|c| {
+                let (host, port) = c.client_service();
+                CdrDatabase {
+                    port,
+                    ..CdrDatabase::of_cluster(c, host)
+                }
+            }),
+        }
+    }
+}
+
 /// Settings that depend on where the media node runs, not on the spec.
 #[derive(Debug, Clone)]
 pub struct FreeswitchRenderOptions {

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use kube::ResourceExt;
-use sipstack_crds::PgCluster;
 use sipstack_crds::Platform;
+use sipstack_crds::{MediaPool, PgCluster};
 use sipstack_local::patroni::LocalCluster;
+use sipstack_render::freeswitch::FreeswitchRenderOptions;
 use sipstack_render::{
-    render_haproxy, render_kamailio, render_patroni, render_pgbouncer, KamailioRenderOptions,
-    PatroniTarget, PgbouncerTarget,
+    render_freeswitch, render_haproxy, render_kamailio, render_patroni, render_pgbouncer,
+    KamailioRenderOptions, PatroniTarget, PgbouncerTarget,
 };
 
 #[derive(Debug, Subcommand)]
@@ -36,9 +37,35 @@ pub enum RenderCommand {
     /// the primary, a read-only one over the replicas.
     #[command(after_help = "Example:\n  sipctl render haproxy -f platform.yaml")]
     Haproxy(RenderClusterArgs),
+    /// Print the FreeSWITCH configuration of a MediaPool's nodes, as the operator
+    /// mounts it (`freeswitch.xml`, `vars.xml`, `autoload_configs/*.xml`, the dialplan),
+    /// or write the files into a directory.
+    ///
+    /// Passwords are not in the files: FreeSWITCH reads the event socket's from
+    /// SIPSTACK_ESL_PASSWORD and libpq the CDR database's from PGPASSWORD.
+    #[command(
+        after_help = "Examples:\n  sipctl render freeswitch -f examples/platform.yaml\n  sipctl render freeswitch -f platform.yaml --name media --out /tmp/fs-conf\n  sipctl render freeswitch -f platform.yaml --only autoload_configs/sofia.conf.xml"
+    )]
+    Freeswitch(RenderFreeswitchArgs),
     /// Print the pgbouncer.ini of a PgCluster whose spec.pooler is enabled.
     #[command(after_help = "Example:\n  sipctl render pgbouncer -f platform.yaml")]
     Pgbouncer(RenderClusterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderFreeswitchArgs {
+    /// Platform file with the MediaPool (and the PgCluster its CDRs go to).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// MediaPool to render; needed when the file declares several.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print only this file (a path as listed, e.g. vars.xml).
+    #[arg(long, conflicts_with = "out")]
+    pub only: Option<String>,
+    /// Write the files under this directory instead of printing them.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +146,59 @@ pub fn run(cmd: RenderCommand) -> anyhow::Result<()> {
                 )?
             };
             print!("{}", rendered.text);
+            Ok(())
+        }
+        RenderCommand::Freeswitch(args) => {
+            let platform = load_platform(&args.file)?;
+            let pools: Vec<&MediaPool> = platform
+                .media_pools
+                .iter()
+                .filter(|p| args.name.as_deref().is_none_or(|n| p.name_any() == n))
+                .collect();
+            let pool = match (pools.as_slice(), &args.name) {
+                ([one], _) => *one,
+                ([], Some(n)) => anyhow::bail!("the file declares no MediaPool named {n:?}"),
+                ([], None) => anyhow::bail!("the file declares no MediaPool"),
+                (_, _) => {
+                    anyhow::bail!("the file declares several MediaPools; choose one with --name")
+                }
+            };
+            let cdr = pool
+                .spec
+                .cdr
+                .database
+                .as_ref()
+                .filter(|_| pool.spec.cdr.enabled)
+                .and_then(|d| {
+                    platform
+                        .pg_clusters
+                        .iter()
+                        .find(|c| c.name_any() == d.pg_cluster)
+                });
+            let files = render_freeswitch(pool, &FreeswitchRenderOptions::for_cluster(cdr))?;
+            if let Some(only) = &args.only {
+                let Some((_, file)) = files.iter().find(|(path, _)| path == only) else {
+                    let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+                    anyhow::bail!("no file {only:?}; the files are {}", names.join(", "));
+                };
+                print!("{}", file.text);
+            } else if let Some(dir) = &args.out {
+                for (path, file) in &files {
+                    let target = dir.join(path);
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent)
+                            .with_context(|| format!("cannot create {}", parent.display()))?;
+                    }
+                    std::fs::write(&target, &file.text)
+                        .with_context(|| format!("cannot write {}", target.display()))?;
+                    println!("{}", target.display());
+                }
+            } else {
+                for (path, file) in &files {
+                    println!("<!-- ===== {path} ===== -->");
+                    print!("{}", file.text);
+                }
+            }
             Ok(())
         }
         RenderCommand::Haproxy(args) => {

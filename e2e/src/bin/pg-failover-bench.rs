@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use sipstack_e2e::pgha::{
-    add_register_users, check_no_loss, ha_yaml, register_load, ClusterHandle, HaPorts, HaSpec, PatroniTiming, Writer,
+    add_register_users, check_no_loss, ha_yaml, register_load, ClusterHandle, HaPorts, HaSpec,
+    PatroniTiming, Writer,
 };
 use sipstack_e2e::testbed::{Ports, Testbed, TestbedSpec};
 use sipstack_patroni::SwitchoverRequest;
@@ -72,14 +73,22 @@ struct Figures {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let settings: Vec<(&str, PatroniTiming)> = [("default", PatroniTiming::DEFAULT), ("tuned", PatroniTiming::TUNED)]
-        .into_iter()
-        .filter(|(name, _)| args.only.as_deref().is_none_or(|o| o == *name))
-        .collect();
+    let settings: Vec<(&str, PatroniTiming)> = [
+        ("default", PatroniTiming::DEFAULT),
+        ("tuned", PatroniTiming::TUNED),
+    ]
+    .into_iter()
+    .filter(|(name, _)| args.only.as_deref().is_none_or(|o| o == *name))
+    .collect();
     let mut results = Vec::new();
     for (name, timing) in &settings {
-        eprintln!("== {name}: ttl {} s, loop_wait {} s, retry_timeout {} s", timing.ttl, timing.loop_wait, timing.retry_timeout);
-        let figures = run_setting(*timing, &args).await.with_context(|| format!("setting {name}"))?;
+        eprintln!(
+            "== {name}: ttl {} s, loop_wait {} s, retry_timeout {} s",
+            timing.ttl, timing.loop_wait, timing.retry_timeout
+        );
+        let figures = run_setting(*timing, &args)
+            .await
+            .with_context(|| format!("setting {name}"))?;
         results.push((*name, *timing, figures));
     }
     let ok = report(&results);
@@ -92,10 +101,15 @@ async fn main() -> Result<()> {
 async fn run_setting(timing: PatroniTiming, args: &Args) -> Result<Figures> {
     let ports = Ports::free()?;
     let hp = HaPorts::free()?;
-    let ha = HaSpec { timing, ..HaSpec::default() };
+    let ha = HaSpec {
+        timing,
+        ..HaSpec::default()
+    };
     let bed = Testbed::up_yaml(ha_yaml(&TestbedSpec::default(), ports, &ha, hp), ports).await?;
     let cluster = ClusterHandle::new(&bed.state_dir(), hp);
-    cluster.wait_for_all_running(Duration::from_secs(90)).await?;
+    cluster
+        .wait_for_all_running(Duration::from_secs(90))
+        .await?;
     Writer::prepare(&bed.db_url).await?;
     add_register_users(&bed.db_url, 20).await?;
     let mut f = Figures::default();
@@ -107,7 +121,9 @@ async fn run_setting(timing: PatroniTiming, args: &Args) -> Result<Figures> {
         .chain(std::iter::repeat_n("switchover", args.planned as usize))
         .collect();
     for (i, event) in events.iter().enumerate() {
-        cluster.wait_for_all_running(Duration::from_secs(120)).await?;
+        cluster
+            .wait_for_all_running(Duration::from_secs(120))
+            .await?;
         let old = cluster.leader().await?;
         let load = tokio::spawn(register_load(bed.edge(), 20, 20, event_window)?.run_async());
         let writer = Writer::start_at(&bed.db_url, Duration::from_millis(20), next_id);
@@ -118,13 +134,21 @@ async fn run_setting(timing: PatroniTiming, args: &Args) -> Result<Figures> {
             "kill" => cluster.kill_member(&old)?,
             "graceful" => {
                 let pid = cluster.patroni_pid(&old)?;
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)?;
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                )?;
             }
             _ => {
-                cluster.patroni.switchover(&SwitchoverRequest::default()).await?;
+                cluster
+                    .patroni
+                    .switchover(&SwitchoverRequest::default())
+                    .await?;
             }
         }
-        let new = cluster.wait_for_leader(Some(&old), Duration::from_secs(120)).await?;
+        let new = cluster
+            .wait_for_leader(Some(&old), Duration::from_secs(120))
+            .await?;
         // let writes run on the new primary for a while, then stop with the load
         let out = load.await??;
         let log = writer.finish().await;
@@ -132,7 +156,9 @@ async fn run_setting(timing: PatroniTiming, args: &Args) -> Result<Figures> {
         // kill; a planned event lets the writes run until the hand-over, so the gap
         // is the longest pause
         let gap = match *event {
-            "kill" => log.first_ack_after(at).context("no write succeeded after the kill")?,
+            "kill" => log
+                .first_ack_after(at)
+                .context("no write succeeded after the kill")?,
             _ => log.longest_gap(),
         };
         let loss = check_no_loss(&bed.db_url, &log).await?;
@@ -157,7 +183,10 @@ async fn run_setting(timing: PatroniTiming, args: &Args) -> Result<Figures> {
         f.registers_ok += out.successful();
         f.registers_total += out.successful() + out.failed();
         // the stopped member comes back (pg_rewind when it must) before the next event
-        let options = sipstack_local::UpOptions { state_dir: bed.state_dir(), standins: false };
+        let options = sipstack_local::UpOptions {
+            state_dir: bed.state_dir(),
+            standins: false,
+        };
         sipstack_local::up(&bed.yaml, &options).await?;
     }
     bed.down().await?;
@@ -172,7 +201,12 @@ fn median(v: &[Duration]) -> Option<Duration> {
 
 fn cell(v: &[Duration]) -> String {
     match (median(v), v.iter().max()) {
-        (Some(m), Some(x)) => format!("{:.1} s / {:.1} s (n={})", m.as_secs_f64(), x.as_secs_f64(), v.len()),
+        (Some(m), Some(x)) => format!(
+            "{:.1} s / {:.1} s (n={})",
+            m.as_secs_f64(),
+            x.as_secs_f64(),
+            v.len()
+        ),
         _ => "-".into(),
     }
 }
@@ -185,7 +219,13 @@ fn report(results: &[(&str, PatroniTiming, Figures)]) -> bool {
     println!();
     print!("{:<34}", "");
     for (name, t, _) in results {
-        print!("{:<36}", format!("{name} (ttl {}, loop {}, retry {})", t.ttl, t.loop_wait, t.retry_timeout));
+        print!(
+            "{:<36}",
+            format!(
+                "{name} (ttl {}, loop {}, retry {})",
+                t.ttl, t.loop_wait, t.retry_timeout
+            )
+        );
     }
     println!();
     let row = |label: &str, f: &dyn Fn(&Figures) -> String| {
@@ -198,13 +238,20 @@ fn report(results: &[(&str, PatroniTiming, Figures)]) -> bool {
     row("SIGKILL of the primary", &|f| cell(&f.kill_gaps));
     row("graceful stop of the primary", &|f| cell(&f.graceful_gaps));
     row("switchover", &|f| cell(&f.switchover_gaps));
-    row("acknowledged rows lost", &|f| format!("{} of {}", f.lost, f.acknowledged));
+    row("acknowledged rows lost", &|f| {
+        format!("{} of {}", f.lost, f.acknowledged)
+    });
     row("rows duplicated", &|f| f.duplicated.to_string());
     row("REGISTER success during events", &|f| {
         if f.registers_total == 0 {
             "-".into()
         } else {
-            format!("{:.2} % ({} of {})", 100.0 * f.registers_ok as f64 / f.registers_total as f64, f.registers_ok, f.registers_total)
+            format!(
+                "{:.2} % ({} of {})",
+                100.0 * f.registers_ok as f64 / f.registers_total as f64,
+                f.registers_ok,
+                f.registers_total
+            )
         }
     });
     println!();
@@ -213,13 +260,27 @@ fn report(results: &[(&str, PatroniTiming, Figures)]) -> bool {
     if let Some((_, t, f)) = results.iter().find(|(n, _, _)| *n == "tuned") {
         let bound = Duration::from_secs(u64::from(t.ttl + t.loop_wait));
         let checks = [
-            ("graceful stop < 10 s", f.graceful_gaps.iter().all(|g| *g < Duration::from_secs(10))),
-            ("SIGKILL within ttl + loop_wait", f.kill_gaps.iter().all(|g| *g <= bound)),
-            ("switchover < 5 s", f.switchover_gaps.iter().all(|g| *g < Duration::from_secs(5))),
+            (
+                "graceful stop < 10 s",
+                f.graceful_gaps.iter().all(|g| *g < Duration::from_secs(10)),
+            ),
+            (
+                "SIGKILL within ttl + loop_wait",
+                f.kill_gaps.iter().all(|g| *g <= bound),
+            ),
+            (
+                "switchover < 5 s",
+                f.switchover_gaps
+                    .iter()
+                    .all(|g| *g < Duration::from_secs(5)),
+            ),
             ("0 acknowledged rows lost", f.lost == 0 && f.duplicated == 0),
         ];
         for (what, met) in checks {
-            println!("target (tuned) {what}: {}", if met { "met" } else { "MISSED" });
+            println!(
+                "target (tuned) {what}: {}",
+                if met { "met" } else { "MISSED" }
+            );
             ok &= met;
         }
     }

@@ -1,0 +1,292 @@
+//! The controllers that run SipEdge, MediaPool and PgCluster on a cluster: one
+//! process, three kube-rs Controllers, each owning the children its builder makes.
+//!
+//! A reconcile builds the desired objects with the pure builders
+//! ([`crate::sipedge`], [`crate::mediapool`], [`crate::pgcluster`]), brings the
+//! children to them ([`apply`]) and reports the outcome in the status ([`report`]).
+//! A spec that cannot work is reported (`Degraded`, an Event) and looked at again
+//! later; failures of the API server or the database are retried with a per-object
+//! backoff ([`error::error_policy`]).
+
+pub mod apply;
+pub mod context;
+pub mod database;
+pub mod error;
+pub mod leader;
+pub mod mediapool;
+pub mod metrics;
+pub mod pgcluster;
+pub mod report;
+pub mod server;
+pub mod sipedge;
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::NamespaceResourceScope;
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Resource, ResourceExt};
+use sipstack_crds::{MediaPool, PgCluster, SipEdge};
+
+use crate::controller::context::{Context, Timing};
+use crate::controller::database::{PlatformDatabase, PostgresPlatformDatabase};
+use crate::controller::error::{error_policy, ReconcileError};
+use crate::controller::leader::{LeaderElector, LeaseSettings};
+use crate::controller::metrics::Metrics;
+use crate::controller::server::Health;
+use crate::meta::FIELD_MANAGER;
+
+/// How the operator process runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Watch one namespace only; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_address: SocketAddr,
+    /// The Lease to lead by; `None` runs the controllers at once (one replica only).
+    pub leader_election: Option<LeaseSettings>,
+    /// This replica's name in Events and the Lease (the pod's name).
+    pub identity: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot reach the Kubernetes API server: {0}")]
+    ApiServer(#[source] kube::Error),
+    #[error("cannot serve metrics on {address}: {source}")]
+    Serve {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process must end: another replica may act from now on.
+    #[error("lost the leadership, stopping so that only one replica acts: {0}")]
+    LeadershipLost(#[from] leader::LeadershipLost),
+}
+
+/// Runs the operator until a termination signal (or the loss of the leadership).
+pub async fn run(client: Client, settings: Settings) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let address = settings.metrics_address;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| RunError::Serve { address, source })?;
+    let router = server::router(metrics.clone(), health.clone());
+    let mut server = tokio::spawn(async move { axum::serve(listener, router).await });
+    tracing::info!(%address, "serving /metrics, /healthz and /readyz");
+
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(RunError::ApiServer)?;
+    tracing::info!(version = %version.git_version, "connected to the API server");
+    health.set_ready(true);
+
+    let database: Arc<dyn PlatformDatabase> =
+        Arc::new(PostgresPlatformDatabase::new(client.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Some(settings.identity.clone()),
+        metrics.clone(),
+        database,
+        Timing::default(),
+    ));
+
+    let elector = settings
+        .leader_election
+        .clone()
+        .map(|lease| LeaderElector::new(client.clone(), lease));
+    if let Some(elector) = &elector {
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+    }
+    metrics.set_leader(true);
+
+    let holding = async {
+        match &elector {
+            Some(elector) => elector.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        () = run_controllers(ctx, settings.namespace.clone()) => Ok(()),
+        lost = holding => Err(RunError::LeadershipLost(lost)),
+        served = &mut server => {
+            let source = match served {
+                Ok(Ok(())) => std::io::Error::other("the server stopped"),
+                Ok(Err(e)) => e,
+                Err(e) => std::io::Error::other(e),
+            };
+            Err(RunError::Serve { address, source })
+        }
+    };
+    metrics.set_leader(false);
+    if let (Some(elector), Ok(())) = (&elector, &result) {
+        if let Err(error) = elector.release().await {
+            tracing::warn!(%error, "cannot release the leader Lease; it expires by itself");
+        }
+    }
+    result
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Resources of kind `R` that `wants` says depend on `changed`, for `.watches`.
+fn dependents<R>(
+    store: &kube::runtime::reflector::Store<R>,
+    wants: impl Fn(&R) -> bool,
+) -> Vec<ObjectRef<R>>
+where
+    R: Resource<DynamicType = ()> + Clone,
+{
+    store
+        .state()
+        .iter()
+        .filter(|r| wants(r))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+fn log_result<K: Resource>(
+    result: Result<(ObjectRef<K>, Action), controller::Error<ReconcileError, watcher::Error>>,
+) -> std::future::Ready<()>
+where
+    K::DynamicType: Debug,
+{
+    match result {
+        Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+        // logged with the object by the error policy
+        Err(controller::Error::ReconcilerFailed(_, object)) => {
+            tracing::debug!(%object, "reconcile failed")
+        }
+        Err(error) => tracing::warn!(%error, "controller"),
+    }
+    std::future::ready(())
+}
+
+/// Runs the three controllers until a termination signal.
+pub async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let resources = watcher::Config::default().any_semantic();
+    // only the objects the operator made: the watches stay small in a busy cluster
+    let children = watcher::Config::default()
+        .labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"))
+        .any_semantic();
+
+    let edges = Controller::new(api::<SipEdge>(&client, ns), resources.clone());
+    let edge_store = edges.store();
+    let pool_edges = edge_store.clone();
+    let edges = edges
+        .owns(api::<Secret>(&client, ns), children.clone())
+        .owns(api::<ConfigMap>(&client, ns), children.clone())
+        .owns(api::<Service>(&client, ns), children.clone())
+        .owns(api::<Deployment>(&client, ns), children.clone())
+        .owns(api::<DaemonSet>(&client, ns), children.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
+        .watches(
+            api::<PgCluster>(&client, ns),
+            resources.clone(),
+            move |cluster: PgCluster| {
+                let (namespace, name) = (cluster.namespace(), cluster.name_any());
+                dependents(&edge_store, |e| {
+                    sipedge::uses_cluster(e, namespace.as_deref(), &name)
+                })
+            },
+        )
+        .watches(
+            api::<MediaPool>(&client, ns),
+            resources.clone(),
+            move |pool: MediaPool| {
+                let (namespace, name) = (pool.namespace(), pool.name_any());
+                dependents(&pool_edges, |e| {
+                    sipedge::uses_pool(e, namespace.as_deref(), &name)
+                })
+            },
+        )
+        .shutdown_on_signal()
+        .run(sipedge::reconcile, error_policy, ctx.clone())
+        .for_each(log_result);
+
+    let pools = Controller::new(api::<MediaPool>(&client, ns), resources.clone());
+    let pool_store = pools.store();
+    let pools = pools
+        .owns(api::<Secret>(&client, ns), children.clone())
+        .owns(api::<ConfigMap>(&client, ns), children.clone())
+        .owns(api::<Service>(&client, ns), children.clone())
+        .owns(api::<StatefulSet>(&client, ns), children.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
+        .watches(
+            api::<PgCluster>(&client, ns),
+            resources.clone(),
+            move |cluster: PgCluster| {
+                let (namespace, name) = (cluster.namespace(), cluster.name_any());
+                dependents(&pool_store, |p| {
+                    mediapool::uses_cluster(p, namespace.as_deref(), &name)
+                })
+            },
+        )
+        .shutdown_on_signal()
+        .run(mediapool::reconcile, error_policy, ctx.clone())
+        .for_each(log_result);
+
+    let clusters = Controller::new(api::<PgCluster>(&client, ns), resources.clone())
+        .owns(api::<ServiceAccount>(&client, ns), children.clone())
+        .owns(api::<Role>(&client, ns), children.clone())
+        .owns(api::<RoleBinding>(&client, ns), children.clone())
+        .owns(api::<Secret>(&client, ns), children.clone())
+        .owns(api::<ConfigMap>(&client, ns), children.clone())
+        .owns(api::<Service>(&client, ns), children.clone())
+        .owns(api::<StatefulSet>(&client, ns), children.clone())
+        .owns(api::<Deployment>(&client, ns), children.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), children)
+        .shutdown_on_signal()
+        .run(pgcluster::reconcile, error_policy, ctx.clone())
+        .for_each(log_result);
+
+    tracing::info!(namespace = ns.unwrap_or("(all)"), "controllers started");
+    tokio::join!(edges, pools, clusters);
+    tracing::info!("controllers stopped");
+}

@@ -1,0 +1,212 @@
+//! The SipEdge controller: Kamailio's configuration, Secret, Services and workload
+//! from the edge's spec, its PgCluster and its MediaPools. The edge is reconciled
+//! again when one of those changes (the rendered kamailio.cfg holds the pools'
+//! dispatcher sets and the database endpoint).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use serde_json::Value;
+use sipstack_crds::{MediaPool, PgCluster, SipEdge};
+use tracing::Instrument;
+
+use crate::controller::apply::{self, ChildKind, Owner};
+use crate::controller::context::Context;
+use crate::controller::error::{namespace_of, object_key, ReconcileError};
+use crate::controller::report::{self, ready_of, Report};
+use crate::meta::CONFIG_HASH_ANNOTATION;
+use crate::object::Object;
+use crate::sipedge;
+use crate::status::Observation;
+
+/// The kinds of children an edge may have.
+pub const CHILD_KINDS: &[ChildKind] = &[
+    ChildKind::Secret,
+    ChildKind::ConfigMap,
+    ChildKind::Service,
+    ChildKind::Deployment,
+    ChildKind::DaemonSet,
+    ChildKind::PodDisruptionBudget,
+];
+
+/// Whether `edge` uses the PgCluster `cluster` (same namespace).
+pub fn uses_cluster(edge: &SipEdge, namespace: Option<&str>, cluster: &str) -> bool {
+    edge.namespace().as_deref() == namespace && edge.spec.database.pg_cluster == cluster
+}
+
+/// Whether `edge` uses the MediaPool `pool` (same namespace).
+pub fn uses_pool(edge: &SipEdge, namespace: Option<&str>, pool: &str) -> bool {
+    edge.namespace().as_deref() == namespace && edge.spec.media_pools.iter().any(|p| p == pool)
+}
+
+/// Reconciles one SipEdge.
+pub async fn reconcile(edge: Arc<SipEdge>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = "SipEdge",
+        namespace = edge.namespace().unwrap_or_default(),
+        name = edge.name_any()
+    );
+    let started = Instant::now();
+    let result = reconcile_inner(&edge, &ctx).instrument(span).await;
+    let outcome = match &result {
+        Ok((_, outcome)) => outcome,
+        Err(_) => "failed",
+    };
+    ctx.metrics
+        .reconciled("SipEdge", outcome, started.elapsed());
+    if result.is_ok() {
+        ctx.backoff.reset(&object_key(edge.as_ref()));
+    }
+    result.map(|(action, _)| action)
+}
+
+async fn reconcile_inner(
+    edge: &SipEdge,
+    ctx: &Context,
+) -> Result<(Action, &'static str), ReconcileError> {
+    let namespace = namespace_of(edge)?;
+    let cluster_name = &edge.spec.database.pg_cluster;
+    let cluster = Api::<PgCluster>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(cluster_name)
+        .await
+        .map_err(|e| ReconcileError::kube(format!("get PgCluster/{cluster_name}"), e))?;
+    let pool_api = Api::<MediaPool>::namespaced(ctx.client.clone(), &namespace);
+    let mut pools = Vec::new();
+    for name in &edge.spec.media_pools {
+        if let Some(pool) = pool_api
+            .get_opt(name)
+            .await
+            .map_err(|e| ReconcileError::kube(format!("get MediaPool/{name}"), e))?
+        {
+            pools.push(pool);
+        }
+    }
+    let pool_refs: Vec<&MediaPool> = pools.iter().collect();
+
+    let desired = match sipedge::build(edge, &namespace, &pool_refs, cluster.as_ref()) {
+        Ok(objects) => objects,
+        Err(error) => {
+            tracing::warn!(%error, "the spec cannot be applied");
+            let report = Report {
+                observation: Observation::from(&error),
+                fields: Vec::new(),
+            };
+            report::publish(ctx, edge, &report).await?;
+            return Ok((Action::requeue(ctx.timing.degraded), "degraded"));
+        }
+    };
+    let config_hash = desired.iter().find_map(pod_config_hash);
+    let owner = Owner::of(edge, &namespace);
+    let synced = match apply::sync_children(ctx, &owner, CHILD_KINDS, desired).await {
+        Ok(synced) => synced,
+        Err(ReconcileError::Rejected { object, message }) => {
+            let report = Report {
+                observation: rejected_observation(&owner.reference, &object, &message),
+                fields: Vec::new(),
+            };
+            report::publish(ctx, edge, &report).await?;
+            return Ok((Action::requeue(ctx.timing.degraded), "degraded"));
+        }
+        Err(e) => return Err(e),
+    };
+
+    let (ready, desired_pods) = match synced
+        .find(ChildKind::Deployment)
+        .or_else(|| synced.find(ChildKind::DaemonSet))
+    {
+        Some(Object::Deployment(d)) => {
+            let status = d.status.clone().unwrap_or_default();
+            let wanted = d.spec.replicas.unwrap_or(1);
+            (
+                ready_of(
+                    status.ready_replicas,
+                    status.updated_replicas,
+                    status.observed_generation,
+                    d.metadata.generation,
+                ),
+                wanted,
+            )
+        }
+        Some(Object::DaemonSet(d)) => {
+            let status = d.status.clone();
+            match status {
+                Some(s) => (
+                    ready_of(
+                        Some(s.number_ready),
+                        s.updated_number_scheduled,
+                        s.observed_generation,
+                        d.metadata.generation,
+                    ),
+                    s.desired_number_scheduled,
+                ),
+                // not looked at by the DaemonSet controller yet
+                None => (0, 1),
+            }
+        }
+        _ => (0, 1),
+    };
+    let report = Report {
+        observation: Observation::Applied {
+            ready,
+            desired: desired_pods,
+        },
+        fields: vec![
+            ("readyReplicas", Value::from(ready)),
+            (
+                "configHash",
+                config_hash.map(Value::from).unwrap_or(Value::Null),
+            ),
+        ],
+    };
+    report::publish(ctx, edge, &report).await?;
+    let requeue = if ready >= desired_pods {
+        ctx.timing.ready
+    } else {
+        ctx.timing.pending
+    };
+    Ok((Action::requeue(requeue), "applied"))
+}
+
+/// The configuration hash on the pod template of a workload.
+fn pod_config_hash(object: &Object) -> Option<String> {
+    let template = match object {
+        Object::Deployment(d) => &d.spec.template,
+        Object::DaemonSet(d) => &d.spec.template,
+        Object::StatefulSet(s) => &s.spec.template,
+        _ => return None,
+    };
+    template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(CONFIG_HASH_ANNOTATION)
+        .cloned()
+}
+
+/// The `Degraded` report of a child the API server refused, with the way out.
+pub fn rejected_observation(owner: &str, child: &str, message: &str) -> Observation {
+    let immutable = message.contains("Forbidden") || message.contains("immutable");
+    let (reason, fix) = if immutable {
+        (
+            "ImmutableField",
+            format!(
+                "the change of {owner}'s spec needs a field of {child} that cannot be changed in place; \
+                 revert the change, or delete {child} (kubectl delete {} --cascade=orphan keeps the pods) so that the operator creates it anew",
+                child.to_lowercase().replacen('/', " ", 1)
+            ),
+        )
+    } else {
+        (
+            "InvalidSpec",
+            format!("correct the field of {owner}'s spec that the message names"),
+        )
+    };
+    Observation::Invalid {
+        reason: reason.into(),
+        message: format!("the API server refused {child}: {message}; {fix}"),
+    }
+}

@@ -1,0 +1,647 @@
+//! The controllers against an in-memory API server: what the first reconcile writes
+//! and in which order, that a second one writes nothing, how a spec that cannot work
+//! is reported, the MediaPool finalizer, generated Secrets, orphans, leader election
+//! and the HTTP endpoints.
+
+mod support;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::DeleteParams;
+use kube::{Api, ResourceExt};
+use serde_json::{json, Value};
+use sipstack_crds::{MediaPool, PgCluster, SipEdge};
+use sipstack_operator::controller;
+use sipstack_operator::controller::leader::{LeaderElector, LeaseSettings};
+use sipstack_operator::controller::mediapool::DISPATCHER_FINALIZER;
+use sipstack_operator::object::Object;
+use support::{events, example, setup, writes, FakeApi, NAMESPACE};
+
+fn plural(kind: &str) -> String {
+    match kind {
+        "Endpoints" => "endpoints".into(),
+        "PodDisruptionBudget" => "poddisruptionbudgets".into(),
+        other => format!("{}s", other.to_lowercase()),
+    }
+}
+
+/// The writes that applying `objects` for the first time makes, then the status patch.
+fn first_writes(objects: &[Object], status: &str) -> Vec<String> {
+    let mut expected: Vec<String> = objects
+        .iter()
+        .map(|o| {
+            if o.is_generated_secret() {
+                "POST secrets".to_string()
+            } else {
+                format!("PATCH {}/{}", plural(o.kind()), o.name())
+            }
+        })
+        .collect();
+    expected.push(format!("PATCH {status}"));
+    expected
+}
+
+fn position(writes: &[String], call: &str) -> usize {
+    writes
+        .iter()
+        .position(|w| w == call)
+        .unwrap_or_else(|| panic!("{call} not in {writes:#?}"))
+}
+
+fn condition<'a>(object: &'a Value, type_: &str) -> &'a Value {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {object:#}"))
+}
+
+fn json_of<T: serde::Serialize>(object: &T) -> Value {
+    serde_json::to_value(object).unwrap()
+}
+
+/// Inserts the example's PgCluster and MediaPool (with its finalizer, as the
+/// controller leaves it) and returns them as stored.
+fn insert_cluster_and_pool(fake: &FakeApi) -> (PgCluster, MediaPool) {
+    let p = example();
+    let pg = fake.insert(&p.pg_clusters[0]);
+    let mut pool = p.media_pools[0].clone();
+    pool.metadata.finalizers = Some(vec![DISPATCHER_FINALIZER.into()]);
+    (pg, fake.insert(&pool))
+}
+
+// ----- (1) first reconcile: the objects in order, ConfigMaps before workloads -----
+
+#[tokio::test]
+async fn first_reconcile_of_a_pgcluster_applies_its_objects_in_order() {
+    let (fake, ctx, _) = setup();
+    let pg = fake.insert(&example().pg_clusters[0]);
+    controller::pgcluster::reconcile(Arc::new(pg.clone()), ctx)
+        .await
+        .unwrap();
+    let built = sipstack_operator::pgcluster::build(&pg, NAMESPACE).unwrap();
+    let writes = writes(&fake.take_calls());
+    assert_eq!(writes, first_writes(&built, "pgclusters/pg/status"));
+    assert!(
+        position(&writes, "PATCH configmaps/pg-patroni-config")
+            < position(&writes, "PATCH statefulsets/pg")
+    );
+    let stored: Value = json_of(&fake.get::<PgCluster>("PgCluster", NAMESPACE, "pg").unwrap());
+    assert_eq!(stored["status"]["observedGeneration"], 1);
+    assert_eq!(condition(&stored, "Degraded")["status"], "False");
+    assert_eq!(condition(&stored, "Ready")["reason"], "PodsNotReady");
+    // every applied child carries the hash of what was applied and the owner reference
+    let sts = &fake.all("StatefulSet")[0];
+    assert!(sts["metadata"]["annotations"]["sipstack.io/applied-hash"].is_string());
+    assert_eq!(
+        sts["metadata"]["ownerReferences"][0]["uid"],
+        json!(pg.uid().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn first_reconcile_of_a_sipedge_applies_its_objects_in_order() {
+    let (fake, ctx, _) = setup();
+    let (pg, pool) = insert_cluster_and_pool(&fake);
+    let edge = fake.insert(&example().sip_edges[0]);
+    controller::sipedge::reconcile(Arc::new(edge.clone()), ctx)
+        .await
+        .unwrap();
+    let built = sipstack_operator::sipedge::build(&edge, NAMESPACE, &[&pool], Some(&pg)).unwrap();
+    let writes = writes(&fake.take_calls());
+    assert_eq!(writes, first_writes(&built, "sipedges/edge/status"));
+    assert!(
+        position(&writes, "PATCH configmaps/edge-kamailio-config")
+            < position(&writes, "PATCH deployments/edge-kamailio")
+    );
+    let stored = json_of(&fake.get::<SipEdge>("SipEdge", NAMESPACE, "edge").unwrap());
+    assert_eq!(stored["status"]["readyReplicas"], 0);
+    assert!(stored["status"]["configHash"]
+        .as_str()
+        .is_some_and(|h| h.len() == 64));
+}
+
+#[tokio::test]
+async fn first_reconcile_of_a_mediapool_adds_the_finalizer_then_applies_in_order() {
+    let (fake, ctx, _) = setup();
+    let p = example();
+    let pg = fake.insert(&p.pg_clusters[0]);
+    let pool = fake.insert(&p.media_pools[0]);
+    controller::mediapool::reconcile(Arc::new(pool), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(writes(&fake.take_calls()), ["PATCH mediapools/media"]);
+    let pool: MediaPool = fake.get("MediaPool", NAMESPACE, "media").unwrap();
+    assert_eq!(pool.finalizers(), [DISPATCHER_FINALIZER]);
+
+    controller::mediapool::reconcile(Arc::new(pool.clone()), ctx)
+        .await
+        .unwrap();
+    let built = sipstack_operator::mediapool::build(&pool, NAMESPACE, Some(&pg)).unwrap();
+    let writes = writes(&fake.take_calls());
+    assert_eq!(writes, first_writes(&built, "mediapools/media/status"));
+    assert!(
+        position(&writes, "PATCH configmaps/media-freeswitch-config")
+            < position(&writes, "PATCH statefulsets/media-freeswitch")
+    );
+}
+
+// ----- (2) a second reconcile of the same generation makes no write -----
+
+#[tokio::test]
+async fn a_second_reconcile_of_unchanged_resources_only_reads() {
+    let (fake, ctx, _) = setup();
+    insert_cluster_and_pool(&fake);
+    fake.insert(&example().sip_edges[0]);
+    let pg = || fake.get::<PgCluster>("PgCluster", NAMESPACE, "pg").unwrap();
+    let pool_now = || {
+        fake.get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .unwrap()
+    };
+    let edge = || fake.get::<SipEdge>("SipEdge", NAMESPACE, "edge").unwrap();
+
+    controller::pgcluster::reconcile(Arc::new(pg()), ctx.clone())
+        .await
+        .unwrap();
+    controller::mediapool::reconcile(Arc::new(pool_now()), ctx.clone())
+        .await
+        .unwrap();
+    controller::sipedge::reconcile(Arc::new(edge()), ctx.clone())
+        .await
+        .unwrap();
+    let first = fake.take_calls();
+    assert!(writes(&first).len() > 20, "{:#?}", writes(&first));
+    let writes_before = ctx.metrics.total_writes();
+
+    controller::pgcluster::reconcile(Arc::new(pg()), ctx.clone())
+        .await
+        .unwrap();
+    controller::mediapool::reconcile(Arc::new(pool_now()), ctx.clone())
+        .await
+        .unwrap();
+    controller::sipedge::reconcile(Arc::new(edge()), ctx.clone())
+        .await
+        .unwrap();
+    let second = fake.take_calls();
+    assert!(!second.is_empty());
+    let not_reads: Vec<String> = second
+        .iter()
+        .filter(|c| c.method != "GET")
+        .map(|c| c.short())
+        .collect();
+    assert!(
+        not_reads.is_empty(),
+        "the second reconcile wrote: {not_reads:#?}"
+    );
+    assert_eq!(ctx.metrics.total_writes(), writes_before);
+}
+
+#[tokio::test]
+async fn a_spec_change_applies_only_what_changed() {
+    let (fake, ctx, _) = setup();
+    insert_cluster_and_pool(&fake);
+    let pool = || {
+        fake.get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .unwrap()
+    };
+    controller::mediapool::reconcile(Arc::new(pool()), ctx.clone())
+        .await
+        .unwrap();
+    fake.take_calls();
+    fake.update("MediaPool", NAMESPACE, "media", |p| {
+        p["spec"]["replicas"] = json!(5);
+        p["metadata"]["generation"] = json!(2);
+    });
+    controller::mediapool::reconcile(Arc::new(pool()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        writes(&fake.take_calls()),
+        [
+            "PATCH statefulsets/media-freeswitch",
+            "PATCH mediapools/media/status"
+        ]
+    );
+    let stored = json_of(&pool());
+    assert_eq!(stored["status"]["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn ready_pods_make_the_pool_ready() {
+    let (fake, ctx, _) = setup();
+    insert_cluster_and_pool(&fake);
+    let pool = || {
+        fake.get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .unwrap()
+    };
+    controller::mediapool::reconcile(Arc::new(pool()), ctx.clone())
+        .await
+        .unwrap();
+    fake.update("StatefulSet", NAMESPACE, "media-freeswitch", |s| {
+        s["status"] = json!({"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "observedGeneration": 1});
+    });
+    fake.take_calls();
+    controller::mediapool::reconcile(Arc::new(pool()), ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        writes(&fake.take_calls()),
+        ["PATCH mediapools/media/status"]
+    );
+    let stored = json_of(&pool());
+    assert_eq!(stored["status"]["readyReplicas"], 2);
+    let ready = condition(&stored, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["message"].as_str()),
+        (Some("True"), Some("2 of 2 pods ready"))
+    );
+    assert_eq!(condition(&stored, "Progressing")["status"], "False");
+}
+
+// ----- (3) a reference to a missing PgCluster degrades, with an Event -----
+
+#[tokio::test]
+async fn a_sipedge_naming_a_missing_pgcluster_is_degraded_with_an_event() {
+    let (fake, ctx, _) = setup();
+    let p = example();
+    fake.insert(&p.media_pools[0]);
+    let edge = fake.insert(&p.sip_edges[0]);
+    controller::sipedge::reconcile(Arc::new(edge), ctx.clone())
+        .await
+        .expect("a missing reference is reported, not an error");
+    let calls = fake.take_calls();
+    assert_eq!(
+        writes(&calls),
+        ["PATCH sipedges/edge/status"],
+        "no child is applied"
+    );
+    let stored = json_of(&fake.get::<SipEdge>("SipEdge", NAMESPACE, "edge").unwrap());
+    let degraded = condition(&stored, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "MissingReference");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.database.pgCluster")
+            && message.contains("\"pg\"")
+            && message.contains("create it"),
+        "{message}"
+    );
+    assert_eq!(condition(&stored, "Ready")["status"], "False");
+    let published = events(&calls);
+    assert_eq!(published.len(), 1, "{published:#?}");
+    assert_eq!(published[0]["reason"], "MissingReference");
+    assert_eq!(published[0]["type"], "Warning");
+    assert_eq!(published[0]["regarding"]["name"], "edge");
+    assert!(published[0]["note"]
+        .as_str()
+        .unwrap()
+        .contains("spec.database.pgCluster"));
+
+    // still missing: nothing new is written, no second Event
+    let edge: SipEdge = fake.get("SipEdge", NAMESPACE, "edge").unwrap();
+    controller::sipedge::reconcile(Arc::new(edge), ctx.clone())
+        .await
+        .unwrap();
+    let calls = fake.take_calls();
+    assert!(calls.iter().all(|c| c.method == "GET"), "{calls:#?}");
+
+    // the PgCluster appears: the edge is applied and recovers
+    fake.insert(&p.pg_clusters[0]);
+    let edge: SipEdge = fake.get("SipEdge", NAMESPACE, "edge").unwrap();
+    controller::sipedge::reconcile(Arc::new(edge), ctx)
+        .await
+        .unwrap();
+    let calls = fake.take_calls();
+    assert!(
+        writes(&calls).contains(&"PATCH deployments/edge-kamailio".to_string()),
+        "{:#?}",
+        writes(&calls)
+    );
+    assert_eq!(events(&calls)[0]["reason"], "Recovered");
+    let stored = json_of(&fake.get::<SipEdge>("SipEdge", NAMESPACE, "edge").unwrap());
+    assert_eq!(condition(&stored, "Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_degraded_naming_the_field() {
+    let (fake, ctx, _) = setup();
+    let mut pool = example().media_pools[0].clone();
+    pool.spec.cdr.enabled = false;
+    pool.spec.rtp.port_start = 40000;
+    pool.spec.rtp.port_end = 30000;
+    let pool = fake.insert(&pool);
+    let mut pool = pool;
+    pool.metadata.finalizers = Some(vec![DISPATCHER_FINALIZER.into()]);
+    fake.update("MediaPool", NAMESPACE, "media", |p| {
+        p["metadata"]["finalizers"] = json!([DISPATCHER_FINALIZER]);
+    });
+    controller::mediapool::reconcile(Arc::new(pool), ctx)
+        .await
+        .unwrap();
+    let stored = json_of(
+        &fake
+            .get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .unwrap(),
+    );
+    let degraded = condition(&stored, "Degraded");
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert!(
+        degraded["message"].as_str().unwrap().contains("spec.rtp"),
+        "{degraded:#}"
+    );
+    assert!(fake.all("StatefulSet").is_empty());
+}
+
+#[tokio::test]
+async fn an_immutable_statefulset_change_is_degraded_with_the_way_out() {
+    let (fake, ctx, _) = setup();
+    fake.insert(&example().pg_clusters[0]);
+    let pg = || fake.get::<PgCluster>("PgCluster", NAMESPACE, "pg").unwrap();
+    controller::pgcluster::reconcile(Arc::new(pg()), ctx.clone())
+        .await
+        .unwrap();
+    fake.take_calls();
+    fake.update("PgCluster", NAMESPACE, "pg", |c| {
+        c["spec"]["storage"]["size"] = json!("200Gi");
+        c["metadata"]["generation"] = json!(2);
+    });
+    controller::pgcluster::reconcile(Arc::new(pg()), ctx)
+        .await
+        .expect("a refused child is reported, not an error");
+    let calls = fake.take_calls();
+    let stored = json_of(&pg());
+    let degraded = condition(&stored, "Degraded");
+    assert_eq!(degraded["reason"], "ImmutableField");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("StatefulSet/pg") && message.contains("--cascade=orphan"),
+        "{message}"
+    );
+    assert_eq!(events(&calls)[0]["reason"], "ImmutableField");
+}
+
+// ----- (4) MediaPool deletion: the finalizer removes the dispatcher set -----
+
+#[tokio::test]
+async fn deleting_a_mediapool_removes_its_dispatcher_set_then_the_finalizer() {
+    let (fake, ctx, store) = setup();
+    insert_cluster_and_pool(&fake);
+    fake.insert(&example().sip_edges[0]);
+    Api::<MediaPool>::namespaced(ctx.client.clone(), NAMESPACE)
+        .delete("media", &DeleteParams::default())
+        .await
+        .unwrap();
+    let pool: MediaPool = fake
+        .get("MediaPool", NAMESPACE, "media")
+        .expect("kept by the finalizer");
+    assert!(pool.metadata.deletion_timestamp.is_some());
+    fake.take_calls();
+
+    controller::mediapool::reconcile(Arc::new(pool), ctx)
+        .await
+        .unwrap();
+    assert_eq!(store.removed(), [("pg".to_string(), 1)]);
+    assert!(
+        fake.get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .is_none(),
+        "the pool is gone"
+    );
+    let writes = writes(&fake.take_calls());
+    assert_eq!(
+        writes,
+        ["PATCH mediapools/media"],
+        "only the finalizer is removed"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_cleanup_keeps_the_finalizer_and_says_why() {
+    let (fake, ctx, store) = setup();
+    insert_cluster_and_pool(&fake);
+    *store.fail_with.lock().unwrap() = Some("connection refused".into());
+    Api::<MediaPool>::namespaced(ctx.client.clone(), NAMESPACE)
+        .delete("media", &DeleteParams::default())
+        .await
+        .unwrap();
+    let pool: MediaPool = fake.get("MediaPool", NAMESPACE, "media").unwrap();
+    fake.take_calls();
+    let error = controller::mediapool::reconcile(Arc::new(pool), ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(error.category(), "database");
+    let pool: MediaPool = fake
+        .get("MediaPool", NAMESPACE, "media")
+        .expect("still there");
+    assert_eq!(pool.finalizers(), [DISPATCHER_FINALIZER]);
+    let published = events(&fake.take_calls());
+    assert_eq!(published[0]["reason"], "DispatcherCleanupFailed");
+    assert!(published[0]["note"]
+        .as_str()
+        .unwrap()
+        .contains("connection refused"));
+    // the error policy retries later, later again after each failure
+    let first = controller::error::error_policy(Arc::new(pool.clone()), &error, ctx.clone());
+    let second = controller::error::error_policy(Arc::new(pool), &error, ctx);
+    assert_ne!(first, second);
+}
+
+// ----- (5) generated Secrets are never overwritten -----
+
+#[tokio::test]
+async fn existing_generated_secrets_are_kept() {
+    let (fake, ctx, _) = setup();
+    let pg = fake.insert(&example().pg_clusters[0]);
+    let built = sipstack_operator::pgcluster::build(&pg, NAMESPACE).unwrap();
+    // one the operator made earlier (labelled, owned), one a person made
+    let Some(Object::Secret(mut app)) = built.into_iter().find(|o| o.name() == "pg-app") else {
+        panic!("the cluster has an app Secret")
+    };
+    app.string_data = Some(
+        [
+            ("username".to_string(), "sipstack".to_string()),
+            ("password".to_string(), "keep-me".to_string()),
+        ]
+        .into(),
+    );
+    fake.insert(&app);
+    let mut own = Secret::default();
+    own.metadata.name = Some("pg-superuser".into());
+    own.metadata.namespace = Some(NAMESPACE.into());
+    own.string_data = Some([("password".to_string(), "mine".to_string())].into());
+    fake.insert(&own);
+
+    controller::pgcluster::reconcile(Arc::new(pg), ctx)
+        .await
+        .unwrap();
+    let calls = fake.take_calls();
+    let created: Vec<String> = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.target == "secrets")
+        .map(|c| {
+            serde_json::from_str::<Value>(c.body.as_deref().unwrap()).unwrap()["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(created, ["pg-replication"]);
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.target.starts_with("secrets/") && c.is_write()),
+        "{calls:#?}"
+    );
+    let password = |name: &str| {
+        let secret: Secret = fake.get("Secret", NAMESPACE, name).unwrap();
+        String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap()
+    };
+    assert_eq!(password("pg-app"), "keep-me");
+    assert_eq!(password("pg-superuser"), "mine");
+    let generated = password("pg-replication");
+    assert_eq!(generated.len(), 32);
+    assert!(generated.chars().all(|c| c.is_ascii_alphanumeric()));
+}
+
+// ----- orphans -----
+
+#[tokio::test]
+async fn children_no_longer_desired_are_deleted() {
+    let (fake, ctx, _) = setup();
+    let mut pg = example().pg_clusters[0].clone();
+    pg.spec.pooler.enabled = true;
+    fake.insert(&pg);
+    let pg = || fake.get::<PgCluster>("PgCluster", NAMESPACE, "pg").unwrap();
+    controller::pgcluster::reconcile(Arc::new(pg()), ctx.clone())
+        .await
+        .unwrap();
+    let with_pooler: Vec<String> = writes(&fake.take_calls());
+    assert!(with_pooler.contains(&"PATCH deployments/pg-pooler".to_string()));
+
+    fake.update("PgCluster", NAMESPACE, "pg", |c| {
+        c["spec"]["pooler"]["enabled"] = json!(false);
+        c["metadata"]["generation"] = json!(2);
+    });
+    controller::pgcluster::reconcile(Arc::new(pg()), ctx)
+        .await
+        .unwrap();
+    let deleted: Vec<String> = fake
+        .take_calls()
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .map(|c| c.target.clone())
+        .collect();
+    assert!(
+        deleted.contains(&"deployments/pg-pooler".to_string()),
+        "{deleted:?}"
+    );
+    assert!(deleted.iter().all(|d| d.contains("pooler")), "{deleted:?}");
+    assert!(fake
+        .get::<Value>("Deployment", NAMESPACE, "pg-pooler")
+        .is_none());
+    assert!(fake.get::<Value>("StatefulSet", NAMESPACE, "pg").is_some());
+}
+
+// ----- leader election -----
+
+#[tokio::test]
+async fn only_one_replica_holds_the_lease_and_it_passes_on_release() {
+    let fake = FakeApi::new();
+    let a = LeaderElector::new(fake.client(), LeaseSettings::new("operators", "replica-a"));
+    let b = LeaderElector::new(fake.client(), LeaseSettings::new("operators", "replica-b"));
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+    a.release().await.unwrap();
+    assert!(b.try_acquire_or_renew().await.unwrap());
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+    let lease: Value = fake.get("Lease", "operators", "sipstack-operator").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over() {
+    let fake = FakeApi::new();
+    let a = LeaderElector::new(fake.client(), LeaseSettings::new("operators", "replica-a"));
+    let b = LeaderElector::new(fake.client(), LeaseSettings::new("operators", "replica-b"));
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    fake.update("Lease", "operators", "sipstack-operator", |l| {
+        l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z");
+    });
+    assert!(b.try_acquire_or_renew().await.unwrap());
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+}
+
+// ----- HTTP endpoints -----
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served() {
+    use tower::ServiceExt;
+    let metrics = Arc::new(controller::metrics::Metrics::new());
+    metrics.reconciled("SipEdge", "applied", std::time::Duration::from_millis(3));
+    let health = Arc::new(controller::server::Health::default());
+    let get = |path: &str| {
+        let router = controller::server::router(metrics.clone(), health.clone());
+        let request = http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        async move {
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&body).to_string())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 503);
+    health.set_ready(true);
+    assert_eq!(get("/readyz").await.0, 200);
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("sipstack_operator_reconciles_total{kind=\"SipEdge\",outcome=\"applied\"} 1"),
+        "{text}"
+    );
+}
+
+// ----- the platform schema once a member runs -----
+
+#[tokio::test]
+async fn the_schema_is_set_up_once_a_member_runs() {
+    let (fake, ctx, store) = setup();
+    let pg = fake.insert(&example().pg_clusters[0]);
+    controller::pgcluster::reconcile(Arc::new(pg), ctx.clone())
+        .await
+        .unwrap();
+    // no member runs yet: nothing to connect to
+    assert!(store.schemas().is_empty());
+
+    fake.update("StatefulSet", NAMESPACE, "pg", |sts| {
+        sts["status"] = json!({"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 1});
+    });
+    let pg = fake.get::<PgCluster>("PgCluster", NAMESPACE, "pg").unwrap();
+    controller::pgcluster::reconcile(Arc::new(pg), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.schemas(), ["pg"]);
+    let stored = json_of(&fake.get::<PgCluster>("PgCluster", NAMESPACE, "pg").unwrap());
+    assert_eq!(
+        stored["status"]["schemaVersion"],
+        json!(sipstack_db::latest_version())
+    );
+    assert_eq!(stored["status"]["readyInstances"], 1);
+
+    // a database that cannot be reached is no crash: the last known version stays
+    *store.fail_with.lock().unwrap() = Some("connection refused".into());
+    let pg = fake.get::<PgCluster>("PgCluster", NAMESPACE, "pg").unwrap();
+    controller::pgcluster::reconcile(Arc::new(pg), ctx)
+        .await
+        .unwrap();
+    let stored = json_of(&fake.get::<PgCluster>("PgCluster", NAMESPACE, "pg").unwrap());
+    assert_eq!(
+        stored["status"]["schemaVersion"],
+        json!(sipstack_db::latest_version())
+    );
+}
