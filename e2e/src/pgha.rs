@@ -48,7 +48,7 @@ impl PatroniTiming {
 #[derive(Debug, Clone)]
 pub struct HaSpec {
     pub timing: PatroniTiming,
-    /// off, on, strict
+    /// disabled, enabled, strict
     pub synchronous_mode: &'static str,
     pub pooler: bool,
     pub etcd_members: u32,
@@ -58,7 +58,7 @@ impl Default for HaSpec {
     fn default() -> Self {
         Self {
             timing: PatroniTiming::TUNED,
-            synchronous_mode: "on",
+            synchronous_mode: "enabled",
             pooler: false,
             etcd_members: 3,
         }

@@ -585,7 +585,7 @@ async fn strict_synchronous_mode_blocks_writes_when_no_standby_is_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_synchronous_mode_keeps_writing_when_no_standby_is_left() {
-    // the trade-off of `synchronousMode: on`: availability over the guarantee
+    // the trade-off of `synchronousMode: enabled`: availability over the guarantee
     let h = ha_testbed(HaSpec::default()).await;
     let (acknowledged_without_standby, _) = writes_without_standbys(&h).await;
     println!("on: {acknowledged_without_standby} write(s) acknowledged with no standby left");

@@ -250,7 +250,7 @@ impl LocalCluster {
         ));
         // in synchronous mode a commit waits for the sync standby: wait until there is one
         let synchronous =
-            self.cluster.spec.patroni.synchronous_mode != sipstack_crds::SynchronousMode::Off;
+            self.cluster.spec.patroni.synchronous_mode != sipstack_crds::SynchronousMode::Disabled;
         let streaming = wait_for(REPLICAS_TIMEOUT, "every replica streaming", || async {
             patroni.cluster().await.ok().filter(|c| {
                 c.members.len() == self.instances() as usize

@@ -95,7 +95,7 @@ pub fn render_patroni(
         loop_wait: p.loop_wait,
         retry_timeout: p.retry_timeout,
         maximum_lag_on_failover: p.maximum_lag_on_failover,
-        synchronous_mode: p.synchronous_mode != SynchronousMode::Off,
+        synchronous_mode: p.synchronous_mode != SynchronousMode::Disabled,
         synchronous_mode_strict: p.synchronous_mode == SynchronousMode::Strict,
         client_network: "127.0.0.1/32",
         pg_listen: String::new(),
@@ -210,7 +210,7 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
-    const THREE: &str = "apiVersion: sipstack.io/v1alpha1\nkind: PgCluster\nmetadata: {name: pg}\nspec:\n  instances: 3\n  patroni: {ttl: 20, loopWait: 2, retryTimeout: 5, synchronousMode: on}\n";
+    const THREE: &str = "apiVersion: sipstack.io/v1alpha1\nkind: PgCluster\nmetadata: {name: pg}\nspec:\n  instances: 3\n  patroni: {ttl: 20, loopWait: 2, retryTimeout: 5, synchronousMode: enabled}\n";
 
     #[test]
     fn local_member_has_its_own_ports_and_directories() {
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn strict_mode_and_bad_timing() {
-        let c = cluster(&THREE.replace("synchronousMode: on", "synchronousMode: strict"));
+        let c = cluster(&THREE.replace("synchronousMode: enabled", "synchronousMode: strict"));
         let dir = Path::new("/srv/m0");
         let r = render_patroni(
             &c,
