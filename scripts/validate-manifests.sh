@@ -454,6 +454,9 @@ OPERATOR_NEEDS = [
     ("sipstack.io", "mediapools/status", {"patch"}),
     ("sipstack.io", "pgclusters/status", {"patch"}),
     ("", "endpoints", {"get"}),                      # Patroni's leader Endpoints
+    # a MediaPool's dispatcher members: the controller's watch (list, watch), the
+    # reconcile's list by kubernetes.io/service-name (controller/mediapool.rs), get with them
+    ("discovery.k8s.io", "endpointslices", {"get", "list", "watch"}),
     ("events.k8s.io", "events", {"create", "patch"}),  # kube-runtime's Recorder
 ]
 LEASE_NEEDS = [("coordination.k8s.io", "leases", {"get", "create", "update"})]

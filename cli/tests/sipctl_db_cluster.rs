@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{fails, ok};
-use sipstack_e2e::pgha::{ha_yaml, ClusterHandle, HaPorts, HaSpec};
-use sipstack_e2e::testbed::{Ports, Testbed, TestbedSpec};
+use sipstack_e2e::pgha::{up_ha, HaPorts, HaSpec};
+use sipstack_e2e::testbed::{Testbed, TestbedSpec};
 
 fn sipctl(tb: &Testbed, hp: HaPorts, args: &[&str]) -> std::process::Output {
     let config = tb.state_dir().join("sipctl-config.yaml");
@@ -28,15 +28,10 @@ fn sipctl(tb: &Testbed, hp: HaPorts, args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_members_and_switchover() {
-    let ports = Ports::free().unwrap();
-    let hp = HaPorts::free().unwrap();
-    let tb = Testbed::up_yaml(
-        ha_yaml(&TestbedSpec::default(), ports, &HaSpec::default(), hp),
-        ports,
-    )
-    .await
-    .unwrap();
-    let cluster = ClusterHandle::new(&tb.state_dir(), hp);
+    let (tb, cluster) = up_ha(&TestbedSpec::default(), &HaSpec::default())
+        .await
+        .unwrap();
+    let hp = cluster.hp;
     let c = cluster
         .wait_for_all_running(Duration::from_secs(60))
         .await

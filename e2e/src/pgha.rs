@@ -81,25 +81,66 @@ impl HaPorts {
             member_base: free_tcp_range(3)?,
             rest_base: free_tcp_range(3)?,
             etcd_base: free_tcp_range(6)?,
-            read_only: crate::testbed::free_tcp_port()?,
-            pooler: crate::testbed::free_tcp_port()?,
+            read_only: free_tcp_range(1)?,
+            pooler: free_tcp_range(1)?,
         })
     }
 }
 
-/// `n` consecutive TCP ports on 127.0.0.1 that are free now, from a spread of bases.
+/// Listening ports are taken below the kernel's ephemeral range (32768 and up by
+/// default), where outgoing connections and the other tests' kernel-chosen ports
+/// cannot take them between the choice and the bind.
+const LISTEN_RANGE: std::ops::Range<u16> = 10_000..32_000;
+
+/// `n` consecutive TCP ports on 127.0.0.1 that are free now, from a random base in
+/// [`LISTEN_RANGE`].
 pub fn free_tcp_range(n: u16) -> Result<u16> {
-    // start from a port the kernel picked, so parallel tests land apart
-    for _ in 0..200 {
-        let base = crate::testbed::free_tcp_port()?;
-        if base > 65000 - n {
-            continue;
-        }
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 32);
+    for _ in 0..500 {
+        // xorshift: enough to spread parallel test processes apart
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let span = u64::from(LISTEN_RANGE.end - LISTEN_RANGE.start - n);
+        let base = LISTEN_RANGE.start + (seed % span) as u16;
         if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return Ok(base);
         }
     }
     bail!("no {n} consecutive free TCP ports found")
+}
+
+/// Brings up `spec`'s platform with a three-member PgCluster and waits until every
+/// member runs. Ports are chosen free, but another process may still take one before
+/// the cluster binds it: then it tries again with new ports (three times at most).
+pub async fn up_ha(
+    spec: &TestbedSpec,
+    ha: &HaSpec,
+) -> Result<(crate::testbed::Testbed, ClusterHandle)> {
+    let mut last = None;
+    for _ in 0..3 {
+        let ports = Ports::free()?;
+        let hp = HaPorts::free()?;
+        match crate::testbed::Testbed::up_yaml(ha_yaml(spec, ports, ha, hp), ports).await {
+            Ok(bed) => {
+                let cluster = ClusterHandle::new(&bed.state_dir(), hp);
+                cluster
+                    .wait_for_all_running(Duration::from_secs(90))
+                    .await?;
+                return Ok((bed, cluster));
+            }
+            Err(e) if format!("{e:#}").contains("address already in use") => {
+                eprintln!("a port was taken between choosing and binding it; trying other ports");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no free ports")))
 }
 
 /// The platform file: `spec`'s media pools and edge, and a three-member PgCluster.

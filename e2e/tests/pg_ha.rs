@@ -6,11 +6,11 @@
 use std::time::{Duration, Instant};
 
 use sipstack_e2e::pgha::{
-    add_register_users, check_no_loss, ha_yaml, register_load, success_rate, ClusterHandle,
-    HaPorts, HaSpec, Writer,
+    add_register_users, check_no_loss, register_load, success_rate, up_ha, ClusterHandle, HaSpec,
+    Writer,
 };
 use sipstack_e2e::sipp::free_udp_port_on;
-use sipstack_e2e::testbed::{register_phone, Ports, Testbed, TestbedSpec, EDGE_IP};
+use sipstack_e2e::testbed::{register_phone, Testbed, TestbedSpec, EDGE_IP};
 use sipstack_patroni::{Role, SwitchoverRequest};
 
 struct HaBed {
@@ -19,15 +19,7 @@ struct HaBed {
 }
 
 async fn ha_testbed(ha: HaSpec) -> HaBed {
-    let ports = Ports::free().unwrap();
-    let hp = HaPorts::free().unwrap();
-    let yaml = ha_yaml(&TestbedSpec::default(), ports, &ha, hp);
-    let bed = Testbed::up_yaml(yaml, ports).await.unwrap();
-    let cluster = ClusterHandle::new(&bed.state_dir(), hp);
-    cluster
-        .wait_for_all_running(Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (bed, cluster) = up_ha(&TestbedSpec::default(), &ha).await.unwrap();
     HaBed { bed, cluster }
 }
 

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use sipstack_crds::{MediaPool, PgCluster, Platform, StaticMember};
 use sipstack_operator::controller::context::{Context, Timing};
 use sipstack_operator::controller::database::{PlatformDatabase, PlatformDatabaseError};
+use sipstack_operator::controller::dispatcher::{DispatcherSet, DispatcherSync, SetSynced};
 use sipstack_operator::controller::mediapool::reconcile;
 use sipstack_operator::controller::metrics::Metrics;
 
@@ -42,6 +43,18 @@ impl PlatformDatabase for NoDatabase {
 
     async fn ensure_schema(&self, _: &PgCluster) -> Result<i32, PlatformDatabaseError> {
         Ok(sipstack_db::latest_version())
+    }
+}
+
+#[async_trait]
+impl DispatcherSync for NoDatabase {
+    async fn sync_set(
+        &self,
+        _: &PgCluster,
+        _: &[String],
+        _: &DispatcherSet,
+    ) -> Result<SetSynced, PlatformDatabaseError> {
+        Ok(SetSynced::default())
     }
 }
 
@@ -94,6 +107,7 @@ async fn measure() -> Result<bool, Box<dyn std::error::Error>> {
         fake.client(),
         Some("reconcile-memory".into()),
         metrics.clone(),
+        Arc::new(NoDatabase),
         Arc::new(NoDatabase),
         Timing::default(),
     ));

@@ -109,7 +109,8 @@ pub fn build(
         )
         .into(),
     );
-    objects.push(headless_service(pool, namespace, &workload).into());
+    let service = names::media_service(&name);
+    objects.push(headless_service(pool, namespace, &service).into());
     objects.push(
         stateful_set(
             pool,
@@ -284,7 +285,7 @@ fn stateful_set(
         metadata: object_meta(pool, namespace, name, FREESWITCH),
         spec: StatefulSetSpec {
             replicas: Some(spec.replicas),
-            service_name: Some(name.into()),
+            service_name: Some(names::media_service(&instance)),
             // nodes are interchangeable: start and stop them all at once
             pod_management_policy: Some("Parallel".into()),
             selector: FREESWITCH.selector(&instance),

@@ -28,6 +28,12 @@ pub fn check_workload_name(object: &str, name: &str) -> Result<(), BuildError> {
 pub fn media_workload(pool: &str) -> String {
     format!("{pool}-freeswitch")
 }
+/// The headless Service of the pool's pods (the StatefulSet's `serviceName`). Its
+/// EndpointSlices, labelled `kubernetes.io/service-name` with this name, are what the
+/// dispatcher sync turns into the pool's members.
+pub fn media_service(pool: &str) -> String {
+    media_workload(pool)
+}
 pub fn media_config(pool: &str) -> String {
     format!("{pool}-freeswitch-config")
 }

@@ -1,13 +1,15 @@
 //! The controllers against an in-memory API server: what the first reconcile writes
 //! and in which order, that a second one writes nothing, how a spec that cannot work
-//! is reported, the MediaPool finalizer, generated Secrets, orphans, leader election
-//! and the HTTP endpoints.
+//! is reported, the MediaPool finalizer, the dispatcher set following the pool's
+//! EndpointSlices, generated Secrets, orphans, leader election and the HTTP endpoints.
 
 mod support;
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
@@ -644,4 +646,358 @@ async fn the_schema_is_set_up_once_a_member_runs() {
         stored["status"]["schemaVersion"],
         json!(sipstack_db::latest_version())
     );
+}
+
+// ----- the dispatcher set follows the pool's EndpointSlices -----
+
+/// An EndpointSlice of the example pool's headless Service, as the EndpointSlice
+/// controller makes it: the Service's labels, its SIP ports, one endpoint per
+/// `(address, ready, terminating)`.
+fn media_slice(name: &str, endpoints: &[(&str, Option<bool>, Option<bool>)]) -> EndpointSlice {
+    let service = sipstack_operator::names::media_service("media");
+    EndpointSlice {
+        address_type: "IPv4".into(),
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NAMESPACE.into()),
+            labels: Some(
+                [
+                    ("kubernetes.io/service-name".to_string(), service),
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "sipstack-operator".to_string(),
+                    ),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        endpoints: Some(
+            endpoints
+                .iter()
+                .map(|(ip, ready, terminating)| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        serving: *ready,
+                        terminating: *terminating,
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: Some(
+            ["UDP", "TCP"]
+                .iter()
+                .map(|protocol| EndpointPort {
+                    name: Some(format!("sip-{}", protocol.to_lowercase())),
+                    port: Some(5080),
+                    protocol: Some(protocol.to_string()),
+                    app_protocol: None,
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// The example's PgCluster, its MediaPool without static members (its members are
+/// its pods) and the SipEdge that uses it.
+fn insert_pool_with_edge(fake: &FakeApi) {
+    let p = example();
+    fake.insert(&p.pg_clusters[0]);
+    let mut pool = p.media_pools[0].clone();
+    pool.metadata.finalizers = Some(vec![DISPATCHER_FINALIZER.into()]);
+    pool.spec.members.clear();
+    fake.insert(&pool);
+    fake.insert(&p.sip_edges[0]);
+}
+
+async fn reconcile_pool(fake: &FakeApi, ctx: &Arc<controller::context::Context>) {
+    let pool: MediaPool = fake.get("MediaPool", NAMESPACE, "media").unwrap();
+    controller::mediapool::reconcile(Arc::new(pool), ctx.clone())
+        .await
+        .unwrap();
+}
+
+fn member(uri: &str) -> (String, bool, bool) {
+    (uri.to_string(), true, false)
+}
+
+#[tokio::test]
+async fn every_slice_of_the_pool_adds_its_ready_endpoints_to_the_set() {
+    let (fake, ctx, store) = setup();
+    insert_pool_with_edge(&fake);
+    fake.insert(&media_slice(
+        "media-freeswitch-abcde",
+        &[
+            ("10.1.0.11", Some(true), Some(false)),
+            ("10.1.0.12", Some(true), None),
+        ],
+    ));
+    fake.insert(&media_slice(
+        "media-freeswitch-fghij",
+        &[("10.1.1.13", Some(true), Some(false))],
+    ));
+    // a slice of another Service is no member
+    let mut other = media_slice("voicemail-xyz", &[("10.9.9.9", Some(true), None)]);
+    other
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("kubernetes.io/service-name".into(), "voicemail".into());
+    fake.insert(&other);
+
+    reconcile_pool(&fake, &ctx).await;
+    let synced = store.synced();
+    assert_eq!(synced.len(), 1, "{synced:#?}");
+    let call = &synced[0];
+    assert_eq!(call.cluster, "pg");
+    assert_eq!(call.edges, ["http://edge-rpc.voice.svc:5071/RPC"]);
+    assert_eq!(call.set.policy.set_id, 1);
+    assert_eq!(call.set.policy.description, "media");
+    assert_eq!(
+        call.members(),
+        [
+            member("sip:10.1.0.11:5080"),
+            member("sip:10.1.0.12:5080"),
+            member("sip:10.1.1.13:5080"),
+        ]
+    );
+    assert!(call.set.members.iter().all(|m| m.weight == 1));
+
+    let stored = json_of(
+        &fake
+            .get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .unwrap(),
+    );
+    assert_eq!(stored["status"]["activeMembers"], 3);
+    assert_eq!(
+        stored["status"]["members"],
+        json!([
+            "sip:10.1.0.11:5080",
+            "sip:10.1.0.12:5080",
+            "sip:10.1.1.13:5080"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn not_ready_and_terminating_endpoints_are_passed_as_such() {
+    let (fake, ctx, store) = setup();
+    insert_pool_with_edge(&fake);
+    fake.insert(&media_slice(
+        "media-freeswitch-abcde",
+        &[
+            ("10.1.0.11", Some(true), Some(false)),
+            ("10.1.0.12", Some(false), Some(false)),
+            ("10.1.0.13", Some(false), Some(true)),
+        ],
+    ));
+    reconcile_pool(&fake, &ctx).await;
+    let synced = store.synced();
+    assert_eq!(
+        synced[0].members(),
+        [
+            ("sip:10.1.0.11:5080".to_string(), true, false),
+            ("sip:10.1.0.12:5080".to_string(), false, false),
+            ("sip:10.1.0.13:5080".to_string(), false, true),
+        ]
+    );
+    let stored = json_of(
+        &fake
+            .get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .unwrap(),
+    );
+    assert_eq!(stored["status"]["activeMembers"], 1);
+    assert_eq!(stored["status"]["members"], json!(["sip:10.1.0.11:5080"]));
+}
+
+#[tokio::test]
+async fn a_replaced_pod_address_syncs_the_new_set() {
+    let (fake, ctx, store) = setup();
+    insert_pool_with_edge(&fake);
+    fake.insert(&media_slice(
+        "media-freeswitch-abcde",
+        &[
+            ("10.1.0.11", Some(true), None),
+            ("10.1.0.12", Some(true), None),
+        ],
+    ));
+    reconcile_pool(&fake, &ctx).await;
+    fake.take_calls();
+
+    // the pod behind 10.1.0.12 was replaced: as many endpoints, another address
+    fake.update(
+        "EndpointSlice",
+        NAMESPACE,
+        "media-freeswitch-abcde",
+        |slice| {
+            slice["endpoints"][1]["addresses"] = json!(["10.1.0.42"]);
+        },
+    );
+    reconcile_pool(&fake, &ctx).await;
+    let synced = store.synced();
+    assert_eq!(synced.len(), 2);
+    assert_eq!(
+        synced[1].members(),
+        [member("sip:10.1.0.11:5080"), member("sip:10.1.0.42:5080")]
+    );
+    assert_eq!(
+        writes(&fake.take_calls()),
+        ["PATCH mediapools/media/status"],
+        "only the members in the status change"
+    );
+    let stored = json_of(
+        &fake
+            .get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .unwrap(),
+    );
+    assert_eq!(
+        stored["status"]["members"],
+        json!(["sip:10.1.0.11:5080", "sip:10.1.0.42:5080"])
+    );
+    assert_eq!(stored["status"]["activeMembers"], 2);
+}
+
+#[tokio::test]
+async fn a_pool_no_edge_uses_is_synced_nowhere() {
+    let (fake, ctx, store) = setup();
+    let (_, _) = insert_cluster_and_pool(&fake);
+    let mut edge = example().sip_edges[0].clone();
+    edge.spec.media_pools = vec!["other".into()];
+    fake.insert(&edge);
+    fake.insert(&media_slice(
+        "media-freeswitch-abcde",
+        &[("10.1.0.11", Some(true), None)],
+    ));
+    reconcile_pool(&fake, &ctx).await;
+    assert!(store.synced().is_empty(), "{:#?}", store.synced());
+    let stored = json_of(
+        &fake
+            .get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .unwrap(),
+    );
+    assert_eq!(stored["status"]["activeMembers"], 0);
+    assert!(stored["status"].get("members").is_none(), "{stored:#}");
+}
+
+#[tokio::test]
+async fn every_database_of_the_pools_edges_gets_the_set_and_all_its_edges_reload() {
+    let (fake, ctx, store) = setup();
+    insert_pool_with_edge(&fake);
+    let p = example();
+    let mut second = p.pg_clusters[0].clone();
+    second.metadata.name = Some("pg-east".into());
+    fake.insert(&second);
+    // an edge on pg-east using the pool, and one on pg that does not: it loads the
+    // same table, so it reloads too
+    let mut east = p.sip_edges[0].clone();
+    east.metadata.name = Some("edge-east".into());
+    east.spec.database.pg_cluster = "pg-east".into();
+    fake.insert(&east);
+    let mut bystander = p.sip_edges[0].clone();
+    bystander.metadata.name = Some("edge-b".into());
+    bystander.spec.media_pools.clear();
+    fake.insert(&bystander);
+    fake.insert(&media_slice(
+        "media-freeswitch-abcde",
+        &[("10.1.0.11", Some(true), None)],
+    ));
+    reconcile_pool(&fake, &ctx).await;
+    let synced: Vec<(String, Vec<String>)> = store
+        .synced()
+        .into_iter()
+        .map(|s| (s.cluster, s.edges))
+        .collect();
+    assert_eq!(
+        synced,
+        [
+            (
+                "pg".to_string(),
+                vec![
+                    "http://edge-rpc.voice.svc:5071/RPC".to_string(),
+                    "http://edge-b-rpc.voice.svc:5071/RPC".to_string()
+                ]
+            ),
+            (
+                "pg-east".to_string(),
+                vec!["http://edge-east-rpc.voice.svc:5071/RPC".to_string()]
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_second_reconcile_with_unchanged_slices_writes_nothing_to_kubernetes() {
+    let (fake, ctx, store) = setup();
+    insert_pool_with_edge(&fake);
+    fake.insert(&media_slice(
+        "media-freeswitch-abcde",
+        &[
+            ("10.1.0.11", Some(true), None),
+            ("10.1.0.12", Some(false), None),
+        ],
+    ));
+    reconcile_pool(&fake, &ctx).await;
+    let first = writes(&fake.take_calls());
+    assert!(first.contains(&"PATCH mediapools/media/status".to_string()));
+    let writes_before = ctx.metrics.total_writes();
+
+    reconcile_pool(&fake, &ctx).await;
+    let calls = fake.take_calls();
+    let not_reads: Vec<String> = calls
+        .iter()
+        .filter(|c| c.method != "GET")
+        .map(|c| c.short())
+        .collect();
+    assert!(
+        not_reads.is_empty(),
+        "the second reconcile wrote: {not_reads:#?}"
+    );
+    assert!(calls
+        .iter()
+        .any(|c| c.method == "GET" && c.target == "endpointslices"));
+    // the set is synced again all the same: that repairs rows changed behind its back
+    let synced = store.synced();
+    assert_eq!(synced.len(), 2);
+    assert_eq!(synced[0].set, synced[1].set);
+    assert_eq!(ctx.metrics.total_writes(), writes_before);
+}
+
+#[tokio::test]
+async fn a_database_that_fails_the_sync_is_retried_and_the_members_stay_unknown() {
+    let (fake, ctx, store) = setup();
+    insert_pool_with_edge(&fake);
+    fake.insert(&media_slice(
+        "media-freeswitch-abcde",
+        &[("10.1.0.11", Some(true), None)],
+    ));
+    *store.fail_with.lock().unwrap() = Some("connection refused".into());
+    let pool: MediaPool = fake.get("MediaPool", NAMESPACE, "media").unwrap();
+    let error = controller::mediapool::reconcile(Arc::new(pool), ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(error.category(), "database");
+    assert!(error.to_string().contains("connection refused"), "{error}");
+    let stored = json_of(
+        &fake
+            .get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .unwrap(),
+    );
+    // the rest of the status is current
+    assert_eq!(stored["status"]["readyReplicas"], 0);
+    assert!(
+        stored["status"].get("activeMembers").is_none(),
+        "{stored:#}"
+    );
+
+    *store.fail_with.lock().unwrap() = None;
+    reconcile_pool(&fake, &ctx).await;
+    let stored = json_of(
+        &fake
+            .get::<MediaPool>("MediaPool", NAMESPACE, "media")
+            .unwrap(),
+    );
+    assert_eq!(stored["status"]["activeMembers"], 1);
 }

@@ -14,6 +14,11 @@ the Roles the operator makes):
   deleted when the spec no longer asks for them; generated Secrets are created once, and
   a MediaPool's cleanup gets the PgCluster's app Secret for the database credentials.
 - Endpoints: a PgCluster's status names the primary from Patroni's leader Endpoints (get).
+- EndpointSlices (discovery.k8s.io): a MediaPool's dispatcher members are the endpoints
+  of its headless Service; the MediaPool controller watches the slices (list, watch) and
+  its reconcile lists them by the label kubernetes.io/service-name; get goes with them,
+  as for every kind the operator reads. The dispatcher sync also reads the PgCluster's
+  app Secret (granted above) to connect to the platform database.
 - RBAC escalation: the operator makes a Role for Patroni (operator/src/pgcluster.rs) with
   configmaps and endpoints create/get/list/patch/update/watch/delete, pods
   get/list/patch/update/watch and services create, and binds it. The API server lets a
@@ -51,6 +56,9 @@ the Roles the operator makes):
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

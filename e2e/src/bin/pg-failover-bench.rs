@@ -38,10 +38,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use sipstack_e2e::pgha::{
-    add_register_users, check_no_loss, ha_yaml, register_load, ClusterHandle, HaPorts, HaSpec,
-    PatroniTiming, Writer,
+    add_register_users, check_no_loss, register_load, up_ha, HaSpec, PatroniTiming, Writer,
 };
-use sipstack_e2e::testbed::{Ports, Testbed, TestbedSpec};
+use sipstack_e2e::testbed::TestbedSpec;
 use sipstack_patroni::SwitchoverRequest;
 
 #[derive(Debug, Parser)]
@@ -99,17 +98,11 @@ async fn main() -> Result<()> {
 }
 
 async fn run_setting(timing: PatroniTiming, args: &Args) -> Result<Figures> {
-    let ports = Ports::free()?;
-    let hp = HaPorts::free()?;
     let ha = HaSpec {
         timing,
         ..HaSpec::default()
     };
-    let bed = Testbed::up_yaml(ha_yaml(&TestbedSpec::default(), ports, &ha, hp), ports).await?;
-    let cluster = ClusterHandle::new(&bed.state_dir(), hp);
-    cluster
-        .wait_for_all_running(Duration::from_secs(90))
-        .await?;
+    let (bed, cluster) = up_ha(&TestbedSpec::default(), &ha).await?;
     Writer::prepare(&bed.db_url).await?;
     add_register_users(&bed.db_url, 20).await?;
     let mut f = Figures::default();

@@ -1,5 +1,5 @@
 //! What every reconcile shares: the API client, the event recorder, the metrics, the
-//! platform database, the per-object backoff and the requeue timing.
+//! platform database, the dispatcher sync, the per-object backoff and the requeue timing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
 
 use crate::controller::database::PlatformDatabase;
+use crate::controller::dispatcher::DispatcherSync;
 use crate::controller::error::Backoff;
 use crate::controller::metrics::Metrics;
 use crate::meta::FIELD_MANAGER;
@@ -44,6 +45,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub database: Arc<dyn PlatformDatabase>,
+    /// Keeps the MediaPools' dispatcher sets in step with their pods; it holds the
+    /// per-database engines, so it lives as long as the controllers.
+    pub dispatcher: Arc<dyn DispatcherSync>,
     pub backoff: Backoff,
     pub timing: Timing,
 }
@@ -55,6 +59,7 @@ impl Context {
         instance: Option<String>,
         metrics: Arc<Metrics>,
         database: Arc<dyn PlatformDatabase>,
+        dispatcher: Arc<dyn DispatcherSync>,
         timing: Timing,
     ) -> Self {
         let reporter = Reporter {
@@ -66,6 +71,7 @@ impl Context {
             client,
             metrics,
             database,
+            dispatcher,
             backoff: Backoff::new(timing.backoff_base, timing.backoff_max),
             timing,
         }

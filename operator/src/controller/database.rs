@@ -6,7 +6,8 @@
 //!   the same ones `sipctl db migrate` applies;
 //! * the dispatcher rows of a MediaPool: when a pool is deleted, its set must leave
 //!   the database, or the edges keep sending calls to nodes that no longer exist
-//!   (the MediaPool finalizer `sipstack.io/dispatcher-cleanup`).
+//!   (the MediaPool finalizer `sipstack.io/dispatcher-cleanup`). Keeping the set in
+//!   step with the pool's pods while it lives is [`crate::controller::dispatcher`]'s.
 
 use std::time::Duration;
 
@@ -53,6 +54,30 @@ pub enum PlatformDatabaseError {
         #[source]
         source: Box<sipstack_db::DbError>,
     },
+    #[error("connecting to the database of PgCluster {namespace}/{cluster}: {source}")]
+    Connect {
+        namespace: String,
+        cluster: String,
+        #[source]
+        source: Box<sipstack_db::DbError>,
+    },
+    #[error("recording media pool {pool} (set {set_id}) in the database of PgCluster {namespace}/{cluster}: {source}")]
+    PoolRow {
+        namespace: String,
+        cluster: String,
+        pool: String,
+        set_id: i32,
+        #[source]
+        source: Box<sipstack_db::DbError>,
+    },
+    #[error("syncing dispatcher set {set_id} to the database of PgCluster {namespace}/{cluster}: {source}")]
+    Sync {
+        namespace: String,
+        cluster: String,
+        set_id: i32,
+        #[source]
+        source: Box<sipstack_dispatch::SyncError>,
+    },
     /// What a store other than PostgreSQL reports (the tests' fake).
     #[error("{0}")]
     Other(String),
@@ -96,8 +121,7 @@ impl PostgresPlatformDatabase {
         namespace: &str,
         cluster: &str,
     ) -> Result<(String, String), PlatformDatabaseError> {
-        self.secret_credentials(namespace, cluster, names::pg_app_secret(cluster))
-            .await
+        app_credentials(&self.client, namespace, cluster).await
     }
 
     async fn secret_credentials(
@@ -106,24 +130,62 @@ impl PostgresPlatformDatabase {
         cluster: &str,
         secret_name: String,
     ) -> Result<(String, String), PlatformDatabaseError> {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .get(&secret_name)
-            .await
-            .map_err(|source| PlatformDatabaseError::Credentials {
-                namespace: namespace.into(),
-                cluster: cluster.into(),
-                secret: secret_name.clone(),
-                source: Box::new(source),
-            })?;
-        let value = |key: &'static str| {
-            secret_value(&secret, key).ok_or_else(|| PlatformDatabaseError::MissingKey {
-                namespace: namespace.into(),
-                secret: secret_name.clone(),
-                key,
-            })
-        };
-        Ok((value("username")?, value("password")?))
+        secret_credentials(&self.client, namespace, cluster, secret_name).await
     }
+}
+
+/// The platform role's `username` and `password`, from the PgCluster's app Secret.
+pub async fn app_credentials(
+    client: &Client,
+    namespace: &str,
+    cluster: &str,
+) -> Result<(String, String), PlatformDatabaseError> {
+    secret_credentials(client, namespace, cluster, names::pg_app_secret(cluster)).await
+}
+
+async fn secret_credentials(
+    client: &Client,
+    namespace: &str,
+    cluster: &str,
+    secret_name: String,
+) -> Result<(String, String), PlatformDatabaseError> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(&secret_name)
+        .await
+        .map_err(|source| PlatformDatabaseError::Credentials {
+            namespace: namespace.into(),
+            cluster: cluster.into(),
+            secret: secret_name.clone(),
+            source: Box::new(source),
+        })?;
+    let value = |key: &'static str| {
+        secret_value(&secret, key).ok_or_else(|| PlatformDatabaseError::MissingKey {
+            namespace: namespace.into(),
+            secret: secret_name.clone(),
+            key,
+        })
+    };
+    Ok((value("username")?, value("password")?))
+}
+
+/// A connection to the platform database as the platform role through the cluster's
+/// client endpoint (PgBouncer or the primary Service), the way the edges connect.
+pub fn client_endpoint_config(
+    cluster: &PgCluster,
+    namespace: &str,
+    user: &str,
+    password: &str,
+) -> tokio_postgres::Config {
+    let (host, port) = names::pg_client_endpoint(cluster);
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(format!("{host}.{namespace}.svc"))
+        .port(port)
+        .dbname(&cluster.spec.database.name)
+        .user(user)
+        .password(password)
+        .application_name("sipstack-operator");
+    config
 }
 
 /// A value of a Secret: from `data` as the API server returns it, or from `stringData`
@@ -156,15 +218,7 @@ impl PlatformDatabase for PostgresPlatformDatabase {
                 cluster: name.clone(),
             })?;
         let (user, password) = self.credentials(&namespace, &name).await?;
-        let (host, port) = names::pg_client_endpoint(cluster);
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(format!("{host}.{namespace}.svc"))
-            .port(port)
-            .dbname(&cluster.spec.database.name)
-            .user(&user)
-            .password(password)
-            .application_name("sipstack-operator");
+        let config = client_endpoint_config(cluster, &namespace, &user, &password);
         let database_error = |source| PlatformDatabaseError::Database {
             namespace: namespace.clone(),
             cluster: name.clone(),

@@ -44,8 +44,9 @@ pub enum ReconcileError {
         #[source]
         source: serde_json::Error,
     },
-    /// The dispatcher rows of a deleted MediaPool could not be removed; the finalizer
-    /// stays until they are.
+    /// The platform database could not be reached or refused a change: a MediaPool's
+    /// dispatcher set was not synced (retried), or the rows of a deleted one were not
+    /// removed (the finalizer stays until they are).
     #[error(transparent)]
     Dispatcher(#[from] PlatformDatabaseError),
     /// Adding or removing the finalizer failed.

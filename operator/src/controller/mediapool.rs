@@ -1,22 +1,29 @@
 //! The MediaPool controller: the FreeSWITCH StatefulSet, its configuration, Secret,
-//! Service and PodDisruptionBudget; and, when the pool is deleted, its dispatcher set
-//! removed from the platform database before the pool goes (the finalizer
-//! `sipstack.io/dispatcher-cleanup`), so that no edge keeps routing calls to it.
+//! Service and PodDisruptionBudget; the pool's dispatcher set kept in step with its
+//! pods as the EndpointSlices of its Service list them, in the database of every
+//! edge that uses the pool ([`crate::controller::dispatcher`]); and, when the pool is
+//! deleted, its dispatcher set removed from the platform database before the pool
+//! goes (the finalizer `sipstack.io/dispatcher-cleanup`), so that no edge keeps
+//! routing calls to it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event as FinalizerEvent};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 use sipstack_crds::{MediaPool, PgCluster, SipEdge};
+use sipstack_dispatch::Member;
 use tracing::Instrument;
 
 use crate::controller::apply::{self, ChildKind, Owner};
 use crate::controller::context::Context;
+use crate::controller::database::PlatformDatabaseError;
+use crate::controller::dispatcher::{self, SetSynced};
 use crate::controller::error::{namespace_of, object_key, ReconcileError};
 use crate::controller::report::{self, ready_of, Report};
 use crate::controller::sipedge::rejected_observation;
@@ -165,20 +172,158 @@ async fn apply_pool(
         _ => (0, 0),
     };
     let desired_pods = pool.spec.replicas;
+    let synced = sync_dispatcher(pool, &namespace, ctx).await?;
+    let mut fields = vec![("readyReplicas", Value::from(raw_ready))];
+    // the members as the databases hold them: unknown while a database failed
+    if synced.error.is_none() {
+        fields.push(("activeMembers", Value::from(synced.active_members())));
+        let members = synced.members();
+        fields.push((
+            "members",
+            if members.is_empty() {
+                Value::Null
+            } else {
+                Value::from(members)
+            },
+        ));
+    }
     let report = Report {
         observation: Observation::Applied {
             ready,
             desired: desired_pods,
         },
-        fields: vec![("readyReplicas", Value::from(raw_ready))],
+        fields,
     };
     report::publish(ctx, pool, &report).await?;
-    let requeue = if ready >= desired_pods {
+    if let Some(error) = synced.error {
+        // the status above is current but for the members; retried with the backoff
+        return Err(error.into());
+    }
+    let mut requeue = if ready >= desired_pods {
         ctx.timing.ready
     } else {
         ctx.timing.pending
     };
+    if synced.changes > 0 {
+        // members inserted to wait for their first probe are marked active in the
+        // table by the next sync; that should not wait for the slow resync
+        requeue = requeue.min(ctx.timing.pending);
+    }
     Ok((Action::requeue(requeue), "applied"))
+}
+
+/// What [`sync_dispatcher`] did across the databases of the pool's edges.
+#[derive(Debug, Default)]
+struct DispatcherOutcome {
+    /// The desired members, and whether each was written, by URI.
+    written: BTreeMap<String, (Member, bool)>,
+    /// Rows changed in all databases.
+    changes: usize,
+    /// The first database that failed; the others were synced all the same.
+    error: Option<PlatformDatabaseError>,
+}
+
+impl DispatcherOutcome {
+    /// `status.members`: the destinations written to the databases, in order.
+    fn members(&self) -> Vec<String> {
+        self.written
+            .iter()
+            .filter(|(_, (_, written))| *written)
+            .map(|(uri, _)| uri.clone())
+            .collect()
+    }
+
+    /// `status.activeMembers`: written members that take calls.
+    fn active_members(&self) -> i32 {
+        let n = self
+            .written
+            .values()
+            .filter(|(m, written)| *written && m.takes_calls())
+            .count();
+        i32::try_from(n).unwrap_or(i32::MAX)
+    }
+}
+
+/// Brings the pool's dispatcher set, in the database of every PgCluster an edge
+/// using the pool reads, to the pool's members: the endpoints of its Service's
+/// EndpointSlices and its static members. A pool no edge uses is written nowhere.
+///
+/// Every edge on such a database is told to reload, not only the pool's: Kamailio
+/// loads the whole table, and an edge that kept stale rows of another pool would
+/// still trust the addresses of media nodes that are gone.
+async fn sync_dispatcher(
+    pool: &MediaPool,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<DispatcherOutcome, ReconcileError> {
+    let name = pool.name_any();
+    let mut outcome = DispatcherOutcome::default();
+    let edges = Api::<SipEdge>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| ReconcileError::kube("list the SipEdges", e))?
+        .items;
+    let databases: BTreeSet<&str> = edges
+        .iter()
+        .filter(|e| e.spec.media_pools.contains(&name))
+        .map(|e| e.spec.database.pg_cluster.as_str())
+        .collect();
+    if databases.is_empty() {
+        tracing::debug!("no SipEdge uses the pool: its dispatcher set is written nowhere");
+        return Ok(outcome);
+    }
+    let selector = dispatcher::slice_selector(&name);
+    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| ReconcileError::kube(format!("list the EndpointSlices {selector}"), e))?
+        .items;
+    let members = dispatcher::desired_members(pool, &slices);
+    let set = dispatcher::dispatcher_set(pool, members);
+    let clusters = Api::<PgCluster>::namespaced(ctx.client.clone(), namespace);
+    let mut skipped_everywhere: Option<BTreeSet<String>> = None;
+    for database in databases {
+        let Some(cluster) = clusters
+            .get_opt(database)
+            .await
+            .map_err(|e| ReconcileError::kube(format!("get PgCluster/{database}"), e))?
+        else {
+            // the edges that name it are degraded for it; nothing to write to yet
+            tracing::debug!(pg_cluster = %database, "the PgCluster of an edge using the pool does not exist");
+            continue;
+        };
+        let urls: Vec<String> = edges
+            .iter()
+            .filter(|e| e.spec.database.pg_cluster == database)
+            .map(|e| dispatcher::edge_rpc_url(e, namespace))
+            .collect();
+        match ctx.dispatcher.sync_set(&cluster, &urls, &set).await {
+            Ok(SetSynced { changes, skipped }) => {
+                outcome.changes += changes;
+                if changes > 0 {
+                    ctx.metrics.wrote("DispatcherSet", "sync");
+                }
+                let skipped: BTreeSet<String> = skipped.into_iter().collect();
+                skipped_everywhere = Some(match skipped_everywhere {
+                    None => skipped,
+                    Some(before) => before.intersection(&skipped).cloned().collect(),
+                });
+            }
+            Err(error) => {
+                tracing::warn!(pg_cluster = %database, %error, "cannot sync the dispatcher set");
+                outcome.error.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(skipped) = skipped_everywhere {
+        for member in set.members {
+            let written = !skipped.contains(&member.uri);
+            outcome
+                .written
+                .insert(member.uri.clone(), (member, written));
+        }
+    }
+    Ok(outcome)
 }
 
 /// Removes the pool's dispatcher set from each platform database an edge using the

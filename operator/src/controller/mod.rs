@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod context;
 pub mod database;
+pub mod dispatcher;
 pub mod error;
 pub mod leader;
 pub mod mediapool;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
@@ -38,11 +40,12 @@ use sipstack_crds::{MediaPool, PgCluster, SipEdge};
 
 use crate::controller::context::{Context, Timing};
 use crate::controller::database::{PlatformDatabase, PostgresPlatformDatabase};
+use crate::controller::dispatcher::{DispatcherSync, EngineDispatcherSync};
 use crate::controller::error::{error_policy, ReconcileError};
 use crate::controller::leader::{LeaderElector, LeaseSettings};
 use crate::controller::metrics::Metrics;
 use crate::controller::server::Health;
-use crate::meta::FIELD_MANAGER;
+use crate::meta::{FIELD_MANAGER, FREESWITCH};
 
 /// How the operator process runs.
 #[derive(Debug, Clone)]
@@ -93,11 +96,13 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), RunError> {
 
     let database: Arc<dyn PlatformDatabase> =
         Arc::new(PostgresPlatformDatabase::new(client.clone()));
+    let dispatcher: Arc<dyn DispatcherSync> = Arc::new(EngineDispatcherSync::new(client.clone()));
     let ctx = Arc::new(Context::new(
         client.clone(),
         Some(settings.identity.clone()),
         metrics.clone(),
         database,
+        dispatcher,
         Timing::default(),
     ));
 
@@ -250,8 +255,18 @@ pub async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
         .run(sipedge::reconcile, error_policy, ctx.clone())
         .for_each(log_result);
 
+    // the EndpointSlices of the pools' headless Services: their endpoints are the
+    // dispatcher members. The EndpointSlice controller copies a Service's labels onto
+    // its slices, so the operator's labels keep this watch to the pools' Services.
+    let media_slices = watcher::Config::default()
+        .labels(&format!(
+            "app.kubernetes.io/managed-by={FIELD_MANAGER},app.kubernetes.io/name={}",
+            FREESWITCH.app
+        ))
+        .any_semantic();
     let pools = Controller::new(api::<MediaPool>(&client, ns), resources.clone());
     let pool_store = pools.store();
+    let slice_pools = pool_store.clone();
     let pools = pools
         .owns(api::<Secret>(&client, ns), children.clone())
         .owns(api::<ConfigMap>(&client, ns), children.clone())
@@ -266,6 +281,32 @@ pub async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
                 dependents(&pool_store, |p| {
                     mediapool::uses_cluster(p, namespace.as_deref(), &name)
                 })
+            },
+        )
+        // an edge that starts using a pool needs the pool's set in its database
+        .watches(
+            api::<SipEdge>(&client, ns),
+            resources.clone(),
+            |edge: SipEdge| {
+                let namespace = edge.namespace();
+                edge.spec
+                    .media_pools
+                    .iter()
+                    .map(|pool| {
+                        let reference = ObjectRef::<MediaPool>::new(pool);
+                        match &namespace {
+                            Some(ns) => reference.within(ns),
+                            None => reference,
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            api::<EndpointSlice>(&client, ns),
+            media_slices,
+            move |slice: EndpointSlice| {
+                dependents(&slice_pools, |p| dispatcher::serves_slice(p, &slice))
             },
         )
         .shutdown_on_signal()

@@ -51,6 +51,11 @@ const KINDS: &[(&str, &str, &str)] = &[
     ("ServiceAccount", "serviceaccounts", "api/v1"),
     ("Endpoints", "endpoints", "api/v1"),
     ("Pod", "pods", "api/v1"),
+    (
+        "EndpointSlice",
+        "endpointslices",
+        "apis/discovery.k8s.io/v1",
+    ),
     ("StatefulSet", "statefulsets", "apis/apps/v1"),
     ("Deployment", "deployments", "apis/apps/v1"),
     ("DaemonSet", "daemonsets", "apis/apps/v1"),

@@ -1,5 +1,6 @@
 //! What the controllers' tests share: the fake API server, a dispatcher store that
-//! records its calls, and the example platform placed in a namespace.
+//! records its calls (removals, schema steps and set syncs), and the example platform
+//! placed in a namespace.
 
 #![allow(dead_code)]
 
@@ -13,16 +14,40 @@ use kube::ResourceExt;
 use sipstack_crds::{PgCluster, Platform};
 use sipstack_operator::controller::context::{Context, Timing};
 use sipstack_operator::controller::database::{PlatformDatabase, PlatformDatabaseError};
+use sipstack_operator::controller::dispatcher::{DispatcherSet, DispatcherSync, SetSynced};
 use sipstack_operator::controller::metrics::Metrics;
 
 pub use fake_api::{Call, FakeApi};
 
 pub const NAMESPACE: &str = "voice";
 
-/// A dispatcher store that records `(PgCluster, set id)` of each removal.
+/// One call of [`DispatcherSync::sync_set`].
+#[derive(Debug, Clone)]
+pub struct Synced {
+    pub cluster: String,
+    pub edges: Vec<String>,
+    pub set: DispatcherSet,
+}
+
+impl Synced {
+    /// `(uri, ready, terminating)` of each member, in order.
+    pub fn members(&self) -> Vec<(String, bool, bool)> {
+        self.set
+            .members
+            .iter()
+            .map(|m| (m.uri.clone(), m.ready, m.terminating))
+            .collect()
+    }
+}
+
+/// A dispatcher store that records `(PgCluster, set id)` of each removal and every
+/// set it is asked to sync. Like the engine, it writes no row for a member that
+/// cannot take calls, and reports changes only when the members differ from the
+/// last sync of the set in that database.
 #[derive(Default)]
 pub struct RecordingStore {
     pub removed: Mutex<Vec<(String, i32)>>,
+    pub synced: Mutex<Vec<Synced>>,
     /// PgClusters whose schema was set up, in call order.
     pub schemas: Mutex<Vec<String>>,
     /// Fail every call with this message.
@@ -36,6 +61,53 @@ impl RecordingStore {
 
     pub fn schemas(&self) -> Vec<String> {
         self.schemas.lock().unwrap().clone()
+    }
+
+    pub fn synced(&self) -> Vec<Synced> {
+        self.synced.lock().unwrap().clone()
+    }
+
+    pub fn take_synced(&self) -> Vec<Synced> {
+        std::mem::take(&mut *self.synced.lock().unwrap())
+    }
+}
+
+#[async_trait]
+impl DispatcherSync for RecordingStore {
+    async fn sync_set(
+        &self,
+        cluster: &PgCluster,
+        edges: &[String],
+        set: &DispatcherSet,
+    ) -> Result<SetSynced, PlatformDatabaseError> {
+        if let Some(message) = self.fail_with.lock().unwrap().clone() {
+            return Err(PlatformDatabaseError::Other(message));
+        }
+        let mut synced = self.synced.lock().unwrap();
+        let before = synced
+            .iter()
+            .rev()
+            .find(|s| s.cluster == cluster.name_any() && s.set.policy.set_id == set.policy.set_id)
+            .map(|s| s.set.members.clone());
+        let changes = if before.as_ref() == Some(&set.members) {
+            0
+        } else {
+            set.members.len()
+        };
+        synced.push(Synced {
+            cluster: cluster.name_any(),
+            edges: edges.to_vec(),
+            set: set.clone(),
+        });
+        Ok(SetSynced {
+            changes,
+            skipped: set
+                .members
+                .iter()
+                .filter(|m| !m.takes_calls())
+                .map(|m| m.uri.clone())
+                .collect(),
+        })
     }
 }
 
@@ -73,6 +145,7 @@ pub fn setup() -> (FakeApi, Arc<Context>, Arc<RecordingStore>) {
         fake.client(),
         Some("sipstack-operator-test".into()),
         Arc::new(Metrics::new()),
+        store.clone(),
         store.clone(),
         Timing::default(),
     ));
