@@ -33,6 +33,21 @@ pub struct Destination {
     pub description: String,
 }
 
+impl Destination {
+    /// A row selected as `id, setid, destination, flags, priority, attrs, description`.
+    pub fn from_row(r: &tokio_postgres::Row) -> Self {
+        Destination {
+            id: r.get(0),
+            set_id: r.get(1),
+            destination: r.get(2),
+            flags: r.get(3),
+            priority: r.get(4),
+            attrs: r.get(5),
+            description: r.get(6),
+        }
+    }
+}
+
 /// What [`replace_set`] changed, as destinations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SetChange {
@@ -181,18 +196,7 @@ pub async fn list(client: &impl GenericClient) -> Result<Vec<Destination>, DbErr
         )
         .await
         .map_err(DbError::query("cannot list dispatcher destinations"))?;
-    Ok(rows
-        .iter()
-        .map(|r| Destination {
-            id: r.get(0),
-            set_id: r.get(1),
-            destination: r.get(2),
-            flags: r.get(3),
-            priority: r.get(4),
-            attrs: r.get(5),
-            description: r.get(6),
-        })
-        .collect())
+    Ok(rows.iter().map(Destination::from_row).collect())
 }
 
 /// Flag bit: Kamailio marked the destination inactive.

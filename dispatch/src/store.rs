@@ -78,18 +78,7 @@ pub async fn apply(
         )
         .await
         .map_err(query("cannot read the set"))?;
-    let current: Vec<Destination> = rows
-        .iter()
-        .map(|r| Destination {
-            id: r.get(0),
-            set_id: r.get(1),
-            destination: r.get(2),
-            flags: r.get(3),
-            priority: r.get(4),
-            attrs: r.get(5),
-            description: r.get(6),
-        })
-        .collect();
+    let current: Vec<Destination> = rows.iter().map(Destination::from_row).collect();
     let plan = plan(policy, &current, desired, active_on_edges, now);
     for change in &plan.changes {
         match change {

@@ -8,9 +8,8 @@ use std::path::Path;
 use askama::Template;
 use kube::ResourceExt;
 use sipstack_crds::pgcluster::PgCluster;
-use sipstack_crds::validation::Validator;
 
-use crate::patroni::member_name;
+use crate::patroni::{cluster_validator, member_name};
 use crate::{config_hash, safe_path, RenderError, Rendered};
 
 #[derive(Template)]
@@ -37,10 +36,8 @@ pub fn render_haproxy(
     pid_file: Option<&Path>,
 ) -> Result<Rendered, RenderError> {
     let name = cluster.name_any();
-    let mut v = Validator::new();
-    v.name("metadata.name", &name);
-    cluster.spec.validate(&mut v);
-    v.finish(format!("PgCluster/{name}"))
+    cluster_validator(cluster)
+        .finish(format!("PgCluster/{name}"))
         .map_err(RenderError::Invalid)?;
     let spec = &cluster.spec;
     let members = (0..spec.instances as u32)

@@ -69,16 +69,23 @@ pub fn member_name(cluster: &str, index: u32) -> String {
     format!("{cluster}-{index}")
 }
 
+/// A validator that has checked a PgCluster's name and spec; the renderers of the
+/// cluster's files add their own checks before finishing it.
+pub(crate) fn cluster_validator(cluster: &PgCluster) -> Validator {
+    let mut v = Validator::new();
+    v.name("metadata.name", &cluster.name_any());
+    cluster.spec.validate(&mut v);
+    v
+}
+
 /// Renders patroni.yml for one target.
 pub fn render_patroni(
     cluster: &PgCluster,
     target: &PatroniTarget<'_>,
 ) -> Result<Rendered, RenderError> {
     let name = cluster.name_any();
-    let mut v = Validator::new();
-    v.name("metadata.name", &name);
-    cluster.spec.validate(&mut v);
-    v.finish(format!("PgCluster/{name}"))
+    cluster_validator(cluster)
+        .finish(format!("PgCluster/{name}"))
         .map_err(RenderError::Invalid)?;
     let spec = &cluster.spec;
     let p = &spec.patroni;

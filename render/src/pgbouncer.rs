@@ -5,8 +5,8 @@ use std::path::Path;
 use askama::Template;
 use kube::ResourceExt;
 use sipstack_crds::pgcluster::{PgCluster, PoolMode};
-use sipstack_crds::validation::Validator;
 
+use crate::patroni::cluster_validator;
 use crate::{config_hash, safe_path, RenderError, Rendered};
 
 #[derive(Template)]
@@ -45,9 +45,7 @@ pub fn render_pgbouncer(
     target: &PgbouncerTarget<'_>,
 ) -> Result<Rendered, RenderError> {
     let name = cluster.name_any();
-    let mut v = Validator::new();
-    v.name("metadata.name", &name);
-    cluster.spec.validate(&mut v);
+    let mut v = cluster_validator(cluster);
     v.host("upstream host", target.upstream_host);
     v.ip("listen address", target.listen_addr);
     v.finish(format!("PgCluster/{name}"))

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
@@ -18,13 +17,12 @@ use kube::{Api, ResourceExt};
 use serde_json::Value;
 use sipstack_crds::{MediaPool, PgCluster, SipEdge};
 use sipstack_dispatch::Member;
-use tracing::Instrument;
 
 use crate::controller::apply::{self, ChildKind, Owner};
 use crate::controller::context::Context;
 use crate::controller::database::PlatformDatabaseError;
 use crate::controller::dispatcher::{self, SetSynced};
-use crate::controller::error::{namespace_of, object_key, ReconcileError};
+use crate::controller::error::{namespace_of, ReconcileError};
 use crate::controller::report::{self, ready_of, Report};
 use crate::controller::sipedge::rejected_observation;
 use crate::mediapool;
@@ -57,25 +55,14 @@ pub fn uses_cluster(pool: &MediaPool, namespace: Option<&str>, cluster: &str) ->
 
 /// Reconciles one MediaPool: applies it, or cleans up after it when it is deleted.
 pub async fn reconcile(pool: Arc<MediaPool>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = "MediaPool",
-        namespace = pool.namespace().unwrap_or_default(),
-        name = pool.name_any()
-    );
-    let started = Instant::now();
-    let key = object_key(pool.as_ref());
-    let result = run_finalizer(pool, &ctx).instrument(span).await;
-    let outcome = match &result {
-        Ok((_, outcome)) => *outcome,
-        Err(_) => "failed",
-    };
-    ctx.metrics
-        .reconciled("MediaPool", outcome, started.elapsed());
-    if result.is_ok() {
-        ctx.backoff.reset(&key);
-    }
-    result.map(|(action, _)| action)
+    let object = pool.clone();
+    super::observed(
+        "MediaPool",
+        object.as_ref(),
+        &ctx,
+        run_finalizer(pool, &ctx),
+    )
+    .await
 }
 
 async fn run_finalizer(
@@ -135,24 +122,15 @@ async fn apply_pool(
         Ok(objects) => objects,
         Err(error) => {
             tracing::warn!(%error, "the spec cannot be applied");
-            let report = Report {
-                observation: Observation::from(&error),
-                fields: Vec::new(),
-            };
-            report::publish(ctx, pool, &report).await?;
-            return Ok((Action::requeue(ctx.timing.degraded), "degraded"));
+            return report::degrade(ctx, pool, Observation::from(&error)).await;
         }
     };
     let owner = Owner::of(pool, &namespace);
     let synced = match apply::sync_children(ctx, &owner, CHILD_KINDS, desired).await {
         Ok(synced) => synced,
         Err(ReconcileError::Rejected { object, message }) => {
-            let report = Report {
-                observation: rejected_observation(&owner.reference, &object, &message),
-                fields: Vec::new(),
-            };
-            report::publish(ctx, pool, &report).await?;
-            return Ok((Action::requeue(ctx.timing.degraded), "degraded"));
+            let observation = rejected_observation(&owner.reference, &object, &message);
+            return report::degrade(ctx, pool, observation).await;
         }
         Err(e) => return Err(e),
     };

@@ -47,6 +47,40 @@ use crate::controller::metrics::Metrics;
 use crate::controller::server::Health;
 use crate::meta::{FIELD_MANAGER, FREESWITCH};
 
+/// Runs one reconcile inside a span naming the object, counts it in the metrics by
+/// outcome, and resets the object's backoff when it succeeds: the frame every
+/// controller's reconcile shares.
+pub(crate) async fn observed<K, F>(
+    kind: &'static str,
+    obj: &K,
+    ctx: &Context,
+    work: F,
+) -> Result<Action, ReconcileError>
+where
+    K: Resource<DynamicType = ()>,
+    F: std::future::Future<Output = Result<(Action, &'static str), ReconcileError>>,
+{
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "reconcile",
+        kind,
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any()
+    );
+    let started = std::time::Instant::now();
+    let key = error::object_key(obj);
+    let result = work.instrument(span).await;
+    let outcome = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(_) => "failed",
+    };
+    ctx.metrics.reconciled(kind, outcome, started.elapsed());
+    if result.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    result.map(|(action, _)| action)
+}
+
 /// How the operator process runs.
 #[derive(Debug, Clone)]
 pub struct Settings {

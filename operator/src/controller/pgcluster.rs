@@ -5,18 +5,16 @@
 //! on its leader Endpoints, and the schema version.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Endpoints;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 use sipstack_crds::{DcsKind, PgCluster};
-use tracing::Instrument;
 
 use crate::controller::apply::{self, ChildKind, Owner};
 use crate::controller::context::Context;
-use crate::controller::error::{namespace_of, object_key, ReconcileError};
+use crate::controller::error::{namespace_of, ReconcileError};
 use crate::controller::report::{self, ready_of, Report};
 use crate::controller::sipedge::rejected_observation;
 use crate::object::Object;
@@ -44,24 +42,13 @@ pub async fn reconcile(
     cluster: Arc<PgCluster>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = "PgCluster",
-        namespace = cluster.namespace().unwrap_or_default(),
-        name = cluster.name_any()
-    );
-    let started = Instant::now();
-    let result = reconcile_inner(&cluster, &ctx).instrument(span).await;
-    let outcome = match &result {
-        Ok((_, outcome)) => outcome,
-        Err(_) => "failed",
-    };
-    ctx.metrics
-        .reconciled("PgCluster", outcome, started.elapsed());
-    if result.is_ok() {
-        ctx.backoff.reset(&object_key(cluster.as_ref()));
-    }
-    result.map(|(action, _)| action)
+    super::observed(
+        "PgCluster",
+        cluster.as_ref(),
+        &ctx,
+        reconcile_inner(&cluster, &ctx),
+    )
+    .await
 }
 
 async fn reconcile_inner(
@@ -74,24 +61,15 @@ async fn reconcile_inner(
         Ok(objects) => objects,
         Err(error) => {
             tracing::warn!(%error, "the spec cannot be applied");
-            let report = Report {
-                observation: Observation::from(&error),
-                fields: Vec::new(),
-            };
-            report::publish(ctx, cluster, &report).await?;
-            return Ok((Action::requeue(ctx.timing.degraded), "degraded"));
+            return report::degrade(ctx, cluster, Observation::from(&error)).await;
         }
     };
     let owner = Owner::of(cluster, &namespace);
     let synced = match apply::sync_children(ctx, &owner, CHILD_KINDS, desired).await {
         Ok(synced) => synced,
         Err(ReconcileError::Rejected { object, message }) => {
-            let report = Report {
-                observation: rejected_observation(&owner.reference, &object, &message),
-                fields: Vec::new(),
-            };
-            report::publish(ctx, cluster, &report).await?;
-            return Ok((Action::requeue(ctx.timing.degraded), "degraded"));
+            let observation = rejected_observation(&owner.reference, &object, &message);
+            return report::degrade(ctx, cluster, observation).await;
         }
         Err(e) => return Err(e),
     };

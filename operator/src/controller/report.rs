@@ -178,3 +178,28 @@ pub fn ready_of(
         0
     }
 }
+
+/// Publishes `observation` (a spec that cannot work, or a child the API server
+/// refused) and looks at the object again after the degraded requeue interval.
+pub async fn degrade<K>(
+    ctx: &Context,
+    obj: &K,
+    observation: Observation,
+) -> Result<(kube::runtime::controller::Action, &'static str), ReconcileError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let report = Report {
+        observation,
+        fields: Vec::new(),
+    };
+    publish(ctx, obj, &report).await?;
+    Ok((
+        kube::runtime::controller::Action::requeue(ctx.timing.degraded),
+        "degraded",
+    ))
+}

@@ -4,17 +4,15 @@
 //! dispatcher sets and the database endpoint).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 use sipstack_crds::{MediaPool, PgCluster, SipEdge};
-use tracing::Instrument;
 
 use crate::controller::apply::{self, ChildKind, Owner};
 use crate::controller::context::Context;
-use crate::controller::error::{namespace_of, object_key, ReconcileError};
+use crate::controller::error::{namespace_of, ReconcileError};
 use crate::controller::report::{self, ready_of, Report};
 use crate::meta::CONFIG_HASH_ANNOTATION;
 use crate::object::Object;
@@ -43,24 +41,7 @@ pub fn uses_pool(edge: &SipEdge, namespace: Option<&str>, pool: &str) -> bool {
 
 /// Reconciles one SipEdge.
 pub async fn reconcile(edge: Arc<SipEdge>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = "SipEdge",
-        namespace = edge.namespace().unwrap_or_default(),
-        name = edge.name_any()
-    );
-    let started = Instant::now();
-    let result = reconcile_inner(&edge, &ctx).instrument(span).await;
-    let outcome = match &result {
-        Ok((_, outcome)) => outcome,
-        Err(_) => "failed",
-    };
-    ctx.metrics
-        .reconciled("SipEdge", outcome, started.elapsed());
-    if result.is_ok() {
-        ctx.backoff.reset(&object_key(edge.as_ref()));
-    }
-    result.map(|(action, _)| action)
+    super::observed("SipEdge", edge.as_ref(), &ctx, reconcile_inner(&edge, &ctx)).await
 }
 
 async fn reconcile_inner(
@@ -90,12 +71,7 @@ async fn reconcile_inner(
         Ok(objects) => objects,
         Err(error) => {
             tracing::warn!(%error, "the spec cannot be applied");
-            let report = Report {
-                observation: Observation::from(&error),
-                fields: Vec::new(),
-            };
-            report::publish(ctx, edge, &report).await?;
-            return Ok((Action::requeue(ctx.timing.degraded), "degraded"));
+            return report::degrade(ctx, edge, Observation::from(&error)).await;
         }
     };
     let config_hash = desired.iter().find_map(pod_config_hash);
@@ -103,12 +79,8 @@ async fn reconcile_inner(
     let synced = match apply::sync_children(ctx, &owner, CHILD_KINDS, desired).await {
         Ok(synced) => synced,
         Err(ReconcileError::Rejected { object, message }) => {
-            let report = Report {
-                observation: rejected_observation(&owner.reference, &object, &message),
-                fields: Vec::new(),
-            };
-            report::publish(ctx, edge, &report).await?;
-            return Ok((Action::requeue(ctx.timing.degraded), "degraded"));
+            let observation = rejected_observation(&owner.reference, &object, &message);
+            return report::degrade(ctx, edge, observation).await;
         }
         Err(e) => return Err(e),
     };
