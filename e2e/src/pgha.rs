@@ -353,6 +353,17 @@ impl WriterLog {
             .map(|a| a.at - since)
     }
 
+    /// Time from `since` to the first write acknowledged by a member other than the
+    /// one on `old_port`: the outage a lost primary causes. (A commit in flight at
+    /// `since` may still be acknowledged by the old primary a moment later; it does
+    /// not end the outage.)
+    pub fn first_ack_elsewhere(&self, since: Instant, old_port: u16) -> Option<Duration> {
+        self.acks
+            .iter()
+            .find(|a| a.at > since && a.server_port != i32::from(old_port))
+            .map(|a| a.at - since)
+    }
+
     /// The longest gap between consecutive acknowledged writes.
     pub fn longest_gap(&self) -> Duration {
         self.acks

@@ -196,9 +196,18 @@ async fn sigkill_of_the_primary_loses_no_acknowledged_write() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let log = writer.finish().await;
+    let old_port = h.cluster.member_port(&old).unwrap();
     let gap = log
-        .first_ack_after(killed_at)
-        .expect("no write succeeded after the kill");
+        .first_ack_elsewhere(killed_at, old_port)
+        .expect("no write succeeded on the new primary after the kill");
+    // nothing was acknowledged by the killed primary once its commits in flight returned
+    assert!(
+        log.acks
+            .iter()
+            .filter(|a| a.server_port == i32::from(old_port))
+            .all(|a| a.at < killed_at + Duration::from_millis(500)),
+        "the killed primary acknowledged writes after the kill"
+    );
     let out = load.await.unwrap().unwrap();
     let rate = success_rate(&out);
     println!(

@@ -150,7 +150,7 @@ async fn run_setting(timing: PatroniTiming, args: &Args) -> Result<Figures> {
         // is the longest pause
         let gap = match *event {
             "kill" => log
-                .first_ack_after(at)
+                .first_ack_elsewhere(at, cluster.member_port(&old)?)
                 .context("no write succeeded after the kill")?,
             _ => log.longest_gap(),
         };
