@@ -127,9 +127,9 @@ pub async fn up(
         .state_dir
         .canonicalize()
         .map_err(|e| LocalError::io(&options.state_dir, e))?;
-    // the file may carry Secrets beside the sipstack kinds: keep the copy private
+    // written once the platform is up: a file that failed must not replace the copy
+    // of the one that runs
     let platform_copy = state_dir.join("platform.yaml");
-    state::write_secret(&platform_copy, platform_text)?;
 
     let Some(pg) = platform.pg_clusters.first() else {
         return Err(LocalError::Unsupported(
@@ -339,6 +339,8 @@ pub async fn up(
             .collect(),
     };
     state::write_secret(&state.db_url_file, &db_url)?;
+    // the file may carry Secrets beside the sipstack kinds: keep the copy private
+    state::write_secret(&state.platform_file, platform_text)?;
     state.save()?;
     report.line(format!("state      {}", state_dir.display()));
     Ok((state, report))
