@@ -1001,3 +1001,36 @@ async fn a_database_that_fails_the_sync_is_retried_and_the_members_stay_unknown(
     );
     assert_eq!(stored["status"]["activeMembers"], 1);
 }
+
+#[tokio::test]
+async fn every_ready_edge_pod_is_told_not_just_the_rpc_service() {
+    let (fake, ctx, store) = setup();
+    insert_pool_with_edge(&fake);
+    fake.insert(&media_slice(
+        "media-freeswitch-abcde",
+        &[("10.1.0.11", Some(true), None)],
+    ));
+    // the edge's RPC Service has two ready pods and one that is not ready
+    let mut rpc = media_slice(
+        "edge-rpc-xyz",
+        &[
+            ("10.2.0.21", Some(true), None),
+            ("10.2.0.22", Some(true), None),
+            ("10.2.0.23", Some(false), None),
+        ],
+    );
+    rpc.metadata.labels.as_mut().unwrap().insert(
+        "kubernetes.io/service-name".into(),
+        sipstack_operator::names::edge_rpc_service("edge"),
+    );
+    fake.insert(&rpc);
+    reconcile_pool(&fake, &ctx).await;
+    let synced = store.synced();
+    assert_eq!(synced.len(), 1, "{synced:#?}");
+    assert_eq!(
+        synced[0].edges,
+        ["http://10.2.0.21:5071/RPC", "http://10.2.0.22:5071/RPC"]
+    );
+    // the pool's members are still only the FreeSWITCH pods
+    assert_eq!(synced[0].members().len(), 1, "{synced:#?}");
+}

@@ -130,6 +130,44 @@ pub fn dispatcher_set(pool: &MediaPool, members: Vec<Member>) -> DispatcherSet {
 }
 
 /// The JSON-RPC endpoint of `edge`, through its RPC Service.
+/// The RPC endpoints of an edge's pods, from the EndpointSlices of its RPC Service:
+/// one URL per ready pod, so a reload or a `set_state` reaches every Kamailio (the
+/// Service would hand each call to one pod). Before the slices exist, the Service.
+pub fn edge_rpc_urls(edge: &SipEdge, namespace: &str, slices: &[EndpointSlice]) -> Vec<String> {
+    let service = names::edge_rpc_service(&edge.name_any());
+    let mut urls: Vec<String> = slices
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(namespace))
+        .filter(|s| s.labels().get(SERVICE_NAME_LABEL) == Some(&service))
+        .flat_map(|s| s.endpoints.iter().flatten())
+        // an endpoint without conditions is ready, as the API documents
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .flat_map(|e| e.addresses.iter())
+        .map(|address| {
+            let host = if address.contains(':') {
+                format!("[{address}]")
+            } else {
+                address.clone()
+            };
+            format!("http://{host}:{}/RPC", edge.spec.rpc.port)
+        })
+        .collect();
+    urls.sort();
+    urls.dedup();
+    if urls.is_empty() {
+        urls.push(edge_rpc_url(edge, namespace));
+    }
+    urls
+}
+
+/// The label selector of the EndpointSlices of an edge's RPC Service.
+pub fn edge_rpc_slice_selector(edge: &SipEdge) -> String {
+    format!(
+        "{SERVICE_NAME_LABEL}={}",
+        names::edge_rpc_service(&edge.name_any())
+    )
+}
+
 pub fn edge_rpc_url(edge: &SipEdge, namespace: &str) -> String {
     format!(
         "http://{}.{namespace}.svc:{}/RPC",

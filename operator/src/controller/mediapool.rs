@@ -270,11 +270,21 @@ async fn sync_dispatcher(
             tracing::debug!(pg_cluster = %database, "the PgCluster of an edge using the pool does not exist");
             continue;
         };
-        let urls: Vec<String> = edges
+        let mut urls: Vec<String> = Vec::new();
+        for edge in edges
             .iter()
             .filter(|e| e.spec.database.pg_cluster == database)
-            .map(|e| dispatcher::edge_rpc_url(e, namespace))
-            .collect();
+        {
+            let selector = dispatcher::edge_rpc_slice_selector(edge);
+            let rpc_slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| {
+                    ReconcileError::kube(format!("list the EndpointSlices {selector}"), e)
+                })?
+                .items;
+            urls.extend(dispatcher::edge_rpc_urls(edge, namespace, &rpc_slices));
+        }
         match ctx.dispatcher.sync_set(&cluster, &urls, &set).await {
             Ok(SetSynced { changes, skipped }) => {
                 outcome.changes += changes;
