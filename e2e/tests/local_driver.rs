@@ -231,3 +231,35 @@ async fn a_pool_dropped_from_the_file_loses_its_members_and_its_trust() {
     );
     sipstack_local::down(dir.path()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_up_keeps_the_running_platform_and_its_file() {
+    let dir = tempfile::Builder::new()
+        .prefix("sipstack-local-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let ports = Ports::free().unwrap();
+    let yaml = TestbedSpec::default().yaml(ports);
+    let options = UpOptions {
+        state_dir: dir.path().to_path_buf(),
+        standins: false,
+    };
+    let (state, _) = sipstack_local::up(&yaml, &options).await.unwrap();
+    // the same platform with a three-member database cannot reuse the single server's data
+    let ha = yaml.replace("spec: {instances: 1,", "spec: {instances: 3,");
+    assert_ne!(ha, yaml);
+    let err = sipstack_local::up(&ha, &options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds the single PostgreSQL server"), "{err}");
+    assert_eq!(std::fs::read_to_string(&state.platform_file).unwrap(), yaml);
+    let status = sipstack_local::status(dir.path()).await.unwrap();
+    assert!(status.postgres_running && status.edges[0].pid.is_some());
+    sipstack_local::down(dir.path()).await.unwrap();
+}
