@@ -62,15 +62,7 @@ async fn status_shows_database_edges_and_pools() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_up_writes_a_context_that_later_commands_use() {
-    let dir = tempfile::Builder::new()
-        .prefix("sipstack-ctx-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = sipstack_e2e::testbed::state_dir("sipstack-ctx-").unwrap();
     let config = dir.path().join("config.yaml");
     let state = dir.path().join("state");
     let ip = media_ip(0);

@@ -190,11 +190,7 @@ impl ClusterHandle {
     }
 
     fn member_dir(&self, name: &str) -> Result<PathBuf> {
-        let n = name
-            .rsplit('-')
-            .next()
-            .and_then(|n| n.parse::<u32>().ok())
-            .context("member name")?;
+        let n = member_index(name)?;
         Ok(self.state_dir.join(format!("pg-pg/member-{n}")))
     }
 
@@ -214,21 +210,11 @@ impl ClusterHandle {
     /// Waits until a running leader other than `not` is elected and every other
     /// member named in `followers` runs; returns the leader.
     pub async fn wait_for_leader(&self, not: Option<&str>, limit: Duration) -> Result<String> {
-        let start = Instant::now();
-        loop {
-            if let Ok(c) = self.cluster().await {
-                if let Some(l) = c
-                    .leader()
-                    .filter(|l| l.is_running() && Some(l.name.as_str()) != not)
-                {
-                    return Ok(l.name.clone());
-                }
-            }
-            if start.elapsed() > limit {
-                bail!("no new leader within {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let cluster = self.patroni.wait_for_leader(not, limit).await?;
+        cluster
+            .leader()
+            .map(|l| l.name.clone())
+            .context("no leader")
     }
 
     /// Waits until all three members run (the leader and two streaming replicas).
@@ -297,12 +283,7 @@ impl ClusterHandle {
 
     /// PostgreSQL port of a member.
     pub fn member_port(&self, name: &str) -> Result<u16> {
-        let n = name
-            .rsplit('-')
-            .next()
-            .and_then(|n| n.parse::<u16>().ok())
-            .context("member name")?;
-        Ok(self.hp.member_base + n)
+        Ok(self.hp.member_base + member_index(name)?)
     }
 }
 
@@ -480,6 +461,13 @@ pub struct LossReport {
     pub lost: Vec<i64>,
     /// Ids present more than once.
     pub duplicated: Vec<i64>,
+}
+
+impl LossReport {
+    /// Every acknowledged row is there, once.
+    pub fn is_clean(&self) -> bool {
+        self.lost.is_empty() && self.duplicated.is_empty()
+    }
 }
 
 /// Reads the probe table through `url` and checks every acknowledged id is there once.

@@ -965,6 +965,14 @@ impl SippOutcome {
         self.stats.as_ref().map_or(0, SippStats::retransmissions)
     }
 
+    /// Replies a scenario absorbed the way a real user agent does (a late
+    /// challenge of a retransmitted request, a provisional reply that crossed a
+    /// CANCEL): the `ABSORBED` lines. They are not failures; a test reports
+    /// them and still asserts that no call failed.
+    pub fn absorbed(&self) -> usize {
+        self.lines("ABSORBED").count()
+    }
+
     /// Log lines with this tag (`ANSWERED`, `REGISTERED`, …).
     pub fn lines<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a LogLine> + 'a {
         self.log_lines.iter().filter(move |l| l.tag == tag)
@@ -1048,6 +1056,10 @@ impl fmt::Display for SippOutcome {
         }
         if !self.unexpected_codes.is_empty() {
             write!(f, ", unexpected codes {:?}", self.unexpected_codes)?;
+        }
+        let absorbed = self.absorbed();
+        if absorbed > 0 {
+            write!(f, ", absorbed {absorbed} late replies")?;
         }
         Ok(())
     }

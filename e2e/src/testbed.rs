@@ -185,15 +185,7 @@ impl Testbed {
 
     /// Brings up a platform file written for `ports` (e.g. `TestbedSpec::yaml` edited).
     pub async fn up_yaml(yaml: String, ports: Ports) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("sipstack-test-")
-            .tempdir()
-            .context("temporary state dir")?;
-        // PostgreSQL runs as the postgres user when the tests run as root.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )?;
+        let dir = state_dir("sipstack-test-")?;
         let options = UpOptions {
             state_dir: dir.path().to_path_buf(),
             standins: false,
@@ -244,12 +236,19 @@ impl Testbed {
             &self.state.edges[0].name,
         );
         kam.stop().await?;
+        self.up_again().await?;
+        Ok(())
+    }
+
+    /// Runs `up` of the same platform file again: starts whatever was stopped (a
+    /// killed database member, an edge) and applies nothing else. Returns its report.
+    pub async fn up_again(&self) -> Result<sipstack_local::Report> {
         let options = UpOptions {
             state_dir: self.state.state_dir.clone(),
             standins: false,
         };
-        sipstack_local::up(&self.yaml, &options).await?;
-        Ok(())
+        let (_, report) = sipstack_local::up(&self.yaml, &options).await?;
+        Ok(report)
     }
 
     fn postgres(&self) -> sipstack_local::postgres::LocalPostgres {
@@ -341,6 +340,20 @@ impl Drop for Testbed {
             tear_down(dir);
         }
     }
+}
+
+/// A temporary state directory every user may enter: PostgreSQL runs as the
+/// `postgres` user when the tests run as root, and must reach its data under it.
+pub fn state_dir(prefix: &str) -> Result<TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("temporary state dir")?;
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    Ok(dir)
 }
 
 /// Stops the local platform of `dir` and removes the directory. Drop may run inside

@@ -10,15 +10,7 @@ use sipstack_local::{process, UpOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_and_up_again_keeps_subscribers_and_registrations() {
-    let dir = tempfile::Builder::new()
-        .prefix("sipstack-local-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = sipstack_e2e::testbed::state_dir("sipstack-local-").unwrap();
     let media_port = free_udp_port_on(media_ip(0)).unwrap();
     let spec = TestbedSpec {
         pools: vec![PoolSpec::new("media", 1, "roundRobin").member(
@@ -131,15 +123,7 @@ async fn an_invalid_platform_file_starts_nothing_and_names_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_cleans_up_after_an_up_that_failed_half_way() {
-    let dir = tempfile::Builder::new()
-        .prefix("sipstack-local-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = sipstack_e2e::testbed::state_dir("sipstack-local-").unwrap();
     let ports = Ports::free().unwrap();
     // someone else holds the SIP port: PostgreSQL starts, Kamailio cannot
     let _squatter = std::net::UdpSocket::bind(("127.0.0.1", ports.sip)).unwrap();
@@ -169,15 +153,7 @@ async fn down_cleans_up_after_an_up_that_failed_half_way() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_dropped_from_the_file_loses_its_members_and_its_trust() {
-    let dir = tempfile::Builder::new()
-        .prefix("sipstack-local-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = sipstack_e2e::testbed::state_dir("sipstack-local-").unwrap();
     let a = std::net::SocketAddr::new(media_ip(0), 5080);
     let b = std::net::SocketAddr::new(media_ip(1), 5080);
     let ports = Ports::free().unwrap();
@@ -234,15 +210,7 @@ async fn a_pool_dropped_from_the_file_loses_its_members_and_its_trust() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_up_keeps_the_running_platform_and_its_file() {
-    let dir = tempfile::Builder::new()
-        .prefix("sipstack-local-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = sipstack_e2e::testbed::state_dir("sipstack-local-").unwrap();
     let ports = Ports::free().unwrap();
     let yaml = TestbedSpec::default().yaml(ports);
     let options = UpOptions {

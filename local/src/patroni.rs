@@ -205,21 +205,16 @@ impl LocalCluster {
             )?;
         }
         let patroni = self.patroni();
-        let cluster = wait_for(LEADER_TIMEOUT, "a primary elected by Patroni", || async {
-            patroni
-                .cluster()
-                .await
-                .ok()
-                .filter(|c| c.leader().is_some_and(|l| l.is_running()))
-        })
-        .await
-        .map_err(|_| {
-            self.start_error(
-                "Patroni elected no primary",
-                &self.member_dir(0).join("patroni.log"),
-            )
-        })?;
-        self.start_haproxy(&programs.haproxy, run_as)?;
+        let cluster = patroni
+            .wait_for_leader(None, LEADER_TIMEOUT)
+            .await
+            .map_err(|_| {
+                self.start_error(
+                    "Patroni elected no primary",
+                    &self.member_dir(0).join("patroni.log"),
+                )
+            })?;
+        self.start_haproxy(&programs.haproxy, run_as).await?;
         let read_write = self.read_write();
         wait_for(
             Duration::from_secs(30),
@@ -471,7 +466,11 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn start_haproxy(&self, haproxy: &Path, run_as: Option<SystemUser>) -> Result<(), LocalError> {
+    async fn start_haproxy(
+        &self,
+        haproxy: &Path,
+        run_as: Option<SystemUser>,
+    ) -> Result<(), LocalError> {
         let dir = self.dir.join("haproxy");
         self.private_dir(&dir, run_as)?;
         let config = dir.join("haproxy.cfg");
@@ -489,14 +488,11 @@ impl LocalCluster {
             run_as: run_as.map(|u| (u.uid, u.gid)),
         };
         if changed {
-            if let Some(pid) = daemon.running() {
-                // a new member list: start over (clients reconnect, as after a failover)
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                let _ = fs::remove_file(&pid_file);
-            }
+            // a new member list: start over (clients reconnect, as after a failover)
+            daemon
+                .stop(Duration::from_secs(5))
+                .await
+                .map_err(|e| LocalError::io(&pid_file, e))?;
         }
         daemon.start().map_err(|e| LocalError::io(haproxy, e))?;
         Ok(())
@@ -515,17 +511,7 @@ impl LocalCluster {
             .collect();
         subdirs.sort();
         let stop = |pid_file: PathBuf, marker: PathBuf, grace: Duration| async move {
-            let daemon = Daemon {
-                program: Path::new(""),
-                args: Vec::new(),
-                env: Vec::new(),
-                log: Path::new(""),
-                pid_file: &pid_file,
-                marker: &marker.to_string_lossy(),
-                run_as: None,
-            };
-            daemon
-                .stop(grace)
+            crate::process::stop_recorded(&pid_file, &marker.to_string_lossy(), grace)
                 .await
                 .map_err(|e| LocalError::io(&pid_file, e))
         };

@@ -180,13 +180,20 @@ impl Daemon<'_> {
 
     /// Stops it (SIGTERM, SIGKILL after `grace`); returns whether it ran.
     pub async fn stop(&self, grace: Duration) -> io::Result<bool> {
-        let stopped = match self.running() {
-            Some(pid) => terminate(pid, grace).await?,
-            None => false,
-        };
-        let _ = fs::remove_file(self.pid_file);
-        Ok(stopped)
+        stop_recorded(self.pid_file, self.marker, grace).await
     }
+}
+
+/// Stops the process `pid_file` records if it is the one we started (its command
+/// line holds `marker`): SIGTERM, SIGKILL after `grace`. Removes the pid file.
+/// Returns whether it ran.
+pub async fn stop_recorded(pid_file: &Path, marker: &str, grace: Duration) -> io::Result<bool> {
+    let stopped = match running_pid(pid_file, marker) {
+        Some(pid) => terminate(pid, grace).await?,
+        None => false,
+    };
+    let _ = fs::remove_file(pid_file);
+    Ok(stopped)
 }
 
 /// Sends SIGHUP (reload the configuration).

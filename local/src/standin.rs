@@ -121,18 +121,14 @@ pub async fn stop_all(dir: &Path) -> Result<Vec<String>, LocalError> {
             continue;
         }
         // only a process started with this pool's scenario is ours to stop
-        if let Some(pid) =
-            process::running_pid(&path, &dir.join("media_standin.xml").to_string_lossy())
+        let marker = dir.join("media_standin.xml");
+        if process::stop_recorded(&path, &marker.to_string_lossy(), Duration::from_secs(3))
+            .await
+            .map_err(|e| LocalError::io(&path, e))?
         {
-            if process::terminate(pid, Duration::from_secs(3))
-                .await
-                .map_err(|e| LocalError::io(&path, e))?
-            {
-                let uri = fs::read_to_string(path.with_extension("uri")).unwrap_or_default();
-                stopped.push(uri.trim().to_string());
-            }
+            let uri = fs::read_to_string(path.with_extension("uri")).unwrap_or_default();
+            stopped.push(uri.trim().to_string());
         }
-        let _ = fs::remove_file(&path);
         let _ = fs::remove_file(path.with_extension("uri"));
     }
     Ok(stopped)

@@ -176,37 +176,9 @@ impl PatroniClient {
 
     /// The cluster's members, from the first member that answers.
     pub async fn cluster(&self) -> Result<Cluster, PatroniError> {
-        let mut last = None;
-        for url in &self.urls {
-            match self.cluster_from(url).await {
-                Ok(c) => return Ok(c),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            PatroniError::Refused("no Patroni REST API address is known".into())
-        }))
-    }
-
-    async fn cluster_from(&self, url: &str) -> Result<Cluster, PatroniError> {
-        let endpoint = format!("{url}/cluster");
-        let response = self
-            .http
-            .get(&endpoint)
-            .send()
-            .await
-            .map_err(|e| unreachable(url, e))?;
-        let status = response.status();
-        let body = response.text().await.map_err(|e| unreachable(url, e))?;
-        if !status.is_success() {
-            return Err(PatroniError::Http {
-                url: endpoint,
-                status: status.as_u16(),
-                body,
-            });
-        }
+        let (endpoint, body) = self.get_from_any("cluster").await?;
         let raw: RawCluster = serde_json::from_str(&body).map_err(|e| PatroniError::Protocol {
-            url: endpoint.clone(),
+            url: endpoint,
             detail: e.to_string(),
         })?;
         Ok(Cluster {
@@ -236,30 +208,66 @@ impl PatroniClient {
 
     /// Whether synchronous mode is on, from the cluster's dynamic configuration.
     pub async fn synchronous_mode(&self) -> Result<bool, PatroniError> {
+        let (endpoint, body) = self.get_from_any("config").await?;
+        let config: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| PatroniError::Protocol {
+                url: endpoint,
+                detail: e.to_string(),
+            })?;
+        Ok(config
+            .get("synchronous_mode")
+            .and_then(|s| s.as_bool())
+            .unwrap_or(false))
+    }
+
+    /// Waits until a running leader other than `not` is elected, polling every
+    /// 250 ms for at most `limit`; returns the cluster as it was then.
+    pub async fn wait_for_leader(
+        &self,
+        not: Option<&str>,
+        limit: Duration,
+    ) -> Result<Cluster, PatroniError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(c) = self.cluster().await {
+                if c.leader()
+                    .is_some_and(|l| l.is_running() && Some(l.name.as_str()) != not)
+                {
+                    return Ok(c);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PatroniError::Refused(format!(
+                    "no running leader{} within {limit:?}",
+                    not.map(|n| format!(" other than {n}")).unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// `GET /PATH` from the first member that answers 2xx: its URL and body. Any
+    /// member answers for the whole cluster.
+    async fn get_from_any(&self, path: &str) -> Result<(String, String), PatroniError> {
         let mut last = None;
         for url in &self.urls {
-            let endpoint = format!("{url}/config");
-            match self.http.get(&endpoint).send().await {
-                Ok(r) if r.status().is_success() => {
-                    let v: serde_json::Value =
-                        r.json().await.map_err(|e| PatroniError::Protocol {
-                            url: endpoint.clone(),
-                            detail: e.to_string(),
-                        })?;
-                    return Ok(v
-                        .get("synchronous_mode")
-                        .and_then(|s| s.as_bool())
-                        .unwrap_or(false));
+            let endpoint = format!("{url}/{path}");
+            let answer = match self.http.get(&endpoint).send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    match response.text().await {
+                        Ok(body) if status.is_success() => return Ok((endpoint, body)),
+                        Ok(body) => PatroniError::Http {
+                            url: endpoint,
+                            status: status.as_u16(),
+                            body,
+                        },
+                        Err(e) => unreachable(url, e),
+                    }
                 }
-                Ok(r) => {
-                    last = Some(PatroniError::Http {
-                        url: endpoint,
-                        status: r.status().as_u16(),
-                        body: String::new(),
-                    })
-                }
-                Err(e) => last = Some(unreachable(url, e)),
-            }
+                Err(e) => unreachable(url, e),
+            };
+            last = Some(answer);
         }
         Err(last.unwrap_or_else(|| {
             PatroniError::Refused("no Patroni REST API address is known".into())

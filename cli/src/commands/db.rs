@@ -94,7 +94,10 @@ pub async fn run(ctx: &Ctx, cmd: DbCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(cli_error)?;
             println!("{answer}");
-            let after = wait_for_new_leader(&client, &old).await;
+            let after = client
+                .wait_for_leader(Some(&old), NEW_LEADER_WAIT)
+                .await
+                .ok();
             match after {
                 Some(c) => print!("{}", members_table(&c)),
                 None => {
@@ -119,13 +122,16 @@ pub async fn run(ctx: &Ctx, cmd: DbCommand) -> anyhow::Result<()> {
                 .unwrap_or_default();
             let answer = client.failover(&args.candidate).await.map_err(cli_error)?;
             println!("{answer}");
-            if let Some(c) = wait_for_new_leader(&client, &old).await {
+            if let Ok(c) = client.wait_for_leader(Some(&old), NEW_LEADER_WAIT).await {
                 print!("{}", members_table(&c));
             }
         }
     }
     Ok(())
 }
+
+/// How long switchover and failover wait to show the new primary.
+const NEW_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn patroni(ctx: &Ctx) -> anyhow::Result<PatroniClient> {
     if ctx.target.patroni.is_empty() {
@@ -145,19 +151,6 @@ fn cli_error(e: PatroniError) -> anyhow::Error {
         PatroniError::Refused(m) => CliError::Invalid(m).into(),
         other => other.into(),
     }
-}
-
-/// Polls until a running leader other than `old` appears (at most 60 s).
-async fn wait_for_new_leader(client: &PatroniClient, old: &str) -> Option<Cluster> {
-    for _ in 0..240 {
-        if let Ok(c) = client.cluster().await {
-            if c.leader().is_some_and(|l| l.name != old && l.is_running()) {
-                return Some(c);
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-    None
 }
 
 /// The members as a table, the way `patronictl list` shows them.

@@ -176,11 +176,7 @@ async fn run_setting(timing: PatroniTiming, args: &Args) -> Result<Figures> {
         f.registers_ok += out.successful();
         f.registers_total += out.successful() + out.failed();
         // the stopped member comes back (pg_rewind when it must) before the next event
-        let options = sipstack_local::UpOptions {
-            state_dir: bed.state_dir(),
-            standins: false,
-        };
-        sipstack_local::up(&bed.yaml, &options).await?;
+        bed.up_again().await?;
     }
     bed.down().await?;
     Ok(f)

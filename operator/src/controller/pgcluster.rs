@@ -113,7 +113,9 @@ async fn reconcile_inner(
     // the platform role, database and schema, once a member runs (through the
     // primary Service); an unreachable database is retried at the next requeue
     let mut schema_version = cluster.status.as_ref().and_then(|s| s.schema_version);
-    if ready_members > 0 {
+    // (a schema already at this operator's newest version needs no connection)
+    let current = schema_version == Some(i64::from(sipstack_db::latest_version()));
+    if ready_members > 0 && !current {
         match ctx.database.ensure_schema(cluster).await {
             Ok(version) => schema_version = Some(i64::from(version)),
             Err(error) => tracing::warn!(%error, "the platform schema is not set up yet"),
