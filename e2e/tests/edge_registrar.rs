@@ -197,6 +197,45 @@ async fn a_database_outage_does_not_stop_registrations_or_calls() {
     );
 }
 
+/// A phone whose digest username is `user@domain` (its HA1 is the subscriber's
+/// ha1b) keeps registering through a database outage, as one with a plain
+/// username does: the credential cache remembers ha1b under the whole name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_username_with_a_domain_is_remembered_through_an_outage() {
+    let (media, _standin) = standin(0).unwrap();
+    let tb = Testbed::up(&spec_with_pool(media)).await.unwrap();
+    tb.add_subscriber("grace", "grace-pw").await.unwrap();
+    let port = free_udp_port_on(EDGE_IP).unwrap();
+    let full_name = format!("grace@{DOMAIN}");
+    let register = |password: &str| {
+        register_command(tb.edge(), "grace", password, port).injection(
+            InjectionFile::sequential().line([
+                "grace".to_string(),
+                DOMAIN.to_string(),
+                InjectionFile::auth_keyword(&full_name, password),
+            ]),
+        )
+    };
+    register("grace-pw")
+        .run_async()
+        .await
+        .unwrap()
+        .ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\nedge log:\n{}", tb.edge_log(20)));
+
+    tb.stop_postgres().await.unwrap();
+
+    register("grace-pw")
+        .run_async()
+        .await
+        .unwrap()
+        .ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\nedge log:\n{}", tb.edge_log(20)));
+    // the remembered ha1b is not a master key: a wrong password is still refused
+    let wrong = register("not-graces").run_async().await.unwrap();
+    assert_eq!(wrong.successful(), 0, "{}", wrong.diagnostics());
+}
+
 async fn expiry(tb: &Testbed, user: &str) -> Option<std::time::SystemTime> {
     let db = tb.db().await.ok()?;
     let row = db
