@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod pgha;
+pub mod rawsip;
 pub mod sipp;
 pub mod testbed;

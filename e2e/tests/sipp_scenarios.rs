@@ -543,8 +543,19 @@ fn register_scenarios_against_a_digest_registrar() {
 
     // register.xml with a wrong password: the 401 to the retry is not a
     // late challenge; the call fails at once (not at a receive timeout).
-    let refused = register("register", &addr, "alice", "wrong", free_udp_port().unwrap());
-    assert_eq!(refused.exit, SippExit::SomeFailed, "{}", refused.diagnostics());
+    let refused = register(
+        "register",
+        &addr,
+        "alice",
+        "wrong",
+        free_udp_port().unwrap(),
+    );
+    assert_eq!(
+        refused.exit,
+        SippExit::SomeFailed,
+        "{}",
+        refused.diagnostics()
+    );
     let stats = refused.stats.as_ref().unwrap();
     assert_eq!(stats.failed_regexp(), 1, "{}", refused.diagnostics());
     assert_eq!(refused.absorbed(), 0);

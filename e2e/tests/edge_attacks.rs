@@ -1,0 +1,239 @@
+//! Attacks on the real edge, from nothing but a UDP socket on the same host. Each
+//! test sends what an attacker would and checks that the edge refuses it and that
+//! nothing reaches the target it named.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use sipstack_e2e::rawsip::{HandDrivenNode, SipMessage, SipSocket};
+use sipstack_e2e::sipp::{InjectionFile, SippCommand};
+use sipstack_e2e::testbed::{media_ip, PoolSpec, Testbed, TestbedSpec, DOMAIN};
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// A request inside a made-up dialog: tags, Call-ID and the Route are the attacker's.
+fn in_dialog_request(
+    method: &str,
+    target: SocketAddr,
+    route: &str,
+    attacker: SocketAddr,
+    call_id: &str,
+    tags: (&str, &str),
+) -> String {
+    let event = if method == "NOTIFY" {
+        "Event: presence\r\nSubscription-State: active;expires=600\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "{method} sip:victim@{target} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {attacker};branch=z9hG4bK-{call_id};rport\r\n\
+         Route: {route}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:mallory@{DOMAIN}>;tag={from_tag}\r\n\
+         To: <sip:victim@{target}>;tag={to_tag}\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 7 {method}\r\n\
+         Contact: <sip:mallory@{attacker}>\r\n\
+         {event}\
+         Content-Length: 0\r\n\r\n",
+        from_tag = tags.0,
+        to_tag = tags.1,
+    )
+}
+
+/// The final reply to each of `call_ids` that reaches `attacker` within a few seconds.
+fn final_replies(attacker: &SipSocket, call_ids: &[String]) -> Vec<(String, Option<u16>)> {
+    let replies = attacker.drain(Duration::from_secs(3)).unwrap();
+    call_ids
+        .iter()
+        .map(|id| {
+            let code = replies
+                .iter()
+                .filter(|m| m.header("Call-ID") == Some(id.as_str()))
+                .filter_map(SipMessage::status)
+                .find(|c| *c >= 200);
+            (id.clone(), code)
+        })
+        .collect()
+}
+
+fn assert_nothing_reached(victim: &SipSocket, what: &str) {
+    let reached = victim.drain(Duration::from_secs(2)).unwrap();
+    assert!(
+        reached.is_empty(),
+        "{} {what} reached the victim through the edge, e.g.:\n{}",
+        reached.len(),
+        reached[0].text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_in_dialog_requests_are_refused_and_nothing_is_forwarded() {
+    let tb = Testbed::up(&TestbedSpec::default()).await.unwrap();
+    let edge = tb.edge();
+    let victim = SipSocket::bind(ip(60)).unwrap();
+    let target = victim.local_addr().unwrap();
+    let attacker = SipSocket::bind(ip(61)).unwrap();
+    let from = attacker.local_addr().unwrap();
+
+    let routes = [
+        format!("<sip:{edge};lr>"),
+        format!("<sip:{DOMAIN};lr>"),
+        format!("<sip:{edge};lr;sig=0123456789abcdef0123456789abcdef>"),
+        // a Route that does not name the edge at all
+        format!("<sip:{target};lr>"),
+    ];
+    let mut call_ids = Vec::new();
+    for (r, route) in routes.iter().enumerate() {
+        for method in ["INVITE", "MESSAGE", "BYE", "OPTIONS", "NOTIFY"] {
+            let call_id = format!("forged-{r}-{method}");
+            let req = in_dialog_request(method, target, route, from, &call_id, ("f1", "t1"));
+            attacker.send(edge, &req).unwrap();
+            call_ids.push(call_id);
+        }
+        // an ACK is never answered, but must not be relayed either
+        let req = in_dialog_request(
+            "ACK",
+            target,
+            route,
+            from,
+            &format!("forged-{r}-ACK"),
+            ("f1", "t1"),
+        );
+        attacker.send(edge, &req).unwrap();
+    }
+
+    let replies = final_replies(&attacker, &call_ids);
+    for (id, code) in &replies {
+        assert!(
+            matches!(code, Some(403) | Some(404)),
+            "{id}: the edge answered {code:?}, not 403/404\n{}",
+            tb.edge_log(30)
+        );
+    }
+    assert_nothing_reached(&victim, "forged in-dialog requests");
+    assert!(
+        tb.edge_log(200)
+            .contains("without this edge's signature: refused"),
+        "{}",
+        tb.edge_log(30)
+    );
+}
+
+/// A call through the edge to a media node driven by hand: its ACK and its BYE
+/// follow the signed Record-Route, the BYE after the edge was restarted. The
+/// signature the media node saw opens no other dialog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_dialog_survives_an_edge_restart_and_its_signature_opens_no_other_dialog() {
+    let node = HandDrivenNode::bind(media_ip(0)).unwrap();
+    let node_addr = node.local_addr().unwrap();
+    let spec = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(node_addr, 1, 0)],
+        default_pool: Some("media".into()),
+        ..Default::default()
+    };
+    let tb = Testbed::up(&spec).await.unwrap();
+    tb.add_subscriber("alice", "alice-secret-1").await.unwrap();
+    tb.wait_for_destinations(Duration::from_secs(10), |l| l.iter().all(|d| d.is_active()))
+        .await
+        .unwrap();
+
+    let caller = SippCommand::scenario("uac_call")
+        .remote(tb.edge())
+        .service("5000")
+        .injection(InjectionFile::users(&[("alice", DOMAIN, "alice-secret-1")]))
+        .max_calls(1)
+        .pause(Duration::from_secs(10))
+        .deadline(Duration::from_secs(45))
+        .spawn()
+        .unwrap();
+
+    let invite = node
+        .expect_request("INVITE", Duration::from_secs(10))
+        .unwrap();
+    let record_route: Vec<String> = invite.headers("Record-Route").map(str::to_string).collect();
+    assert!(
+        record_route.iter().any(|rr| rr.contains(";sig=")),
+        "the edge's Record-Route is not signed: {record_route:?}"
+    );
+    let mut extra: Vec<String> = record_route
+        .iter()
+        .map(|rr| format!("Record-Route: {rr}"))
+        .collect();
+    extra.push(format!("Contact: <sip:media@{node_addr}>"));
+    node.send(
+        invite.from,
+        &invite.reply(200, "OK", Some("node-tag"), &extra),
+    )
+    .unwrap();
+    node.expect_request("ACK", Duration::from_secs(10)).unwrap();
+
+    // the edge forgets everything; the dialog still holds
+    tb.restart_edge().await.unwrap();
+    let bye = node.expect_request("BYE", Duration::from_secs(20)).unwrap();
+    node.send(bye.from, &bye.reply(200, "OK", None, &[]))
+        .unwrap();
+    caller.wait().unwrap().ensure_all_succeeded(1).unwrap();
+
+    // the signature of that call, replayed by someone else into other dialogs
+    let signed = record_route
+        .iter()
+        .find(|rr| rr.contains(";sig="))
+        .unwrap()
+        .clone();
+    let call_id = invite.header("Call-ID").unwrap().to_string();
+    let caller_tag = invite
+        .header("From")
+        .and_then(|f| f.split(";tag=").nth(1))
+        .unwrap()
+        .to_string();
+    let victim = SipSocket::bind(ip(62)).unwrap();
+    let target = victim.local_addr().unwrap();
+    let attacker = SipSocket::bind(ip(63)).unwrap();
+    let from = attacker.local_addr().unwrap();
+    let forged = [
+        (
+            "other-call",
+            "replay-1".to_string(),
+            caller_tag.as_str(),
+            "t1",
+        ),
+        ("other-tags", call_id.clone(), "f-forged", "t-forged"),
+    ];
+    let mut ids = Vec::new();
+    for (what, id, from_tag, to_tag) in &forged {
+        for method in ["INVITE", "BYE", "MESSAGE"] {
+            let id = format!("{id}-{what}-{method}");
+            let req = in_dialog_request(method, target, &signed, from, &id, (from_tag, to_tag));
+            // the Call-ID is part of what was signed: keep the real one where asked
+            let req = if *what == "other-tags" {
+                req.replace(&format!("Call-ID: {id}"), &format!("Call-ID: {call_id}"))
+            } else {
+                req
+            };
+            attacker.send(tb.edge(), &req).unwrap();
+            ids.push(if *what == "other-tags" {
+                call_id.clone()
+            } else {
+                id
+            });
+        }
+    }
+    let replies = attacker.drain(Duration::from_secs(3)).unwrap();
+    let finals: Vec<u16> = replies
+        .iter()
+        .filter_map(SipMessage::status)
+        .filter(|c| *c >= 200)
+        .collect();
+    assert_eq!(
+        finals.len(),
+        ids.len(),
+        "every replayed request gets a final reply: {finals:?}\n{}",
+        tb.edge_log(30)
+    );
+    assert!(finals.iter().all(|c| *c == 403), "replies: {finals:?}");
+    assert_nothing_reached(&victim, "replayed requests");
+}
