@@ -3,8 +3,8 @@
 //! [`Testbed`] is dropped (even when the test fails).
 //!
 //! Addresses: the edge and the test's user agents use 127.0.0.1; media stand-ins
-//! use 127.0.0.2 and up. The edge trusts media nodes by address, so a user agent
-//! must never share an address with a media node.
+//! use 127.0.0.2 and up. The edge trusts media nodes by address, port and
+//! transport; a user agent still never shares an address with a media node.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
@@ -178,9 +178,21 @@ pub struct Testbed {
 
 impl Testbed {
     /// Brings `spec` up. The media members' stand-ins are the test's business.
+    /// Ports found free can be taken before Kamailio or PostgreSQL binds them
+    /// (another test's outgoing connection gets the same ephemeral port), so a
+    /// platform that could not bind is brought up again on other ports.
     pub async fn up(spec: &TestbedSpec) -> Result<Self> {
-        let ports = Ports::free()?;
-        Self::up_yaml(spec.yaml(ports), ports).await
+        let mut attempt = 1;
+        loop {
+            let ports = Ports::free()?;
+            match Self::up_yaml(spec.yaml(ports), ports).await {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                    tracing::warn!("testbed ports taken meanwhile ({e:#}); trying others");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Brings up a platform file written for `ports` (e.g. `TestbedSpec::yaml` edited).
@@ -483,16 +495,24 @@ pub async fn register_phone(edge: SocketAddr, user: &str, password: &str, port: 
         .ensure_all_succeeded(1)
 }
 
-/// `calls` calls from a media node's address (trusted: no challenge) to `user`.
+/// An address for a test that plays a media node calling out: on `media_ip(n)`
+/// at a free port. Make it a member of a pool (the edge trusts members by address,
+/// port and transport), e.g. of a pool without routes of its own.
+pub fn media_caller(n: u8) -> Result<SocketAddr> {
+    let ip = media_ip(n);
+    Ok(SocketAddr::new(ip, free_udp_port_on(ip)?))
+}
+
+/// `calls` calls from the media node at `member` (trusted: no challenge) to `user`.
 pub async fn call_from_media(
     edge: SocketAddr,
-    media: IpAddr,
+    member: SocketAddr,
     user: &str,
     calls: u64,
 ) -> Result<crate::sipp::SippOutcome> {
     SippCommand::scenario("uac_trusted")
         .remote(edge)
-        .local_ip(media)
+        .local(member.ip(), member.port())
         .service(user)
         .injection(crate::sipp::InjectionFile::sequential().line(["ivr", DOMAIN]))
         .max_calls(calls)

@@ -6,8 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use sipstack_e2e::rawsip::{HandDrivenNode, SipMessage, SipSocket};
-use sipstack_e2e::sipp::{InjectionFile, SippCommand};
-use sipstack_e2e::testbed::{media_ip, PoolSpec, Testbed, TestbedSpec, DOMAIN};
+use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand};
+use sipstack_e2e::testbed::{
+    call_from_media, media_caller, media_ip, phone, register_command, register_phone, PoolSpec,
+    Testbed, TestbedSpec, DOMAIN, EDGE_IP,
+};
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
@@ -236,4 +239,112 @@ async fn a_signed_dialog_survives_an_edge_restart_and_its_signature_opens_no_oth
     );
     assert!(finals.iter().all(|c| *c == 403), "replies: {finals:?}");
     assert_nothing_reached(&victim, "replayed requests");
+}
+
+/// The edge trusts a media node by address, port and transport, in any state:
+/// the same host on another port is challenged like anyone else, a draining
+/// member still calls without a challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_nodes_host_on_another_port_is_a_stranger_and_a_draining_member_stays_trusted() {
+    let member = media_caller(0).unwrap();
+    let spec = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(member, 1, 0)],
+        default_pool: Some("media".into()),
+        ..Default::default()
+    };
+    let tb = Testbed::up(&spec).await.unwrap();
+    tb.add_subscriber("bob", "bob-secret").await.unwrap();
+    let phone_port = free_udp_port_on(EDGE_IP).unwrap();
+    register_phone(tb.edge(), "bob", "bob-secret", phone_port)
+        .await
+        .unwrap();
+    let phone = phone(phone_port).unwrap();
+
+    let stranger = media_caller(0).unwrap();
+    assert_ne!(stranger, member);
+    let out = call_from_media(tb.edge(), stranger, "bob", 1)
+        .await
+        .unwrap();
+    assert_eq!(out.successful(), 0, "a call from {stranger} was trusted");
+    assert_eq!(out.unexpected_codes, vec![407], "{}", out.diagnostics());
+
+    call_from_media(tb.edge(), member, "bob", 1)
+        .await
+        .unwrap()
+        .ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
+
+    // draining: disabled in the edge's memory, still a member
+    let uri = format!("sip:{member}");
+    tb.rpc.dispatcher_set_state("d", 1, &uri).await.unwrap();
+    assert!(tb.destination(&uri).await.unwrap().flags.starts_with('D'));
+    call_from_media(tb.edge(), member, "bob", 1)
+        .await
+        .unwrap()
+        .ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
+
+    assert_eq!(
+        phone.stop().unwrap().lines("RECEIVED").count(),
+        2,
+        "bob's phone got the member's two calls and not the stranger's"
+    );
+}
+
+/// A subscriber with the right password still may not register a contact on a
+/// media node (any port) or on the edge: the platform would then call its own
+/// trusted peers on the subscriber's behalf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_with_a_contact_on_the_platform_is_refused() {
+    let member = media_caller(0).unwrap();
+    let spec = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(member, 1, 0)],
+        default_pool: Some("media".into()),
+        ..Default::default()
+    };
+    let tb = Testbed::up(&spec).await.unwrap();
+    tb.add_subscriber("eve", "eve-secret").await.unwrap();
+
+    let other_port = media_caller(0).unwrap();
+    let refused = [
+        member.to_string(),
+        other_port.to_string(),
+        tb.edge().to_string(),
+        DOMAIN.to_string(),
+        format!("{};transport=tcp", tb.edge()),
+    ];
+    for contact in &refused {
+        let port = free_udp_port_on(EDGE_IP).unwrap();
+        let out = register_command(tb.edge(), "eve", "eve-secret", port)
+            .scenario_name("register_behind_nat")
+            .key("private_contact", contact.as_str())
+            .run_async()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.unexpected_codes,
+            vec![403],
+            "contact {contact}: {}\n{}",
+            out.diagnostics(),
+            tb.edge_log(10)
+        );
+    }
+    let db = tb.db().await.unwrap();
+    let rows = db
+        .query("SELECT contact FROM location WHERE username = 'eve'", &[])
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "{} contacts were saved", rows.len());
+
+    // a contact elsewhere registers as before
+    let port = free_udp_port_on(EDGE_IP).unwrap();
+    register_command(tb.edge(), "eve", "eve-secret", port)
+        .scenario_name("register_behind_nat")
+        .key("private_contact", "192.168.1.10:5060")
+        .run_async()
+        .await
+        .unwrap()
+        .ensure_all_succeeded(1)
+        .unwrap();
+    assert!(tb.edge_log(100).contains("on the platform itself: refused"));
 }

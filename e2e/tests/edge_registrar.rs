@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand};
 use sipstack_e2e::testbed::{
-    call_from_media, media_ip, phone, register_command, register_phone, standin, users, PoolSpec,
-    Testbed, TestbedSpec, DOMAIN, EDGE_IP,
+    call_from_media, media_caller, phone, register_command, register_phone, standin, users,
+    PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP,
 };
 
 fn spec_with_pool(member: std::net::SocketAddr) -> TestbedSpec {
@@ -15,6 +15,18 @@ fn spec_with_pool(member: std::net::SocketAddr) -> TestbedSpec {
         default_pool: Some("media".into()),
         ..Default::default()
     }
+}
+
+/// `spec_with_pool` and a second pool whose one member is `caller`: the test
+/// calls from there as a media node would (an IVR calling out).
+fn spec_with_pool_and_caller(
+    member: std::net::SocketAddr,
+    caller: std::net::SocketAddr,
+) -> TestbedSpec {
+    let mut spec = spec_with_pool(member);
+    spec.pools
+        .push(PoolSpec::new("ivr", 2, "roundRobin").member(caller, 1, 0));
+    spec
 }
 
 async fn location_rows(tb: &Testbed, user: &str) -> Vec<(String, String)> {
@@ -109,7 +121,10 @@ async fn register_needs_the_right_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_survive_a_restart_and_calls_reach_them() {
     let (media, _standin) = standin(0).unwrap();
-    let tb = Testbed::up(&spec_with_pool(media)).await.unwrap();
+    let ivr = media_caller(1).unwrap();
+    let tb = Testbed::up(&spec_with_pool_and_caller(media, ivr))
+        .await
+        .unwrap();
     tb.add_subscriber("bob", "bob-secret").await.unwrap();
 
     let phone_port = free_udp_port_on(EDGE_IP).unwrap();
@@ -122,9 +137,7 @@ async fn registrations_survive_a_restart_and_calls_reach_them() {
     // bob's phone answers on the registered address
     let phone = phone(phone_port).unwrap();
     // a media node (trusted, no challenge) calls bob through the edge
-    let out = call_from_media(tb.edge(), media_ip(0), "bob", 2)
-        .await
-        .unwrap();
+    let out = call_from_media(tb.edge(), ivr, "bob", 2).await.unwrap();
     out.ensure_all_succeeded(2)
         .unwrap_or_else(|e| panic!("{e}\nedge log:\n{}", tb.edge_log(30)));
     let received = phone.stop().unwrap();
@@ -248,7 +261,8 @@ async fn expiry(tb: &Testbed, user: &str) -> Option<std::time::SystemTime> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_behind_nat_is_reached_at_its_public_address_and_kept_alive() {
     let (media, _standin) = standin(0).unwrap();
-    let mut spec = spec_with_pool(media);
+    let ivr = media_caller(1).unwrap();
+    let mut spec = spec_with_pool_and_caller(media, ivr);
     spec.extra_edge_spec = "  nat: {enabled: true, keepaliveIntervalSeconds: 5}\n".into();
     let tb = Testbed::up(&spec).await.unwrap();
     tb.add_subscriber("frank", "frank-pw").await.unwrap();
@@ -305,9 +319,7 @@ async fn a_phone_behind_nat_is_reached_at_its_public_address_and_kept_alive() {
 
     // a call to frank reaches the public address, not the private one
     let phone = phone(port).unwrap();
-    let out = call_from_media(tb.edge(), media_ip(0), "frank", 1)
-        .await
-        .unwrap();
+    let out = call_from_media(tb.edge(), ivr, "frank", 1).await.unwrap();
     out.ensure_all_succeeded(1)
         .unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(20)));
     assert_eq!(phone.stop().unwrap().lines("RECEIVED").count(), 1);

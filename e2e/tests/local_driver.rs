@@ -88,10 +88,14 @@ async fn down_and_up_again_keeps_subscribers_and_registrations() {
     );
 
     // carol's phone gets a call without registering again: usrloc reloaded it
-    let phone = phone(phone_port).unwrap();
-    let out = call_from_media(edge, media_ip(0), "carol", 1)
+    // the test plays the media node on its address (trusted by address and port)
+    let stopped = sipstack_local::standin::stop_all(&dir.path().join("media-media"))
         .await
         .unwrap();
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    let phone = phone(phone_port).unwrap();
+    let member = std::net::SocketAddr::new(media_ip(0), media_port);
+    let out = call_from_media(edge, member, "carol", 1).await.unwrap();
     out.ensure_all_succeeded(1).unwrap();
     assert_eq!(phone.stop().unwrap().lines("RECEIVED").count(), 1);
 
