@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   # the SIP edge
-  kamailio kamailio-postgres-modules kamailio-tls-modules
+  kamailio kamailio-postgres-modules kamailio-tls-modules kamailio-json-modules
   # the database
   postgresql-15 postgresql-client-15
   # PostgreSQL HA: Patroni with etcd as its DCS, HAProxy and PgBouncer in front

@@ -348,3 +348,63 @@ async fn a_register_with_a_contact_on_the_platform_is_refused() {
         .unwrap();
     assert!(tb.edge_log(100).contains("on the platform itself: refused"));
 }
+
+/// From an allowed source, the RPC endpoint still answers only the methods the
+/// platform's own clients call, however the method is spelled in the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_answers_only_the_platforms_own_methods() {
+    let tb = Testbed::up(&TestbedSpec::default()).await.unwrap();
+    tb.add_subscriber("dora", "dora-secret").await.unwrap();
+    // dora authenticates once, so her ha1 is in the credential cache
+    let port = free_udp_port_on(EDGE_IP).unwrap();
+    register_phone(tb.edge(), "dora", "dora-secret", port)
+        .await
+        .unwrap();
+    let ha1 = format!(
+        "{:x}",
+        <md5::Md5 as md5::Digest>::digest(format!("dora:{DOMAIN}:dora-secret").as_bytes())
+    );
+
+    let url = format!("http://127.0.0.1:{}/RPC", tb.ports.rpc);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let attacks = [
+        r#"{"jsonrpc":"2.0","method":"htable.dump","params":["authcache"],"id":1}"#.to_string(),
+        r#"{"jsonrpc":"2.0","method":"htable\u002edump","params":["authcache"],"id":1}"#.to_string(),
+        r#"{"jsonrpc":"2.0","method":"core.version","method":"htable.dump","params":["authcache"],"id":1}"#.to_string(),
+        r#"{"jsonrpc":"2.0","method":"htable.dump","method":"core.version","params":["authcache"],"id":1}"#.to_string(),
+        r#"{"jsonrpc":"2.0","method":"cfg.set","params":["core","debug",3],"id":1}"#.to_string(),
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"ul.add","params":["location","mallory@{DOMAIN}","sip:mallory@127.0.0.66:5060",3600,1.0,"x",1,0,0],"id":1}}"#
+        ),
+        r#"{"jsonrpc":"2.0","method":"tm.t_uac_start","params":["OPTIONS","sip:x@127.0.0.66","","","From: <sip:a@b>;tag=1\r\nTo: <sip:x@127.0.0.66>\r\n"],"id":1}"#.to_string(),
+        r#"{"jsonrpc":"2.0","method":"core.kill","params":[9],"id":1}"#.to_string(),
+        r#"[{"jsonrpc":"2.0","method":"htable.dump","params":["authcache"],"id":1}]"#.to_string(),
+        "not json".to_string(),
+    ];
+    for body in &attacks {
+        let answer = http.post(&url).body(body.clone()).send().await.unwrap();
+        let status = answer.status().as_u16();
+        let text = answer.text().await.unwrap();
+        assert!(
+            !text.contains(&ha1) && !text.to_lowercase().contains("authcache"),
+            "{body}\nanswered with the credential cache: {text}"
+        );
+        assert!(
+            status == 403 || status == 400 || text.contains("kamailio"),
+            "{body}\nanswered {status}: {text}"
+        );
+    }
+
+    // nothing was planted or changed, and the edge still runs
+    let contacts = tb.rpc.ul_dump().await.unwrap();
+    assert!(
+        contacts.iter().all(|c| !c.address.contains("127.0.0.66")),
+        "{contacts:?}"
+    );
+    assert!(tb.rpc.version().await.unwrap().contains("kamailio"));
+    tb.rpc.call("core.uptime", &[]).await.unwrap();
+    assert!(tb.edge_log(200).contains("RPC method cfg.set"));
+}

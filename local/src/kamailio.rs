@@ -16,7 +16,11 @@ use crate::LocalError;
 const MODULE_PACKAGES: &[(&str, &str)] = &[
     ("db_postgres", "kamailio-postgres-modules"),
     ("tls", "kamailio-tls-modules"),
+    ("json", "kamailio-json-modules"),
 ];
+
+/// The function db_postgres logs a failed connection attempt from.
+const DB_CONNECT_FAILED: &str = "db_postgres_new_connection()";
 
 /// Secrets Kamailio reads from its environment; never written into kamailio.cfg.
 #[derive(Debug, Clone)]
@@ -140,7 +144,7 @@ impl LocalKamailio {
             .map_err(|e| LocalError::io(self.config_path(), e))?;
         fs::write(self.fingerprint_path(), &fingerprint)
             .map_err(|e| LocalError::io(self.fingerprint_path(), e))?;
-        let pid = self.start(&binary, settings, &env, rpc).await?;
+        let pid = self.start_retrying(&binary, settings, &env, rpc).await?;
         Ok((
             pid,
             if running.is_some() {
@@ -149,6 +153,40 @@ impl LocalKamailio {
                 EdgeChange::Started
             },
         ))
+    }
+
+    /// [`Self::start`], again (twice at most) when Kamailio gave up because it could
+    /// not connect to PostgreSQL: each of its processes opens its own connections
+    /// while it starts, and a database that is itself starting, or a machine busy
+    /// with something else, can keep one of them waiting past the connect timeout.
+    async fn start_retrying(
+        &self,
+        binary: &Path,
+        settings: &RunSettings,
+        env: &BTreeMap<&str, &str>,
+        rpc: &EdgeRpc,
+    ) -> Result<i32, LocalError> {
+        let mut attempt = 1;
+        loop {
+            let offset = fs::metadata(self.log_path()).map(|m| m.len()).unwrap_or(0);
+            match self.start(binary, settings, env, rpc).await {
+                Err(e) if attempt < 3 && self.log_since(offset).contains(DB_CONNECT_FAILED) => {
+                    tracing::warn!(edge = %self.name, attempt, "Kamailio could not connect to PostgreSQL while starting; starting it again: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// What Kamailio logged after byte `offset` of its log.
+    fn log_since(&self, offset: u64) -> String {
+        let bytes = fs::read(self.log_path()).unwrap_or_default();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
     }
 
     /// Starts Kamailio with the config in place (it daemonizes) and waits until its RPC
