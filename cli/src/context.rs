@@ -54,6 +54,10 @@ pub struct DatabaseConfig {
     /// Patroni REST APIs of the cluster's members (when it runs under Patroni).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patroni: Vec<String>,
+    /// A file holding the password of their changing endpoints (switchover,
+    /// failover), user `sipstack`; `SIPCTL_PATRONI_PASSWORD` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patroni_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -129,6 +133,8 @@ pub struct Target {
     pub edges: Vec<EdgeConfig>,
     /// Patroni REST APIs of the database's members.
     pub patroni: Vec<String>,
+    /// The password of their changing endpoints, if known.
+    pub patroni_password: Option<String>,
 }
 
 /// Overrides given on the command line (or in the environment).
@@ -219,11 +225,32 @@ impl Target {
                 })
                 .collect()
         };
+        let patroni_password = match std::env::var("SIPCTL_PATRONI_PASSWORD") {
+            Ok(p) if !p.is_empty() => Some(p),
+            _ => match context
+                .as_ref()
+                .and_then(|c| c.database.patroni_password_file.as_ref())
+            {
+                Some(file) => Some(
+                    fs::read_to_string(file)
+                        .with_context(|| {
+                            format!(
+                                "cannot read the Patroni password file {} of the context",
+                                file.display()
+                            )
+                        })?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            },
+        };
         Ok(Self {
             context: context.map(|c| c.name),
             db_url,
             edges,
             patroni,
+            patroni_password,
         })
     }
 
@@ -287,6 +314,7 @@ mod tests {
                 url: None,
                 url_file: Some("/x/db-url".into()),
                 patroni: vec![],
+                patroni_password_file: None,
             },
             edges: vec![EdgeConfig {
                 name: "edge".into(),

@@ -21,6 +21,12 @@ fn sipctl(tb: &Testbed, hp: HaPorts, args: &[&str]) -> std::process::Output {
             "SIPCTL_PATRONI",
             format!("127.0.0.1:{},127.0.0.1:{}", hp.rest_base, hp.rest_base + 1),
         )
+        .env(
+            "SIPCTL_PATRONI_PASSWORD",
+            std::fs::read_to_string(tb.state_dir().join("pg-pg/secrets/patroni-rest.password"))
+                .unwrap_or_default()
+                .trim(),
+        )
         .env_remove("SIPCTL_CONTEXT")
         .output()
         .expect("sipctl runs")
@@ -100,6 +106,12 @@ async fn status_members_and_switchover() {
         .args(["db", "members"])
         .env("SIPCTL_CONFIG", &config)
         .env("SIPCTL_PATRONI", "127.0.0.1:9")
+        .env(
+            "SIPCTL_PATRONI_PASSWORD",
+            std::fs::read_to_string(tb.state_dir().join("pg-pg/secrets/patroni-rest.password"))
+                .unwrap_or_default()
+                .trim(),
+        )
         .env_remove("SIPCTL_CONTEXT")
         .output()
         .unwrap();

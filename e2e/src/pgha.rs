@@ -182,9 +182,15 @@ impl ClusterHandle {
         let urls = (0..3)
             .map(|n| format!("http://127.0.0.1:{}", hp.rest_base + n))
             .collect();
+        let mut patroni = PatroniClient::new(urls);
+        if let Ok(password) =
+            std::fs::read_to_string(state_dir.join("pg-pg/secrets/patroni-rest.password"))
+        {
+            patroni = patroni.with_auth(sipstack_patroni::REST_API_USER, password.trim());
+        }
         Self {
             state_dir: state_dir.to_path_buf(),
-            patroni: PatroniClient::new(urls),
+            patroni,
             hp,
         }
     }
@@ -422,7 +428,11 @@ impl Writer {
                     }
                     Ok(Err(e)) => {
                         if let Ok(mut log) = l.lock() {
-                            log.failed.push((id, Instant::now(), e.to_string()));
+                            let why = match e.as_db_error() {
+                                Some(d) => format!("{}: {}", d.code().code(), d.message()),
+                                None => e.to_string(),
+                            };
+                            log.failed.push((id, Instant::now(), why));
                         }
                         client = None;
                     }

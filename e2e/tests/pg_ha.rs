@@ -384,6 +384,16 @@ async fn losing_one_etcd_member_causes_no_failover_and_no_interruption() {
     // several Patroni cycles and more than one ttl
     tokio::time::sleep(Duration::from_secs(14)).await;
     let log = writer.finish().await;
+    if !log.failed.is_empty() {
+        for n in 0..3 {
+            let path = h.bed.state_dir().join(format!("pg-pg/member-{n}/patroni.log"));
+            println!(
+                "--- {}:\n{}",
+                path.display(),
+                sipstack_local::process::log_tail(&path, 40)
+            );
+        }
+    }
     assert_eq!(
         h.cluster.leader().await.unwrap(),
         leader,
@@ -570,5 +580,72 @@ async fn plain_synchronous_mode_keeps_writing_when_no_standby_is_left() {
         acknowledged_without_standby > 0,
         "synchronous mode `on` stopped writes without standbys"
     );
+    h.bed.down().await.unwrap();
+}
+
+/// Patroni's REST API changes nothing for a caller without the password: no
+/// pg_hba rewritten to `trust` through PATCH /config, no restart, no switchover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_changes_nothing_without_the_password() {
+    let h = ha_testbed(HaSpec::default()).await;
+    let leader = h.cluster.leader().await.unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for n in 0..3 {
+        let base = format!("http://127.0.0.1:{}", h.cluster.hp.rest_base + n);
+        let attacks = [
+            (
+                reqwest::Method::PATCH,
+                "config",
+                r#"{"postgresql":{"pg_hba":["host all all 0.0.0.0/0 trust"]}}"#.to_string(),
+            ),
+            (reqwest::Method::POST, "restart", "{}".to_string()),
+            (reqwest::Method::POST, "reload", "{}".to_string()),
+            (
+                reqwest::Method::POST,
+                "switchover",
+                format!(r#"{{"leader":"{leader}"}}"#),
+            ),
+            (reqwest::Method::DELETE, "switchover", String::new()),
+        ];
+        for (method, path, body) in attacks {
+            let answer = http
+                .request(method.clone(), format!("{base}/{path}"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                answer.status(),
+                401,
+                "{method} {base}/{path} was not refused"
+            );
+        }
+        // wrong credentials are no better
+        let answer = http
+            .post(format!("{base}/restart"))
+            .basic_auth(sipstack_patroni::REST_API_USER, Some("guess"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 401);
+    }
+    let config = http
+        .get(format!(
+            "http://127.0.0.1:{}/config",
+            h.cluster.hp.rest_base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!config.contains("trust"), "{config}");
+    assert_eq!(h.cluster.leader().await.unwrap(), leader);
     h.bed.down().await.unwrap();
 }

@@ -168,6 +168,7 @@ pub async fn up(
         let ha = HaState {
             members: cluster.member_names(),
             patroni_urls: endpoints.patroni_urls,
+            rest_password_file: Some(cluster.rest_password_file()),
             read_only_port: endpoints.read_only_port,
             pooler_port: endpoints.pooler_port,
             etcd_endpoints: endpoints.etcd_endpoints,

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use sipstack_crds::PgCluster;
-use sipstack_patroni::{Cluster, PatroniClient};
+use sipstack_patroni::{Cluster, PatroniClient, REST_API_USER};
 use sipstack_render::patroni::member_name;
 use sipstack_render::{
     render_haproxy, render_patroni, render_pgbouncer, PatroniTarget, PgbouncerTarget,
@@ -143,8 +143,20 @@ impl LocalCluster {
         }
     }
 
+    /// A client of the members' REST APIs, with the credentials of their
+    /// changing endpoints (created on the first start).
     pub fn patroni(&self) -> PatroniClient {
-        PatroniClient::new(self.endpoints().patroni_urls)
+        let client = PatroniClient::new(self.endpoints().patroni_urls);
+        match fs::read_to_string(self.rest_password_file()) {
+            Ok(password) => client.with_auth(REST_API_USER, password.trim()),
+            Err(_) => client,
+        }
+    }
+
+    /// The password of the members' REST API (`restapi.authentication`): without
+    /// it nobody can switch over, restart or reconfigure the cluster through it.
+    pub fn rest_password_file(&self) -> PathBuf {
+        self.secrets_dir().join("patroni-rest.password")
     }
 
     fn run_as(&self) -> Result<Option<SystemUser>, LocalError> {
@@ -186,6 +198,7 @@ impl LocalCluster {
                 .secrets_dir()
                 .join(format!("{REPLICATION_USER}.password")),
         )?;
+        let rest_password = load_or_create_secret(&self.rest_password_file())?;
 
         if self.cluster.spec.runs_local_etcd() {
             self.start_etcd(&programs.etcd, run_as).await?;
@@ -202,6 +215,7 @@ impl LocalCluster {
                 run_as,
                 &superuser_password,
                 &replication_password,
+                &rest_password,
             )?;
         }
         let patroni = self.patroni();
@@ -421,6 +435,7 @@ impl LocalCluster {
         run_as: Option<SystemUser>,
         superuser_password: &str,
         replication_password: &str,
+        rest_password: &str,
     ) -> Result<(), LocalError> {
         let dir = self.member_dir(n);
         self.private_dir(&dir, run_as)?;
@@ -445,6 +460,8 @@ impl LocalCluster {
                     replication_password.to_string(),
                 ),
                 ("PATRONI_REWIND_PASSWORD", superuser_password.to_string()),
+                ("PATRONI_RESTAPI_USERNAME", REST_API_USER.to_string()),
+                ("PATRONI_RESTAPI_PASSWORD", rest_password.to_string()),
                 ("HOME", dir.display().to_string()),
                 ("LC_ALL", "C.UTF-8".into()),
             ],

@@ -45,6 +45,9 @@ pub struct HaState {
     pub members: Vec<String>,
     /// Each member's Patroni REST API.
     pub patroni_urls: Vec<String>,
+    /// The password of their changing endpoints (user `sipstack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_password_file: Option<PathBuf>,
     pub read_only_port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooler_port: Option<u16>,

@@ -93,6 +93,11 @@ pub fn pg_superuser_secret(pg: &str) -> String {
 pub fn pg_replication_secret(pg: &str) -> String {
     format!("{pg}-replication")
 }
+/// The credentials (`username`, `password`) of the changing endpoints of the
+/// members' Patroni REST API (switchover, restart, PATCH /config).
+pub fn pg_rest_api_secret(pg: &str) -> String {
+    format!("{pg}-rest-api")
+}
 /// The platform role's credentials (`username`, `password`): what Kamailio,
 /// FreeSWITCH and sipctl connect with.
 pub fn pg_app_secret(pg: &str) -> String {

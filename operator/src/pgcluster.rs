@@ -117,6 +117,17 @@ pub fn build(cluster: &PgCluster, namespace: &str) -> Result<Vec<Object>, BuildE
         generated_secret(
             cluster,
             namespace,
+            &names::pg_rest_api_secret(&name),
+            PATRONI,
+            &[("username", sipstack_patroni::REST_API_USER)],
+            &["password"],
+        )
+        .into(),
+    );
+    objects.push(
+        generated_secret(
+            cluster,
+            namespace,
             &names::pg_app_secret(&name),
             PATRONI,
             &[("username", &spec.database.owner)],
@@ -318,6 +329,16 @@ fn stateful_set(cluster: &PgCluster, namespace: &str, config_hash: &str) -> Stat
             env_from_secret(
                 "PATRONI_REPLICATION_PASSWORD",
                 &names::pg_replication_secret(&name),
+                "password",
+            ),
+            env_from_secret(
+                "PATRONI_RESTAPI_USERNAME",
+                &names::pg_rest_api_secret(&name),
+                "username",
+            ),
+            env_from_secret(
+                "PATRONI_RESTAPI_PASSWORD",
+                &names::pg_rest_api_secret(&name),
                 "password",
             ),
             env_from_secret(

@@ -486,7 +486,7 @@ async fn existing_generated_secrets_are_kept() {
                 .to_string()
         })
         .collect();
-    assert_eq!(created, ["pg-replication"]);
+    assert_eq!(created, ["pg-replication", "pg-rest-api"]);
     assert!(
         !calls
             .iter()

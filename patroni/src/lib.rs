@@ -151,7 +151,13 @@ pub struct SwitchoverRequest {
 pub struct PatroniClient {
     urls: Vec<String>,
     http: reqwest::Client,
+    /// Basic credentials for the endpoints that change something (switchover,
+    /// failover): Patroni's `restapi.authentication`.
+    auth: Option<(String, String)>,
 }
+
+/// The user name Patroni's REST API is given for its changing endpoints.
+pub const REST_API_USER: &str = "sipstack";
 
 impl PatroniClient {
     /// `urls`: each member's REST API base, e.g. `http://127.0.0.1:8008`.
@@ -167,7 +173,17 @@ impl PatroniClient {
             .into_iter()
             .map(|u| u.trim_end_matches('/').to_string())
             .collect();
-        Self { urls, http }
+        Self {
+            urls,
+            http,
+            auth: None,
+        }
+    }
+
+    /// Sends `username`/`password` with the requests that change the cluster.
+    pub fn with_auth(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = Some((username.into(), password.into()));
+        self
     }
 
     pub fn urls(&self) -> &[String] {
@@ -394,14 +410,15 @@ impl PatroniClient {
         for url in urls {
             let endpoint = format!("{url}/{action}");
             // a switchover waits for the new leader: give it longer than a status call
-            match self
+            let mut request = self
                 .http
                 .post(&endpoint)
                 .timeout(Duration::from_secs(60))
-                .json(body)
-                .send()
-                .await
-            {
+                .json(body);
+            if let Some((user, password)) = &self.auth {
+                request = request.basic_auth(user, Some(password));
+            }
+            match request.send().await {
                 Ok(r) => {
                     let status = r.status();
                     let text = r.text().await.unwrap_or_default();

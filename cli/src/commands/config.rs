@@ -114,16 +114,21 @@ pub fn run(cmd: ConfigCommand, output: Output) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|p| p.database.patroni.clone())
                 .unwrap_or_default();
+            let patroni_password_file = previous
+                .as_ref()
+                .and_then(|p| p.database.patroni_password_file.clone());
             let database = match (args.db_url, args.db_url_file) {
                 (Some(url), _) => DatabaseConfig {
                     url: Some(url),
                     url_file: None,
                     patroni,
+                    patroni_password_file,
                 },
                 (None, Some(f)) => DatabaseConfig {
                     url: None,
                     url_file: Some(f),
                     patroni,
+                    patroni_password_file,
                 },
                 (None, None) => previous
                     .as_ref()

@@ -142,13 +142,23 @@ fn patroni(ctx: &Ctx) -> anyhow::Result<PatroniClient> {
         )
         .into());
     }
-    Ok(PatroniClient::new(ctx.target.patroni.clone()))
+    let client = PatroniClient::new(ctx.target.patroni.clone());
+    Ok(match &ctx.target.patroni_password {
+        Some(password) => client.with_auth(sipstack_patroni::REST_API_USER, password.as_str()),
+        None => client,
+    })
 }
 
 fn cli_error(e: PatroniError) -> anyhow::Error {
     match e {
         PatroniError::Unreachable { .. } => CliError::Unreachable(e.to_string()).into(),
         PatroniError::Refused(m) => CliError::Invalid(m).into(),
+        PatroniError::Http { status: 401, .. } => CliError::Invalid(format!(
+            "{e}; the REST API wants the password of user {}: set SIPCTL_PATRONI_PASSWORD \
+             or patroniPasswordFile in the context (`sipctl local up` writes it)",
+            sipstack_patroni::REST_API_USER
+        ))
+        .into(),
         other => other.into(),
     }
 }

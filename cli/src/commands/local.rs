@@ -171,6 +171,11 @@ fn write_context(state: &sipstack_local::state::LocalState) -> anyhow::Result<St
                 .as_ref()
                 .map(|h| h.patroni_urls.clone())
                 .unwrap_or_default(),
+            patroni_password_file: state
+                .postgres
+                .ha
+                .as_ref()
+                .and_then(|h| h.rest_password_file.clone()),
         },
         edges: state
             .edges
