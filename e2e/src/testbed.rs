@@ -487,6 +487,20 @@ pub fn register_command(edge: SocketAddr, user: &str, password: &str, port: u16)
         .deadline(Duration::from_secs(15))
 }
 
+/// [`register_command`] for a phone that puts `contact` (host[:port]) in its
+/// Contact instead of its own address (one behind NAT, or an attacker's choice).
+pub fn register_with_contact(
+    edge: SocketAddr,
+    user: &str,
+    password: &str,
+    port: u16,
+    contact: &str,
+) -> SippCommand {
+    register_command(edge, user, password, port)
+        .scenario_name("register_behind_nat")
+        .key("private_contact", contact)
+}
+
 /// Registers `user`'s phone at 127.0.0.1:`port`; fails unless the edge answered 200.
 pub async fn register_phone(edge: SocketAddr, user: &str, password: &str, port: u16) -> Result<()> {
     register_command(edge, user, password, port)

@@ -8,12 +8,21 @@ use std::time::Duration;
 use sipstack_e2e::rawsip::{HandDrivenNode, SipMessage, SipSocket};
 use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand};
 use sipstack_e2e::testbed::{
-    call_from_media, media_caller, media_ip, phone, register_command, register_phone, PoolSpec,
-    Testbed, TestbedSpec, DOMAIN, EDGE_IP,
+    call_from_media, media_caller, media_ip, phone, register_phone, register_with_contact,
+    PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP,
 };
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// A platform whose default pool has the one member `member`.
+fn one_member_pool(member: SocketAddr) -> TestbedSpec {
+    TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(member, 1, 0)],
+        default_pool: Some("media".into()),
+        ..Default::default()
+    }
 }
 
 /// A request inside a made-up dialog: tags, Call-ID and the Route are the attacker's.
@@ -133,12 +142,7 @@ async fn forged_in_dialog_requests_are_refused_and_nothing_is_forwarded() {
 async fn a_signed_dialog_survives_an_edge_restart_and_its_signature_opens_no_other_dialog() {
     let node = HandDrivenNode::bind(media_ip(0)).unwrap();
     let node_addr = node.local_addr().unwrap();
-    let spec = TestbedSpec {
-        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(node_addr, 1, 0)],
-        default_pool: Some("media".into()),
-        ..Default::default()
-    };
-    let tb = Testbed::up(&spec).await.unwrap();
+    let tb = Testbed::up(&one_member_pool(node_addr)).await.unwrap();
     tb.add_subscriber("alice", "alice-secret-1").await.unwrap();
     tb.wait_for_destinations(Duration::from_secs(10), |l| l.iter().all(|d| d.is_active()))
         .await
@@ -247,12 +251,7 @@ async fn a_signed_dialog_survives_an_edge_restart_and_its_signature_opens_no_oth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_media_nodes_host_on_another_port_is_a_stranger_and_a_draining_member_stays_trusted() {
     let member = media_caller(0).unwrap();
-    let spec = TestbedSpec {
-        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(member, 1, 0)],
-        default_pool: Some("media".into()),
-        ..Default::default()
-    };
-    let tb = Testbed::up(&spec).await.unwrap();
+    let tb = Testbed::up(&one_member_pool(member)).await.unwrap();
     tb.add_subscriber("bob", "bob-secret").await.unwrap();
     let phone_port = free_udp_port_on(EDGE_IP).unwrap();
     register_phone(tb.edge(), "bob", "bob-secret", phone_port)
@@ -297,12 +296,7 @@ async fn a_media_nodes_host_on_another_port_is_a_stranger_and_a_draining_member_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_register_with_a_contact_on_the_platform_is_refused() {
     let member = media_caller(0).unwrap();
-    let spec = TestbedSpec {
-        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(member, 1, 0)],
-        default_pool: Some("media".into()),
-        ..Default::default()
-    };
-    let tb = Testbed::up(&spec).await.unwrap();
+    let tb = Testbed::up(&one_member_pool(member)).await.unwrap();
     tb.add_subscriber("eve", "eve-secret").await.unwrap();
 
     let other_port = media_caller(0).unwrap();
@@ -315,9 +309,7 @@ async fn a_register_with_a_contact_on_the_platform_is_refused() {
     ];
     for contact in &refused {
         let port = free_udp_port_on(EDGE_IP).unwrap();
-        let out = register_command(tb.edge(), "eve", "eve-secret", port)
-            .scenario_name("register_behind_nat")
-            .key("private_contact", contact.as_str())
+        let out = register_with_contact(tb.edge(), "eve", "eve-secret", port, contact)
             .run_async()
             .await
             .unwrap();
@@ -338,9 +330,7 @@ async fn a_register_with_a_contact_on_the_platform_is_refused() {
 
     // a contact elsewhere registers as before
     let port = free_udp_port_on(EDGE_IP).unwrap();
-    register_command(tb.edge(), "eve", "eve-secret", port)
-        .scenario_name("register_behind_nat")
-        .key("private_contact", "192.168.1.10:5060")
+    register_with_contact(tb.edge(), "eve", "eve-secret", port, "192.168.1.10:5060")
         .run_async()
         .await
         .unwrap()

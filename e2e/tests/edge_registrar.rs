@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand};
 use sipstack_e2e::testbed::{
-    call_from_media, media_caller, phone, register_command, register_phone, standin, users,
-    PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP,
+    call_from_media, media_caller, phone, register_command, register_phone, register_with_contact,
+    standin, users, PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP,
 };
 
 fn spec_with_pool(member: std::net::SocketAddr) -> TestbedSpec {
@@ -269,9 +269,7 @@ async fn a_phone_behind_nat_is_reached_at_its_public_address_and_kept_alive() {
 
     // the phone believes it is 192.168.1.10:5060; its packets come from 127.0.0.1:port
     let port = free_udp_port_on(EDGE_IP).unwrap();
-    register_command(tb.edge(), "frank", "frank-pw", port)
-        .scenario_name("register_behind_nat")
-        .key("private_contact", "192.168.1.10:5060")
+    register_with_contact(tb.edge(), "frank", "frank-pw", port, "192.168.1.10:5060")
         .run_async()
         .await
         .unwrap()

@@ -386,11 +386,19 @@ async fn losing_one_etcd_member_causes_no_failover_and_no_interruption() {
     let log = writer.finish().await;
     if !log.failed.is_empty() {
         for n in 0..3 {
-            let path = h.bed.state_dir().join(format!("pg-pg/member-{n}/patroni.log"));
+            let path = h
+                .bed
+                .state_dir()
+                .join(format!("pg-pg/member-{n}/patroni.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(" INFO: ") || l.contains(" ERROR: "))
+                .collect();
             println!(
                 "--- {}:\n{}",
                 path.display(),
-                sipstack_local::process::log_tail(&path, 40)
+                lines[lines.len().saturating_sub(25)..].join("\n")
             );
         }
     }
