@@ -282,7 +282,7 @@ fn render_prints_what_the_local_driver_and_the_operator_use() {
             "voice",
         ],
     ));
-    assert!(out.contains("namespace: voice"), "{out}");
+    assert!(out.contains("namespace: \"voice\""), "{out}");
     let (_, err) = fails(&bare_sipctl(
         &config,
         &["render", "patroni", "-f", example, "--member", "3"],

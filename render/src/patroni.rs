@@ -220,6 +220,43 @@ mod tests {
     const THREE: &str = "apiVersion: sipstack.io/v1alpha1\nkind: PgCluster\nmetadata: {name: pg}\nspec:\n  instances: 3\n  patroni: {ttl: 20, loopWait: 2, retryTimeout: 5, synchronousMode: enabled}\n";
 
     #[test]
+    fn names_that_yaml_1_1_reads_as_other_types_are_quoted() {
+        for name in ["on", "no", "null", "123", "yes"] {
+            let c = cluster(&THREE.replace("name: pg", &format!("name: \"{name}\"")));
+            let r = render_patroni(
+                &c,
+                &PatroniTarget::Local {
+                    index: 0,
+                    dir: Path::new("/tmp/m"),
+                    etcd_hosts: vec!["127.0.0.1:2379".into()],
+                },
+            )
+            .unwrap();
+            assert!(
+                r.text.contains(&format!("\nscope: \"{name}\"\n")),
+                "{}",
+                r.text
+            );
+            assert!(
+                r.text.contains(&format!("\nname: \"{name}-0\"\n")),
+                "{}",
+                r.text
+            );
+            let k = render_patroni(&c, &PatroniTarget::Kubernetes { namespace: name }).unwrap();
+            assert!(
+                k.text.contains(&format!("namespace: \"{name}\"")),
+                "{}",
+                k.text
+            );
+            assert!(
+                k.text.contains(&format!("instance: \"{name}\"")),
+                "{}",
+                k.text
+            );
+        }
+    }
+
+    #[test]
     fn local_member_has_its_own_ports_and_directories() {
         let c = cluster(THREE);
         let dir = Path::new("/var/lib/sipstack/local/pg-pg/member-1");
