@@ -44,6 +44,21 @@ for svc in kamailio postgresql patroni etcd haproxy pgbouncer; do
   fi
 done
 
+# FreeSWITCH (the media nodes) is not packaged by Debian. When a FreeSWITCH build
+# for this machine sits next to the checkout (../shared/freeswitch/install.sh, as on
+# the project's CI machines), install it; elsewhere install FreeSWITCH your own way
+# (see the README) and put `freeswitch` on PATH or set SIPSTACK_FREESWITCH.
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+fs_installer="$here/../shared/freeswitch/install.sh"
+if [ -x "$fs_installer" ] || [ -f "$fs_installer" ]; then
+  bash "$fs_installer"
+  echo "install-deps.sh: FreeSWITCH installed from $fs_installer"
+elif command -v freeswitch >/dev/null 2>&1; then
+  echo "install-deps.sh: FreeSWITCH found at $(command -v freeswitch)"
+else
+  echo "install-deps.sh: FreeSWITCH not found; media nodes will be SIP stand-ins (see the README)"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps.sh: cargo is not installed; install a Rust toolchain (1.85 or newer) with rustup" >&2
   exit 1

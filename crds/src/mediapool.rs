@@ -103,10 +103,56 @@ pub struct MediaPoolSpec {
     #[schemars(range(min = 0, max = 86400))]
     pub drain_seconds: u32,
 
+    /// Where the local driver (`sipctl local up`) runs the pool's replicas as
+    /// FreeSWITCH processes on one host. Ignored on Kubernetes.
+    #[serde(default, skip_serializing_if = "LocalNodesSpec::is_default")]
+    pub local: LocalNodesSpec,
+
     /// Image, resources and host networking of the FreeSWITCH pods. With hostNetwork the
     /// RTP range is reachable on the node's address (a range of ports cannot go through a Service).
     #[serde(default, flatten)]
     pub pod: PodSettings,
+}
+
+/// The local driver's FreeSWITCH nodes. Every node binds a loopback address of its
+/// own, so all of them use the pool's sipPort, event socket port and RTP range.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalNodesSpec {
+    /// Loopback address of replica 0; replica N binds the N-th address after it.
+    /// Default 127.1.S.1 for set id S (for set ids of 256 and more, 127.(1+S/256).(S%256).1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(val::IP_PATTERN))]
+    pub first_address: Option<String>,
+}
+
+impl LocalNodesSpec {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// Most replicas the local driver runs for one pool (one host's loopback addresses
+/// and its CPUs, not Kubernetes, set the bound).
+pub const MAX_LOCAL_REPLICAS: i32 = 64;
+
+impl MediaPoolSpec {
+    /// The loopback address of local replica `replica`, when the spec gives a valid
+    /// first address (validation reports it otherwise) and the replica's address
+    /// stays inside 127.0.0.0/8.
+    pub fn local_node_address(&self, replica: i32) -> Option<std::net::Ipv4Addr> {
+        let first: std::net::Ipv4Addr = match &self.local.first_address {
+            Some(a) => a.parse().ok()?,
+            None => {
+                let s = self.set_id.clamp(0, 9999) as u32;
+                std::net::Ipv4Addr::new(127, (1 + s / 256) as u8, (s % 256) as u8, 1)
+            }
+        };
+        let n = u32::from(first).checked_add(u32::try_from(replica).ok()?)?;
+        let ip = std::net::Ipv4Addr::from(n);
+        // .0 and .255 of a /24 are fine on loopback, but a node must stay on it
+        ip.is_loopback().then_some(ip)
+    }
 }
 
 /// A media node outside Kubernetes.
@@ -329,6 +375,28 @@ impl MediaPoolSpec {
             _ => {}
         }
         v.range("spec.drainSeconds", self.drain_seconds, 0, 86400);
+        if let Some(a) = &self.local.first_address {
+            match a.parse::<std::net::Ipv4Addr>() {
+                Ok(ip) if ip.is_loopback() => {
+                    let last = self.replicas.clamp(1, MAX_LOCAL_REPLICAS) - 1;
+                    if self.local_node_address(last).is_none() {
+                        v.error(
+                            "spec.local.firstAddress",
+                            format!(
+                                "{a} leaves no room for {} replicas inside 127.0.0.0/8",
+                                last + 1
+                            ),
+                            "choose a lower loopback address, e.g. 127.1.1.1",
+                        );
+                    }
+                }
+                _ => v.error(
+                    "spec.local.firstAddress",
+                    format!("{} is not an IPv4 loopback address", val::shown(a)),
+                    "use an address in 127.0.0.0/8, e.g. 127.1.1.1",
+                ),
+            }
+        }
         self.pod.validate(v, "spec");
     }
 }

@@ -26,6 +26,10 @@ pub struct Cdr {
     /// Seconds from answer to end.
     pub billsec: i32,
     pub hangup_cause: String,
+    /// Codec of the caller's leg (e.g. PCMU), empty when the node did not say.
+    pub codec: String,
+    /// SIP Call-ID of the caller's leg.
+    pub sip_call_id: String,
 }
 
 /// A call to record.
@@ -91,7 +95,7 @@ fn validate_query(query: &CdrQuery) -> Result<(), DbError> {
 
 const CDR_COLUMNS: &str =
     "id, call_uuid, caller_number, callee_number, edge_node, media_node, start_time, \
-     answer_time, end_time, duration, billsec, hangup_cause";
+     answer_time, end_time, duration, billsec, hangup_cause, codec, sip_call_id";
 
 fn cdr_from_row(row: &Row) -> Cdr {
     Cdr {
@@ -107,6 +111,8 @@ fn cdr_from_row(row: &Row) -> Cdr {
         duration: row.get(9),
         billsec: row.get(10),
         hangup_cause: row.get(11),
+        codec: row.get(12),
+        sip_call_id: row.get(13),
     }
 }
 

@@ -38,6 +38,11 @@ static MIGRATIONS: &[Migration] = &[
         name: "subscriber_listing",
         sql: include_str!("../migrations/0003_subscriber_listing.sql"),
     },
+    Migration {
+        version: 4,
+        name: "cdr_codec_call_id",
+        sql: include_str!("../migrations/0004_cdr_codec_call_id.sql"),
+    },
 ];
 
 /// Every migration this binary carries, oldest first.

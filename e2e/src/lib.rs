@@ -5,3 +5,4 @@ pub mod pgha;
 pub mod rawsip;
 pub mod sipp;
 pub mod testbed;
+pub mod voicecall;

@@ -30,6 +30,31 @@ pub fn media_ip(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + n))
 }
 
+/// The first of `count` consecutive loopback addresses where nothing listens on
+/// the media nodes' SIP port (5080) or event socket port (8021): 127.2xx.y.1, picked
+/// at random so that tests running at once do not meet.
+pub fn free_node_addresses(count: i32) -> Result<IpAddr> {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    for attempt in 0..64u64 {
+        let x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(attempt * 7919);
+        let first = Ipv4Addr::new(127, 200 + (x >> 40) as u8 % 50, (x >> 20) as u8, 1);
+        let free = (0..count.max(1) as u32).all(|i| {
+            let ip = Ipv4Addr::from(u32::from(first) + i);
+            UdpSocket::bind((ip, 5080)).is_ok() && TcpListener::bind((ip, 8021)).is_ok()
+        });
+        if free {
+            return Ok(IpAddr::V4(first));
+        }
+    }
+    anyhow::bail!("no free loopback addresses for {count} media node(s)")
+}
+
 /// A media pool of the testbed's platform.
 #[derive(Debug, Clone)]
 pub struct PoolSpec {
@@ -39,6 +64,12 @@ pub struct PoolSpec {
     pub algorithm: String,
     /// (uri, weight, priority)
     pub members: Vec<(String, u32, i32)>,
+    /// FreeSWITCH nodes the local driver runs (see [`PoolSpec::freeswitch`]).
+    pub replicas: i32,
+    /// spec.local.firstAddress of the replicas.
+    pub first_address: Option<IpAddr>,
+    /// CDRs to the testbed's database.
+    pub cdr: bool,
 }
 
 impl PoolSpec {
@@ -48,7 +79,19 @@ impl PoolSpec {
             set_id,
             algorithm: algorithm.into(),
             members: Vec::new(),
+            replicas: 0,
+            first_address: None,
+            cdr: false,
         }
+    }
+
+    /// `replicas` FreeSWITCH nodes with CDRs, on loopback addresses no other test
+    /// uses (see [`free_node_addresses`]).
+    pub fn freeswitch(mut self, replicas: i32) -> Result<Self> {
+        self.replicas = replicas;
+        self.first_address = Some(free_node_addresses(replicas)?);
+        self.cdr = true;
+        Ok(self)
     }
     pub fn member(mut self, addr: SocketAddr, weight: u32, priority: i32) -> Self {
         self.members.push((format!("sip:{addr}"), weight, priority));
@@ -117,9 +160,22 @@ impl TestbedSpec {
         for p in &self.pools {
             let _ = write!(
                 y,
-                "---\napiVersion: sipstack.io/v1alpha1\nkind: MediaPool\nmetadata: {{name: {}}}\nspec:\n  setId: {}\n  algorithm: {}\n  replicas: 0\n  cdr: {{enabled: false}}\n  members:\n",
-                p.name, p.set_id, p.algorithm
+                "---\napiVersion: sipstack.io/v1alpha1\nkind: MediaPool\nmetadata: {{name: {}}}\nspec:\n  setId: {}\n  algorithm: {}\n  replicas: {}\n",
+                p.name, p.set_id, p.algorithm, p.replicas
             );
+            if p.replicas > 0 {
+                // scale-in in a test waits for calls this long at most
+                y.push_str("  drainSeconds: 30\n");
+            }
+            if p.cdr {
+                y.push_str("  cdr: {database: {pgCluster: pg}}\n");
+            } else {
+                y.push_str("  cdr: {enabled: false}\n");
+            }
+            if let Some(ip) = p.first_address {
+                let _ = writeln!(y, "  local: {{firstAddress: {ip}}}");
+            }
+            y.push_str("  members:\n");
             for (uri, weight, priority) in &p.members {
                 let _ = writeln!(
                     y,

@@ -7,6 +7,7 @@
 //! the subscribers and registrations again. Everything lives under one state
 //! directory; `state.json` there records what runs where.
 
+pub mod freeswitch;
 pub mod kamailio;
 pub mod patroni;
 pub mod postgres;
@@ -23,10 +24,12 @@ use sipstack_crds::{MediaPool, PgCluster, Platform};
 use sipstack_edgerpc::{EdgeRpc, Reload};
 use sipstack_render::{render_kamailio, KamailioRenderOptions};
 
+use freeswitch::{MediaNode, NodeChange, NodeSecrets};
 use kamailio::{EdgeChange, EdgeSecrets, LocalKamailio, RunSettings};
 use patroni::LocalCluster;
 use postgres::LocalPostgres;
-use state::{EdgeState, HaState, LocalState, PostgresState, StandinState};
+use sipstack_render::freeswitch::{render_freeswitch, CdrDatabase, FreeswitchRenderOptions};
+use state::{EdgeState, HaState, LocalState, MediaNodeState, PostgresState, StandinState};
 
 /// Why the local platform could not be brought up, inspected or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +76,8 @@ impl LocalError {
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub state_dir: PathBuf,
-    /// Start a SIPp stand-in on every static media member with a loopback address
-    /// (used when FreeSWITCH is not installed).
+    /// Start a SIPp stand-in on every static media member with a loopback address,
+    /// and on the replicas' addresses when FreeSWITCH is not installed.
     pub standins: bool,
 }
 
@@ -231,36 +234,131 @@ pub async fn up(
         ));
     }
     let mut standins = Vec::new();
+    let mut media_nodes = Vec::new();
     // edges already running stop sending calls to removed members at once
     let running_edges: Vec<EdgeRpc> = platform
         .sip_edges
         .iter()
         .map(|e| EdgeRpc::for_socket(&e.spec.rpc.address, e.spec.rpc.port))
         .collect();
+    let freeswitch_binary = freeswitch::find_freeswitch();
+    let secrets_dir = state_dir.join("secrets");
     for pool in &platform.media_pools {
-        sync_pool(&mut client, pool, &running_edges, &mut report).await?;
-        if pool.spec.replicas > 0 {
-            report.notice(format!(
-                "MediaPool/{}: its {} FreeSWITCH replica(s) run on Kubernetes only; locally the pool is its static members",
-                pool.name_any(),
-                pool.spec.replicas
-            ));
+        let name = pool.name_any();
+        let replicas = pool.spec.replicas;
+        if replicas > sipstack_crds::mediapool::MAX_LOCAL_REPLICAS {
+            return Err(LocalError::Unsupported(format!(
+                "MediaPool/{name}: spec.replicas is {replicas}; the local driver runs at most {} nodes per pool on one host. \
+                 Lower spec.replicas, or run the pool on Kubernetes",
+                sipstack_crds::mediapool::MAX_LOCAL_REPLICAS
+            )));
+        }
+        let nodes: Vec<MediaNode> = (0..replicas)
+            .map(|r| {
+                MediaNode::new(&state_dir, pool, r).ok_or_else(|| {
+                    LocalError::Unsupported(format!(
+                        "MediaPool/{name}: replica {r} has no loopback address; check spec.local.firstAddress"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut replica_uris = Vec::new();
+        match (&freeswitch_binary, replicas > 0) {
+            (Some(binary), true) => {
+                let cdr = cdr_database(pool, &db_url)?;
+                let secrets = NodeSecrets {
+                    esl_password: state::secret(&secrets_dir, &format!("media-{name}-esl-password"))?,
+                    cdr_password: cdr.as_ref().map(|(_, password)| password.clone()),
+                };
+                for node in &nodes {
+                    let options = node_render_options(&platform, pool, node, cdr.as_ref().map(|(db, _)| db.clone()));
+                    let files = render_freeswitch(pool, &options)?;
+                    let (pid, change) = node.ensure(binary, &files, &secrets).await?;
+                    let what = match change {
+                        NodeChange::Unchanged => "runs",
+                        NodeChange::Started => "started",
+                        NodeChange::Restarted => "restarted (its configuration changed)",
+                    };
+                    report.line(format!(
+                        "media      MediaPool/{name} node {} {what}: FreeSWITCH pid {pid}, SIP {}, event socket {}, log {}",
+                        node.replica,
+                        node.uri(),
+                        node.esl_address(),
+                        node.log_path().display()
+                    ));
+                    replica_uris.push(node.uri());
+                    media_nodes.push(MediaNodeState {
+                        pool: name.clone(),
+                        replica: node.replica,
+                        uri: node.uri(),
+                        event_socket: node.esl_address(),
+                        pid,
+                        log: node.log_path(),
+                    });
+                }
+            }
+            (None, true) if options.standins => {
+                for node in &nodes {
+                    if let Some(s) = standin::ensure(&state_dir, &name, &node.uri()).await? {
+                        report.line(format!("media      MediaPool/{name} node {} answered by a SIPp stand-in (pid {}) at {}: OPTIONS and INVITE, no RTP", node.replica, s.pid, s.uri));
+                        replica_uris.push(s.uri.clone());
+                        standins.push(s);
+                    }
+                }
+            }
+            (None, true) => report.notice(format!(
+                "MediaPool/{name}: FreeSWITCH was not found (PATH or {}); its {replicas} replica(s) do not run",
+                freeswitch::FREESWITCH_ENV
+            )),
+            (_, false) => {}
+        }
+        let retiring: Vec<MediaNode> =
+            freeswitch::existing_replicas(&freeswitch::pool_dir(&state_dir, &name))
+                .into_iter()
+                .filter(|r| *r >= replicas)
+                .filter_map(|r| MediaNode::new(&state_dir, pool, r))
+                .collect();
+        sync_pool(
+            &mut client,
+            pool,
+            &replica_uris,
+            &running_edges,
+            &mut report,
+        )
+        .await?;
+        // scale-in: out of the dispatcher set (above), then drained, then stopped
+        for node in retiring {
+            retire(&secrets_dir, &name, pool, node, &mut report).await?;
         }
         if options.standins {
             for member in &pool.spec.members {
-                if let Some(s) = standin::ensure(&state_dir, &pool.name_any(), &member.uri).await? {
+                if let Some(s) = standin::ensure(&state_dir, &name, &member.uri).await? {
                     report.line(format!("media      {} answered by a SIPp stand-in (pid {}): OPTIONS and INVITE, no RTP", s.uri, s.pid));
                     standins.push(s);
                 }
             }
+            let keep: Vec<String> = standins
+                .iter()
+                .filter(|s| s.pool == name)
+                .map(|s| s.uri.clone())
+                .collect();
+            for uri in standin::stop_others(&freeswitch::pool_dir(&state_dir, &name), &keep).await?
+            {
+                report.line(format!(
+                    "media      stand-in {uri} of MediaPool/{name} stopped: no longer a member"
+                ));
+            }
         }
     }
-    if options.standins && !standins.is_empty() {
-        report.notice("FreeSWITCH is not packaged for Debian; the media members are SIP stand-ins that answer calls without media".to_string());
+    if !standins.is_empty() {
+        report.notice(format!(
+            "FreeSWITCH was not found (PATH or {}); the media nodes are SIP stand-ins that answer calls without audio. \
+             Install FreeSWITCH (see the README) for calls with media",
+            freeswitch::FREESWITCH_ENV
+        ));
     }
 
     // the edges
-    let secrets_dir = state_dir.join("secrets");
     let mut edges = Vec::new();
     for edge in &platform.sip_edges {
         let kam = LocalKamailio::new(&state_dir, &edge.name_any());
@@ -338,6 +436,7 @@ pub async fn up(
                 pid: s.pid,
             })
             .collect(),
+        media_nodes,
     };
     state::write_secret(&state.db_url_file, &db_url)?;
     // the file may carry Secrets beside the sipstack kinds: keep the copy private
@@ -377,6 +476,11 @@ pub async fn down(state_dir: &Path) -> Result<Report, LocalError> {
     }
     for (name, path) in &entries {
         if let Some(pool) = name.strip_prefix("media-") {
+            for replica in freeswitch::stop_all(state_dir, pool, Duration::from_secs(10)).await? {
+                report.line(format!(
+                    "media      MediaPool/{pool} node {replica} (FreeSWITCH) stopped"
+                ));
+            }
             for uri in standin::stop_all(path).await? {
                 report.line(format!(
                     "media      stand-in {uri} of MediaPool/{pool} stopped"
@@ -427,6 +531,8 @@ pub struct Status {
     pub cluster: Option<Result<sipstack_patroni::Cluster, String>>,
     pub edges: Vec<EdgeStatus>,
     pub standins: Vec<(StandinState, bool)>,
+    /// Each FreeSWITCH node with what its event socket says now.
+    pub media_nodes: Vec<(MediaNodeState, freeswitch::NodeHealth)>,
 }
 
 #[derive(Debug, Clone)]
@@ -482,12 +588,42 @@ pub async fn status(state_dir: &Path) -> Result<Status, LocalError> {
         .iter()
         .map(|s| (s.clone(), process::is_alive(s.pid)))
         .collect();
+    let mut media_nodes = Vec::new();
+    for n in &state.media_nodes {
+        let health = match platform.media_pools.iter().find(|p| p.name_any() == n.pool) {
+            Some(pool) => match MediaNode::new(&state.state_dir, pool, n.replica) {
+                Some(node) if node.running_pid().is_some() => {
+                    let secret = state
+                        .state_dir
+                        .join("secrets")
+                        .join(format!("media-{}-esl-password", n.pool));
+                    match std::fs::read_to_string(&secret) {
+                        Ok(password) => node.health(password.trim()).await,
+                        Err(e) => freeswitch::NodeHealth {
+                            error: Some(format!("{}: {e}", secret.display())),
+                            ..Default::default()
+                        },
+                    }
+                }
+                _ => freeswitch::NodeHealth {
+                    error: Some("not running".into()),
+                    ..Default::default()
+                },
+            },
+            None => freeswitch::NodeHealth {
+                error: Some("its pool is no longer declared".into()),
+                ..Default::default()
+            },
+        };
+        media_nodes.push((n.clone(), health));
+    }
     Ok(Status {
         state,
         postgres_running,
         cluster,
         edges,
         standins,
+        media_nodes,
     })
 }
 
@@ -506,6 +642,7 @@ fn local_postgres(state_dir: &Path, pg: &PgCluster) -> LocalPostgres {
 async fn sync_pool(
     client: &mut tokio_postgres::Client,
     pool: &MediaPool,
+    replica_uris: &[String],
     edges: &[EdgeRpc],
     report: &mut Report,
 ) -> Result<(), LocalError> {
@@ -517,6 +654,11 @@ async fn sync_pool(
         .members
         .iter()
         .map(|m| sipstack_dispatch::Member::serving(&m.uri, set_id, m.weight as i32, m.priority))
+        .chain(
+            replica_uris.iter().map(|uri| {
+                sipstack_dispatch::Member::serving(uri, set_id, pool.spec.weight as i32, 0)
+            }),
+        )
         .collect();
     let policy = sipstack_dispatch::SetPolicy {
         set_id,
@@ -558,4 +700,112 @@ pub(crate) fn is_loopback(host: &str) -> bool {
         .trim_end_matches(']')
         .parse::<IpAddr>()
         .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Where a pool's CDRs go locally (the platform database the driver runs) and the
+/// password of its owner; `None` when the pool writes none.
+fn cdr_database(
+    pool: &MediaPool,
+    db_url: &str,
+) -> Result<Option<(CdrDatabase, String)>, LocalError> {
+    if !pool.spec.cdr.enabled {
+        return Ok(None);
+    }
+    let config: tokio_postgres::Config = db_url.parse().map_err(|e| {
+        LocalError::Unsupported(format!("the platform's database URL does not parse: {e}"))
+    })?;
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config.get_dbname().unwrap_or_default().to_string();
+    let user = config.get_user().unwrap_or_default().to_string();
+    let password = config
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    Ok(Some((
+        CdrDatabase {
+            host: "127.0.0.1".into(),
+            port,
+            database,
+            user,
+        },
+        password,
+    )))
+}
+
+/// What a local node is rendered with: its own loopback address for SIP, RTP and the
+/// event socket; SIP from the addresses of the edges that use the pool only.
+pub fn node_render_options(
+    platform: &Platform,
+    pool: &MediaPool,
+    node: &MediaNode,
+    cdr: Option<CdrDatabase>,
+) -> FreeswitchRenderOptions {
+    let name = pool.name_any();
+    let mut sip_allow_from: Vec<String> = Vec::new();
+    for edge in platform
+        .sip_edges
+        .iter()
+        .filter(|e| e.spec.media_pools.contains(&name))
+    {
+        for l in &edge.spec.listen {
+            let net = match l.address.parse::<IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => "127.0.0.0/8".to_string(),
+                Ok(IpAddr::V4(ip)) => format!("{ip}/32"),
+                Ok(IpAddr::V6(ip)) => format!("{ip}/128"),
+                Err(_) => continue,
+            };
+            if !sip_allow_from.contains(&net) {
+                sip_allow_from.push(net);
+            }
+        }
+    }
+    if sip_allow_from.is_empty() {
+        // no edge uses the pool: nothing may place calls but this host
+        sip_allow_from.push("127.0.0.1/32".into());
+    }
+    FreeswitchRenderOptions {
+        bind_address: Some(node.address.to_string()),
+        sip_allow_from,
+        event_socket_address: node.address.to_string(),
+        event_socket_allow_from: vec!["127.0.0.0/8".into()],
+        cdr_database: cdr,
+        log_file: true,
+    }
+}
+
+/// Scale-in of one node that is already out of the dispatcher set: it refuses new
+/// calls, the calls it carries end (for spec.drainSeconds at most), then it stops
+/// and its directory goes.
+async fn retire(
+    secrets_dir: &Path,
+    name: &str,
+    pool: &MediaPool,
+    node: MediaNode,
+    report: &mut Report,
+) -> Result<(), LocalError> {
+    if node.running_pid().is_some() {
+        let password = state::secret(secrets_dir, &format!("media-{name}-esl-password"))?;
+        let grace = Duration::from_secs(pool.spec.drain_seconds.into());
+        match node.drain(&password, grace).await {
+            Ok(0) => report.line(format!(
+                "media      MediaPool/{name} node {} drained: no calls left",
+                node.replica
+            )),
+            Ok(n) => report.notice(format!(
+                "MediaPool/{name} node {}: {n} call(s) still ran after spec.drainSeconds ({}s); they are cut",
+                node.replica, pool.spec.drain_seconds
+            )),
+            Err(e) => report.notice(format!(
+                "MediaPool/{name} node {}: could not drain it over its event socket ({e}); stopping it",
+                node.replica
+            )),
+        }
+        node.stop(Duration::from_secs(5)).await?;
+    }
+    std::fs::remove_dir_all(&node.dir).map_err(|e| LocalError::io(&node.dir, e))?;
+    report.line(format!(
+        "media      MediaPool/{name} node {} removed (scale-in to {})",
+        node.replica, pool.spec.replicas
+    ));
+    Ok(())
 }

@@ -113,11 +113,24 @@ pub async fn ensure(
 /// Stops every stand-in whose pid file is in `dir` (one pool's directory);
 /// returns the URIs of those that were running.
 pub async fn stop_all(dir: &Path) -> Result<Vec<String>, LocalError> {
+    stop_others(dir, &[]).await
+}
+
+/// Stops the stand-ins in `dir` whose URI is not in `keep` (members that left the
+/// pool); returns the URIs of those that were running.
+pub async fn stop_others(dir: &Path, keep: &[String]) -> Result<Vec<String>, LocalError> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
     let mut stopped = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| LocalError::io(dir, e))?;
     for entry in entries.filter_map(|e| e.ok()) {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("pid") {
+            continue;
+        }
+        let recorded = fs::read_to_string(path.with_extension("uri")).unwrap_or_default();
+        if keep.iter().any(|k| k == recorded.trim()) {
             continue;
         }
         // only a process started with this pool's scenario is ours to stop

@@ -21,6 +21,9 @@ pub struct LocalState {
     pub postgres: PostgresState,
     pub edges: Vec<EdgeState>,
     pub standins: Vec<StandinState>,
+    /// FreeSWITCH nodes run for the pools' replicas.
+    #[serde(default)]
+    pub media_nodes: Vec<MediaNodeState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,6 +75,20 @@ pub struct StandinState {
     pub uri: String,
     pub pool: String,
     pub pid: i32,
+}
+
+/// One FreeSWITCH node the local driver runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaNodeState {
+    pub pool: String,
+    pub replica: i32,
+    /// Its dispatcher member URI.
+    pub uri: String,
+    /// `host:port` of its event socket.
+    pub event_socket: String,
+    pub pid: i32,
+    pub log: PathBuf,
 }
 
 impl LocalState {

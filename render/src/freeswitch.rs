@@ -85,6 +85,7 @@ impl FreeswitchRenderOptions {
                     ..CdrDatabase::of_cluster(c, host)
                 }
             }),
+            log_file: false,
         }
     }
 }
@@ -103,6 +104,9 @@ pub struct FreeswitchRenderOptions {
     pub event_socket_allow_from: Vec<String>,
     /// Where CDRs go; required when the pool's `spec.cdr.enabled` is true.
     pub cdr_database: Option<CdrDatabase>,
+    /// Log to `log/freeswitch.log` (mod_logfile) as well as the console: a process
+    /// started in the background has no console to read.
+    pub log_file: bool,
 }
 
 impl Default for FreeswitchRenderOptions {
@@ -113,6 +117,7 @@ impl Default for FreeswitchRenderOptions {
             event_socket_address: "127.0.0.1".into(),
             event_socket_allow_from: vec!["127.0.0.0/8".into()],
             cdr_database: None,
+            log_file: false,
         }
     }
 }
@@ -138,6 +143,7 @@ struct Model {
     rtp_start: u16,
     rtp_end: u16,
     cdr: Option<CdrDatabase>,
+    log_file: bool,
 }
 
 /// One askama template per file, each reading the shared [`Model`].
@@ -165,6 +171,7 @@ file_templates!(
     SofiaConf => "freeswitch/autoload_configs/sofia.conf.xml",
     EventSocketConf => "freeswitch/autoload_configs/event_socket.conf.xml",
     CdrPgCsvConf => "freeswitch/autoload_configs/cdr_pg_csv.conf.xml",
+    LogfileConf => "freeswitch/autoload_configs/logfile.conf.xml",
     DialplanXml => "freeswitch/dialplan/sipstack.xml",
 );
 
@@ -216,6 +223,12 @@ pub fn render_freeswitch(
         files.push((
             "autoload_configs/cdr_pg_csv.conf.xml",
             CdrPgCsvConf(&model).render(),
+        ));
+    }
+    if model.log_file {
+        files.push((
+            "autoload_configs/logfile.conf.xml",
+            LogfileConf(&model).render(),
         ));
     }
     files.push(("dialplan/sipstack.xml", DialplanXml(&model).render()));
@@ -337,6 +350,7 @@ fn model(pool: &MediaPool, options: &FreeswitchRenderOptions) -> Result<Model, R
         rtp_start: spec.rtp.port_start,
         rtp_end: spec.rtp.port_end,
         cdr,
+        log_file: options.log_file,
     };
     model.ensure_inert()?;
     Ok(model)

@@ -51,6 +51,8 @@ struct CdrView {
     /// Seconds from answer to end.
     billsec: i32,
     hangup_cause: String,
+    codec: String,
+    sip_call_id: String,
     edge_node: String,
     media_node: String,
 }
@@ -68,6 +70,8 @@ impl From<Cdr> for CdrView {
             duration: c.duration,
             billsec: c.billsec,
             hangup_cause: c.hangup_cause,
+            codec: c.codec,
+            sip_call_id: c.sip_call_id,
             edge_node: c.edge_node,
             media_node: c.media_node,
         }
@@ -82,14 +86,16 @@ const COLUMNS: Columns = Columns {
         "DURATION",
         "BILLSEC",
         "CAUSE",
+        "CODEC",
         "ANSWER",
         "END",
         "CALL-UUID",
+        "SIP-CALL-ID",
         "EDGE",
         "MEDIA",
         "ID",
     ],
-    narrow: 6,
+    narrow: 7,
 };
 
 fn row(c: &CdrView) -> Vec<String> {
@@ -100,9 +106,11 @@ fn row(c: &CdrView) -> Vec<String> {
         c.duration.to_string(),
         c.billsec.to_string(),
         c.hangup_cause.clone(),
+        c.codec.clone(),
         c.answer_time.clone().unwrap_or_default(),
         c.end_time.clone().unwrap_or_default(),
         c.call_uuid.clone(),
+        c.sip_call_id.clone(),
         c.edge_node.clone(),
         c.media_node.clone(),
         c.id.to_string(),

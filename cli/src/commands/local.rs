@@ -142,6 +142,27 @@ pub async fn run(cmd: LocalCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+            for (n, h) in &status.media_nodes {
+                let state = match &h.error {
+                    Some(e) => format!("unreachable: {e}"),
+                    None => format!(
+                        "{}, {} call(s), {} call(s)/s",
+                        if h.paused {
+                            "paused (draining)"
+                        } else {
+                            "serving"
+                        },
+                        h.calls.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                        h.sessions_per_second
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "?".into()),
+                    ),
+                };
+                println!(
+                    "media      MediaPool/{} node {} {} FreeSWITCH (event socket {})  {state}",
+                    n.pool, n.replica, n.uri, n.event_socket
+                );
+            }
             for (s, alive) in &status.standins {
                 println!(
                     "media      {} (pool {}) stand-in {}",

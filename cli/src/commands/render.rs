@@ -44,7 +44,7 @@ pub enum RenderCommand {
     /// Passwords are not in the files: FreeSWITCH reads the event socket's from
     /// SIPSTACK_ESL_PASSWORD and libpq the CDR database's from PGPASSWORD.
     #[command(
-        after_help = "Examples:\n  sipctl render freeswitch -f examples/platform.yaml\n  sipctl render freeswitch -f platform.yaml --name media --out /tmp/fs-conf\n  sipctl render freeswitch -f platform.yaml --only autoload_configs/sofia.conf.xml"
+        after_help = "Examples:\n  sipctl render freeswitch -f examples/platform.yaml\n  sipctl render freeswitch -f platform.yaml --name media --out /tmp/fs-conf\n  sipctl render freeswitch -f platform.yaml --replica 0 --out /tmp/fs-node-0\n  sipctl render freeswitch -f platform.yaml --only autoload_configs/sofia.conf.xml"
     )]
     Freeswitch(RenderFreeswitchArgs),
     /// Print the pgbouncer.ini of a PgCluster whose spec.pooler is enabled.
@@ -66,6 +66,10 @@ pub struct RenderFreeswitchArgs {
     /// Write the files under this directory instead of printing them.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Render replica N as `sipctl local up` runs it (its loopback address, SIP from
+    /// the edges' addresses, CDRs to 127.0.0.1) instead of as a Kubernetes pod.
+    #[arg(long)]
+    pub replica: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -175,7 +179,24 @@ pub fn run(cmd: RenderCommand) -> anyhow::Result<()> {
                         .iter()
                         .find(|c| c.name_any() == d.pg_cluster)
                 });
-            let files = render_freeswitch(pool, &FreeswitchRenderOptions::for_cluster(cdr))?;
+            let options = match args.replica {
+                None => FreeswitchRenderOptions::for_cluster(cdr),
+                Some(n) => {
+                    let node = sipstack_local::freeswitch::MediaNode::new(
+                        std::path::Path::new("/"),
+                        pool,
+                        n,
+                    )
+                    .with_context(|| {
+                        format!("replica {n} has no loopback address (spec.local.firstAddress)")
+                    })?;
+                    let cdr = cdr.map(|c| {
+                        sipstack_render::freeswitch::CdrDatabase::of_cluster(c, "127.0.0.1")
+                    });
+                    sipstack_local::node_render_options(&platform, pool, &node, cdr)
+                }
+            };
+            let files = render_freeswitch(pool, &options)?;
             if let Some(only) = &args.only {
                 let Some((_, file)) = files.iter().find(|(path, _)| path == only) else {
                     let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
