@@ -40,6 +40,21 @@ pub struct NamedContext {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub edges: Vec<EdgeConfig>,
+    /// FreeSWITCH nodes whose event socket sipctl may use (drain pauses them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media_nodes: Vec<MediaNodeConfig>,
+}
+
+/// A media node's event socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaNodeConfig {
+    /// Its dispatcher member URI, e.g. sip:127.1.1.1:5080.
+    pub uri: String,
+    /// `host:port` of its event socket.
+    pub event_socket: String,
+    /// A file holding the event socket password.
+    pub password_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -135,6 +150,8 @@ pub struct Target {
     pub patroni: Vec<String>,
     /// The password of their changing endpoints, if known.
     pub patroni_password: Option<String>,
+    /// Media nodes reachable over their event socket.
+    pub media_nodes: Vec<MediaNodeConfig>,
 }
 
 /// Overrides given on the command line (or in the environment).
@@ -246,11 +263,12 @@ impl Target {
             },
         };
         Ok(Self {
-            context: context.map(|c| c.name),
+            context: context.as_ref().map(|c| c.name.clone()),
             db_url,
             edges,
             patroni,
             patroni_password,
+            media_nodes: context.map(|c| c.media_nodes).unwrap_or_default(),
         })
     }
 
@@ -320,12 +338,14 @@ mod tests {
                 name: "edge".into(),
                 rpc: "http://127.0.0.1:5071/RPC".into(),
             }],
+            media_nodes: vec![],
         });
         file.current_context = Some("local".into());
         file.upsert(NamedContext {
             name: "local".into(),
             database: DatabaseConfig::default(),
             edges: vec![],
+            media_nodes: vec![],
         });
         assert_eq!(file.contexts.len(), 1);
         file.save(&path).unwrap();

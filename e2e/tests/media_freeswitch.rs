@@ -189,3 +189,162 @@ async fn two_replicas_share_the_calls() -> Result<()> {
     assert_eq!(nodes.len(), 2, "calls reached {nodes:?}");
     bed.down().await
 }
+
+/// The local node of `bed` at `replica`, and its event socket password.
+fn node(bed: &Testbed, replica: i32) -> Result<(sipstack_local::freeswitch::MediaNode, String)> {
+    let platform = sipstack_crds::Platform::from_yaml(&bed.yaml)?;
+    let node = sipstack_local::freeswitch::MediaNode::new(
+        &bed.state_dir(),
+        &platform.media_pools[0],
+        replica,
+    )
+    .context("replica address")?;
+    let password =
+        std::fs::read_to_string(bed.state_dir().join("secrets/media-media-esl-password"))?;
+    Ok((node, password.trim().to_string()))
+}
+
+/// Calls until one is up on `replica` (round robin alternates); returns it running.
+async fn long_call_on(
+    bed: &Testbed,
+    replica: i32,
+    talk: Duration,
+) -> Result<tokio::task::JoinHandle<Result<VoiceCallReport>>> {
+    let (target, password) = node(bed, replica)?;
+    for attempt in 0..4 {
+        let c = call(bed, &format!("93{attempt:02}"), vec![G711::Pcmu], talk);
+        let running = tokio::task::spawn_blocking(move || c.run());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if target.calls(&password).await.map_err(anyhow::Error::msg)? == 1 {
+            return Ok(running);
+        }
+        running.await??;
+    }
+    anyhow::bail!("no call reached replica {replica}")
+}
+
+/// Scale-in: with a call up on the replica that goes, `up` with one replica less
+/// takes it out of the dispatcher set, waits until its call has ended, then stops
+/// it. The call completes with its audio and BYE, new calls go to the node that
+/// stays, and the removed node's process and directory are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_drains_the_node_before_stopping_it() -> Result<()> {
+    if !freeswitch_present("scale_in_drains_the_node_before_stopping_it") {
+        return Ok(());
+    }
+    let bed = platform_with_nodes(2).await?;
+    let (leaving, _) = node(&bed, 1)?;
+    let (staying, _) = node(&bed, 0)?;
+    let running = long_call_on(&bed, 1, Duration::from_secs(6)).await?;
+
+    let smaller = bed.yaml.replace("replicas: 2", "replicas: 1");
+    let options = sipstack_local::UpOptions {
+        state_dir: bed.state_dir(),
+        standins: false,
+    };
+    let started = std::time::Instant::now();
+    let (state, report) = sipstack_local::up(&smaller, &options).await?;
+    let took = started.elapsed();
+    let call = running.await??;
+    eprintln!("{:#?}\nscale-in took {took:?}\n{call:?}", report.lines);
+    assert_eq!(
+        call.bye_status,
+        Some(200),
+        "the call on the leaving node completed: {call:?}"
+    );
+    assert!(call.packets_echoed > 0, "{call:?}");
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|l| l.contains("node 1 drained: no calls left")),
+        "{:?}",
+        report.lines
+    );
+    // `up` waited for the call (about 4.5 s of it were left)
+    assert!(
+        took >= Duration::from_secs(3),
+        "scale-in returned after {took:?}, before the call ended"
+    );
+    assert!(
+        leaving.running_pid().is_none(),
+        "the removed node still runs"
+    );
+    assert!(!leaving.dir.exists());
+    assert_eq!(state.media_nodes.len(), 1);
+    let members: Vec<String> = bed
+        .destinations()
+        .await?
+        .into_iter()
+        .map(|d| d.uri)
+        .collect();
+    assert_eq!(members, vec![staying.uri()]);
+    for i in 0..2 {
+        let after = place(call_to(&bed, &format!("94{i:02}"))).await?;
+        assert_eq!(
+            after.remote_rtp.map(|a| a.ip()),
+            Some(IpAddr::V4(staying.address)),
+            "{after:?}"
+        );
+    }
+    bed.down().await
+}
+
+fn call_to(bed: &Testbed, callee: &str) -> VoiceCall {
+    call(bed, callee, vec![G711::Pcmu], Duration::from_millis(600))
+}
+
+/// The event socket of a node the local driver runs: the password it was given
+/// works and another does not, `status` answers, and a paused node answers
+/// OPTIONS with 503 (what takes it out of the edge's rotation) until resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_event_socket_and_pause() -> Result<()> {
+    if !freeswitch_present("a_nodes_event_socket_and_pause") {
+        return Ok(());
+    }
+    let bed = platform_with_nodes(1).await?;
+    let (n, password) = node(&bed, 0)?;
+    let t = Duration::from_secs(3);
+    let esl = sipstack_esl::EslClient::connect(&n.esl_address(), &password, t).await?;
+    assert!(esl.api("status").await?.starts_with("UP "));
+    assert!(matches!(
+        sipstack_esl::EslClient::connect(&n.esl_address(), "not-the-password", t).await,
+        Err(sipstack_esl::EslError::AuthFailed(_))
+    ));
+    esl.subscribe(sipstack_esl::EventFormat::Json, &["BACKGROUND_JOB"])
+        .await?;
+    let job = esl.bgapi("show calls count").await?;
+    let event = tokio::time::timeout(t, esl.next_event())
+        .await?
+        .context("no event")?;
+    assert_eq!(event.get("Job-UUID"), Some(job.as_str()));
+    assert!(
+        event.body().is_some_and(|b| b.contains("0 total")),
+        "{event:?}"
+    );
+
+    // each probe its own transaction: the same branch would only get the first answer again
+    let probes = std::sync::atomic::AtomicU32::new(0);
+    let options = |sock: &sipstack_e2e::rawsip::SipSocket| -> Result<Option<u16>> {
+        let me = sock.local_addr()?;
+        let k = probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sock.send(
+            std::net::SocketAddr::new(IpAddr::V4(n.address), n.sip_port),
+            &format!(
+                "OPTIONS sip:{}:{} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-o{}-{k}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=p{k}\r\nTo: <sip:{}:{}>\r\nCall-ID: opt-{}-{k}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                n.address, n.sip_port, me.port(), n.address, n.sip_port, me.port()
+            ),
+        )?;
+        Ok(sock.recv(Duration::from_secs(3))?.and_then(|m| m.status()))
+    };
+    let sock = sipstack_e2e::rawsip::SipSocket::bind(EDGE_IP)?;
+    assert_eq!(options(&sock)?, Some(200));
+    esl.api("fsctl pause inbound").await?;
+    assert_eq!(esl.api("fsctl pause_check inbound").await?.trim(), "true");
+    assert_eq!(options(&sock)?, Some(503));
+    let health = n.health(&password).await;
+    assert!(health.paused && health.error.is_none(), "{health:?}");
+    n.resume(&password).await.map_err(anyhow::Error::msg)?;
+    assert_eq!(options(&sock)?, Some(200));
+    bed.down().await
+}

@@ -147,10 +147,16 @@ pub fn run(cmd: ConfigCommand, output: Output) -> anyhow::Result<()> {
                     })
                     .collect()
             };
+            // media nodes are written by `sipctl local up`; keep those of a context set again
+            let media_nodes = file
+                .context(&args.name)
+                .map(|c| c.media_nodes.clone())
+                .unwrap_or_default();
             file.upsert(NamedContext {
                 name: args.name.clone(),
                 database,
                 edges,
+                media_nodes,
             });
             if args.make_current || file.current_context.is_none() {
                 file.current_context = Some(args.name.clone());

@@ -341,6 +341,10 @@ struct StateChange {
     /// The table's flags now.
     flags: i32,
     edges: Vec<EdgeChange>,
+    /// What the member's FreeSWITCH did (paused or resumed inbound calls), when
+    /// sipctl knows its event socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_node: Option<String>,
 }
 
 pub async fn drain(ctx: &Ctx, args: StateArgs) -> anyhow::Result<()> {
@@ -413,7 +417,12 @@ async fn change_state(ctx: &Ctx, args: StateArgs, drained: bool) -> anyhow::Resu
             edges.push(result);
         }
     }
+    let media_node = match ctx.target.media_nodes.iter().find(|n| n.uri == uri) {
+        Some(node) => Some(pause_or_resume(node, drained).await),
+        None => None,
+    };
     let view = StateChange {
+        media_node,
         uri: change.destination.destination.clone(),
         set_id,
         pool: pools.get(&set_id).cloned(),
@@ -442,10 +451,43 @@ async fn change_state(ctx: &Ctx, args: StateArgs, drained: bool) -> anyhow::Resu
             }
             (false, false) => writeln!(out, "{member} was enabled already.")?,
         }
-        let rows: Vec<Vec<String>> =
+        let mut rows: Vec<Vec<String>> =
             view.edges.iter().map(|e| vec![format!("edge {}", e.edge), e.note.clone()]).collect();
+        if let Some(m) = &view.media_node {
+            rows.push(vec!["FreeSWITCH".into(), m.clone()]);
+        }
         write_table(out, None, &rows)
     })
+}
+
+/// Drain and enable reach the node itself too: paused, it answers the edges'
+/// OPTIONS and any new INVITE with 503 while its calls go on.
+async fn pause_or_resume(node: &crate::context::MediaNodeConfig, drained: bool) -> String {
+    let password = match std::fs::read_to_string(&node.password_file) {
+        Ok(p) => p.trim().to_string(),
+        Err(e) => return format!("not told: {}: {e}", node.password_file.display()),
+    };
+    let session =
+        sipstack_esl::EslSession::new(&node.event_socket, password, Duration::from_secs(3));
+    let command = if drained {
+        "fsctl pause inbound"
+    } else {
+        "fsctl resume inbound"
+    };
+    match session.api(command).await {
+        Ok(_) if drained => match session.api("show calls count").await {
+            Ok(count) => format!(
+                "inbound calls paused; {} call(s) in progress",
+                count.split_whitespace().next().unwrap_or("?")
+            ),
+            Err(_) => "inbound calls paused".into(),
+        },
+        Ok(_) => "inbound calls resumed".into(),
+        Err(e) => {
+            eprintln!("warning: FreeSWITCH at {}: {e}", node.event_socket);
+            format!("not told: {e}")
+        }
+    }
 }
 
 /// Puts the member in its new state on one edge: `dispatcher.set_state` at once;

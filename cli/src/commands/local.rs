@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use sipstack_local::{default_state_dir, UpOptions};
 
-use crate::context::{ConfigFile, DatabaseConfig, EdgeConfig, NamedContext};
+use crate::context::{ConfigFile, DatabaseConfig, EdgeConfig, MediaNodeConfig, NamedContext};
 
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
@@ -204,6 +204,18 @@ fn write_context(state: &sipstack_local::state::LocalState) -> anyhow::Result<St
             .map(|e| EdgeConfig {
                 name: e.name.clone(),
                 rpc: e.rpc_url.clone(),
+            })
+            .collect(),
+        media_nodes: state
+            .media_nodes
+            .iter()
+            .map(|n| MediaNodeConfig {
+                uri: n.uri.clone(),
+                event_socket: n.event_socket.clone(),
+                password_file: state
+                    .state_dir
+                    .join("secrets")
+                    .join(format!("media-{}-esl-password", n.pool)),
             })
             .collect(),
     });
