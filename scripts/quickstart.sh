@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what sipstack needs, builds it, and brings the example platform up on
-# this host: PostgreSQL, the schema, Kamailio and a SIP stand-in for the media node.
+# this host: PostgreSQL, the schema, Kamailio and the media nodes (FreeSWITCH when it
+# is installed, SIP stand-ins otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -196,3 +196,99 @@ async fn drain_pauses_the_freeswitch_node_and_its_call_completes() {
     assert!(line.contains("serving, 0 call(s)"), "{status}");
     tb.down().await.unwrap();
 }
+
+/// `sipctl scale mediapool` on the local platform: out to two FreeSWITCH nodes that
+/// both take calls, and back in to one, the second node stopped and removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_mediapool_out_and_in() {
+    if !freeswitch_present() {
+        return;
+    }
+    let spec = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin")
+            .freeswitch(2)
+            .unwrap()],
+        default_pool: Some("media".into()),
+        ..Default::default()
+    };
+    // one node first, on the first of the two addresses found free
+    let mut one = spec.clone();
+    one.pools[0].replicas = 1;
+    let tb = Testbed::up(&one).await.unwrap();
+    tb.add_subscriber("alice", "alice-pw").await.unwrap();
+    let dir = tb.state_dir();
+    let dir = dir.to_str().unwrap();
+
+    let out = ok(&sipctl(
+        &tb,
+        &[
+            "scale",
+            "mediapool",
+            "media",
+            "--replicas",
+            "2",
+            "--state-dir",
+            dir,
+        ],
+    ));
+    assert!(
+        out.contains("node 1 started") && out.contains("runs 2 replica(s)"),
+        "{out}"
+    );
+    tb.wait_for_destinations(Duration::from_secs(20), |d| {
+        d.iter().filter(|x| x.is_active()).count() == 2
+    })
+    .await
+    .unwrap();
+    let mut nodes = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        let r = place(call(
+            &tb,
+            &format!("55503{i:02}"),
+            Duration::from_millis(400),
+        ))
+        .await;
+        nodes.insert(r.remote_rtp.unwrap().ip());
+    }
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+
+    let out = ok(&sipctl(
+        &tb,
+        &[
+            "scale",
+            "mpool",
+            "media",
+            "--replicas",
+            "1",
+            "--state-dir",
+            dir,
+        ],
+    ));
+    assert!(
+        out.contains("node 1 drained") && out.contains("node 1 removed"),
+        "{out}"
+    );
+    let members = tb.destinations().await.unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    let status = ok(&sipctl(&tb, &["local", "status", "--state-dir", dir]));
+    assert_eq!(
+        status.lines().filter(|l| l.contains("FreeSWITCH")).count(),
+        1,
+        "{status}"
+    );
+    let err = sipctl(
+        &tb,
+        &[
+            "scale",
+            "mediapool",
+            "nope",
+            "--replicas",
+            "1",
+            "--state-dir",
+            dir,
+        ],
+    );
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no MediaPool named \"nope\""));
+    tb.down().await.unwrap();
+}

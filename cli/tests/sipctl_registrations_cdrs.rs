@@ -425,9 +425,11 @@ async fn cdrs_are_filtered_and_exported() {
             "DURATION",
             "BILLSEC",
             "CAUSE",
+            "CODEC",
             "ANSWER",
             "END",
             "CALL-UUID",
+            "SIP-CALL-ID",
             "EDGE",
             "MEDIA",
             "ID"
@@ -438,7 +440,7 @@ async fn cdrs_are_filtered_and_exported() {
     assert_eq!(&rows[0][1], "+4930222");
     assert_eq!(&rows[0][4], "60");
     assert_eq!(&rows[0][5], "NORMAL_CLEARING, \"by caller\"");
-    assert_eq!(&rows[0][8], "c2");
+    assert_eq!(&rows[0][9], "c2");
     let all = ok(&sipctl(&tb, &["get", "cdrs", "-o", "csv", "--no-headers"]));
     assert_eq!(all.lines().count(), 5, "{all}");
     assert!(all.lines().next().unwrap().contains(",7002,112,"), "{all}");

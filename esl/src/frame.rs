@@ -1,17 +1,45 @@
-//! Framing of the event socket protocol: a block of `Name: value` lines ended by an
-//! empty line, then `Content-Length` bytes of body when that header is present.
+//! Framing of the event socket protocol: a block of `Name: value` header lines
+//! ended by an empty line, then, if there is a `Content-Length: N` header, exactly
+//! N bytes of body.
+//!
+//! [`parse_message`] works on a byte buffer that the caller fills from the socket
+//! in whatever pieces TCP delivers; it takes one complete message off the front,
+//! or leaves the buffer alone until more bytes arrive. It never blocks and never
+//! looks at the socket, so framing is testable on its own.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
-/// One message from the server.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+use crate::EslError;
+
+/// Longest header block accepted. FreeSWITCH's are a few hundred bytes; a block
+/// that never ends is a broken peer, and waiting on it would grow the buffer
+/// without bound.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Largest body accepted. `api show channels` on a busy node is megabytes; this
+/// only guards against a corrupt `Content-Length`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// One framed message: its header lines in order, and its body if it had a
+/// `Content-Length`.
+///
+/// Header values are kept as sent: the outer headers of the protocol are not
+/// URL-encoded (only the headers inside a `text/event-plain` body are, see
+/// [`Event::from_plain`](crate::Event::from_plain)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
-    /// Headers in order of arrival.
-    pub headers: Vec<(String, String)>,
-    pub body: Option<String>,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
 }
 
 impl Message {
+    /// A message from its parts (for tests and fake servers).
+    pub fn new(headers: Vec<(String, String)>, body: Option<Vec<u8>>) -> Message {
+        Message { headers, body }
+    }
+
+    /// The value of the first header of that name; names compare ignoring ASCII case,
+    /// as FreeSWITCH does.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -19,216 +47,294 @@ impl Message {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn content_type(&self) -> &str {
-        self.get("Content-Type").unwrap_or("")
+    /// All headers, in the order they came.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// `Content-Type`, which says what kind of message this is
+    /// (`command/reply`, `api/response`, `text/event-plain`, ...).
+    pub fn content_type(&self) -> Option<&str> {
+        self.get("Content-Type")
+    }
+
+    /// `Reply-Text` of a `command/reply` (`+OK ...` or `-ERR ...`).
+    pub fn reply_text(&self) -> Option<&str> {
+        self.get("Reply-Text")
+    }
+
+    /// The body's bytes, exactly `Content-Length` of them.
+    pub fn body(&self) -> Option<&[u8]> {
+        self.body.as_deref()
+    }
+
+    /// The body as text; bytes that are not UTF-8 become U+FFFD.
+    pub fn body_text(&self) -> Option<Cow<'_, str>> {
+        self.body.as_deref().map(String::from_utf8_lossy)
+    }
+
+    /// The body, taken out of the message.
+    pub fn into_body(self) -> Option<Vec<u8>> {
+        self.body
     }
 }
 
-/// Takes one whole message off the front of `buf`, or `None` while it is incomplete.
-/// Content-Length counts bytes, so the body is cut from bytes, not characters.
-pub fn parse_message(buf: &mut Vec<u8>) -> Result<Option<Message>, String> {
-    // tolerate stray newlines between messages
-    let lead = buf
+/// Takes one complete message off the front of `buf`.
+///
+/// Returns `Ok(None)`, leaving `buf` untouched, while the message is incomplete
+/// (headers not yet ended by an empty line, or fewer body bytes than its
+/// `Content-Length`). Blank lines before a message are skipped, and lines may end
+/// in `\r\n` as well as `\n`. Header lines without a colon are ignored.
+///
+/// Fails with [`EslError::Protocol`] when the stream cannot be a valid one: a
+/// `Content-Length` that is not a number or is above [`MAX_BODY_BYTES`], or more
+/// than [`MAX_HEADER_BYTES`] of headers without an end. The stream cannot be
+/// resynchronised after that; the connection should be dropped.
+pub fn parse_message(buf: &mut Vec<u8>) -> Result<Option<Message>, EslError> {
+    let leading = buf
         .iter()
-        .take_while(|b| **b == b'\n' || **b == b'\r')
+        .take_while(|&&b| b == b'\n' || b == b'\r')
         .count();
-    if lead > 0 {
-        buf.drain(..lead);
+    if leading > 0 {
+        buf.drain(..leading);
     }
-    let Some(end) = find(buf, b"\n\n") else {
+    let Some((header_len, body_start)) = find_header_end(buf) else {
+        if buf.len() > MAX_HEADER_BYTES {
+            return Err(EslError::Protocol(format!(
+                "no end of headers within {MAX_HEADER_BYTES} bytes"
+            )));
+        }
         return Ok(None);
     };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let headers = parse_headers(&head, false);
-    let length = match headers
+
+    let headers = parse_headers(&buf[..header_len]);
+    let content_length = headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
-    {
-        Some((_, v)) => v
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| format!("bad Content-Length {v:?}"))?,
-        None => 0,
+        .map(|(_, v)| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| EslError::Protocol(format!("bad Content-Length {v:?}")))
+        })
+        .transpose()?;
+
+    let (end, body) = match content_length {
+        None => (body_start, None),
+        Some(n) if n > MAX_BODY_BYTES => {
+            return Err(EslError::Protocol(format!(
+                "Content-Length {n} above the limit of {MAX_BODY_BYTES}"
+            )))
+        }
+        Some(n) => {
+            let end = body_start + n;
+            if buf.len() < end {
+                return Ok(None);
+            }
+            (end, Some(buf[body_start..end].to_vec()))
+        }
     };
-    let body_start = end + 2;
-    if buf.len() < body_start + length {
-        return Ok(None);
-    }
-    let body = (length > 0)
-        .then(|| String::from_utf8_lossy(&buf[body_start..body_start + length]).into_owned());
-    buf.drain(..body_start + length);
+    buf.drain(..end);
     Ok(Some(Message { headers, body }))
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Where the header block ends: (length of the header lines, offset of the first
+/// body byte). The block ends at the first empty line, `\n\n` or `\n\r\n`.
+pub(crate) fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        match buf.get(nl + 1..) {
+            Some([b'\n', ..]) => return Some((nl, nl + 2)),
+            Some([b'\r', b'\n', ..]) => return Some((nl, nl + 3)),
+            _ => i = nl + 1,
+        }
+    }
+    None
 }
 
-/// `Name: value` lines; values of an event-plain body are URL-encoded.
-pub fn parse_headers(text: &str, url_encoded: bool) -> Vec<(String, String)> {
-    text.lines()
+pub(crate) fn parse_headers(block: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(block)
+        .split('\n')
         .filter_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            let value = value.trim_start();
-            let value = if url_encoded {
-                url_decode(value)
-            } else {
-                value.to_string()
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.is_empty() {
+                return None;
+            }
+            let Some((name, value)) = line.split_once(':') else {
+                tracing::debug!(line, "event socket: header line without a colon ignored");
+                return None;
             };
-            Some((name.trim().to_string(), value))
+            Some((name.trim().to_string(), value.trim_start().to_string()))
         })
         .collect()
-}
-
-/// Decodes `%XX` escapes (FreeSWITCH encodes spaces as %20, never as '+').
-pub fn url_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// An event: its headers (decoded) and its own body, if it has one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Event {
-    pub headers: Vec<(String, String)>,
-    pub body: Option<String>,
-}
-
-impl Event {
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn name(&self) -> Option<&str> {
-        self.get("Event-Name")
-    }
-    pub fn body(&self) -> Option<&str> {
-        self.body.as_deref()
-    }
-    /// Headers as a map (the last of repeated names wins).
-    pub fn to_map(&self) -> HashMap<String, String> {
-        self.headers.iter().cloned().collect()
-    }
-
-    /// The event a `text/event-plain` message carries: URL-encoded header lines, then
-    /// the event's own body after a blank line when it has a Content-Length.
-    pub fn from_plain(body: &str) -> Event {
-        let (head, rest) = match body.split_once("\n\n") {
-            Some((h, r)) => (h, Some(r)),
-            None => (body, None),
-        };
-        let headers = parse_headers(head, true);
-        let own = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
-            .and_then(|(_, v)| v.trim().parse::<usize>().ok());
-        let body = match (own, rest) {
-            (Some(n), Some(r)) => Some(r.as_bytes()[..n.min(r.len())].to_vec())
-                .map(|b| String::from_utf8_lossy(&b).into_owned()),
-            _ => None,
-        };
-        Event { headers, body }
-    }
-
-    /// The event a `text/event-json` message carries: an object of strings, the
-    /// event's body under `_body`.
-    pub fn from_json(body: &str) -> Result<Event, String> {
-        let value: serde_json::Value =
-            serde_json::from_str(body).map_err(|e| format!("event JSON: {e}"))?;
-        let object = value.as_object().ok_or("event JSON is not an object")?;
-        let mut event = Event::default();
-        for (k, v) in object {
-            let text = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            if k == "_body" {
-                event.body = Some(text);
-            } else {
-                event.headers.push((k.clone(), text));
-            }
-        }
-        Ok(event)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TWO: &str = "Content-Type: api/response\nContent-Length: 14\n\nline 1\n\nline2\nContent-Type: command/reply\nReply-Text: +OK accepted\n\n";
+    fn parse_all(mut buf: Vec<u8>) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(m) = parse_message(&mut buf).unwrap() {
+            out.push(m);
+        }
+        assert!(
+            buf.is_empty(),
+            "left over: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        out
+    }
+
+    /// Feeds `stream` as two reads split at `split`, the way a reader loop would.
+    fn parse_split(stream: &[u8], split: usize) -> Vec<Message> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        for chunk in [&stream[..split], &stream[split..]] {
+            buf.extend_from_slice(chunk);
+            while let Some(m) = parse_message(&mut buf).unwrap() {
+                out.push(m);
+            }
+        }
+        assert!(buf.is_empty());
+        out
+    }
+
+    const API_REPLY: &str =
+        "Content-Type: api/response\nContent-Length: 27\n\nline one\n\nline three\n\n\nend\n";
 
     #[test]
-    fn messages_split_anywhere_parse_the_same() {
-        let whole = TWO.as_bytes();
-        for cut in 0..whole.len() {
-            let mut buf = whole[..cut].to_vec();
-            let mut got = Vec::new();
-            while let Some(m) = parse_message(&mut buf).unwrap() {
-                got.push(m);
-            }
-            buf.extend_from_slice(&whole[cut..]);
-            while let Some(m) = parse_message(&mut buf).unwrap() {
-                got.push(m);
-            }
-            assert_eq!(got.len(), 2, "cut at {cut}");
+    fn header_only_message() {
+        let msgs = parse_all(b"Content-Type: auth/request\n\n".to_vec());
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].content_type(), Some("auth/request"));
+        assert_eq!(msgs[0].body(), None);
+    }
+
+    #[test]
+    fn body_with_blank_lines_is_taken_whole() {
+        assert_eq!(API_REPLY.len() - API_REPLY.find("\n\n").unwrap() - 2, 27);
+        let msgs = parse_all(API_REPLY.as_bytes().to_vec());
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(
+            msgs[0].body_text().unwrap(),
+            "line one\n\nline three\n\n\nend\n"
+        );
+        assert_eq!(msgs[0].get("content-length"), Some("27"));
+    }
+
+    #[test]
+    fn split_at_every_byte_parses_the_same() {
+        let stream = format!(
+            "Content-Type: command/reply\nReply-Text: +OK accepted\n\n{API_REPLY}Content-Type: text/disconnect-notice\nContent-Length: 3\n\nbye"
+        );
+        let whole = parse_all(stream.as_bytes().to_vec());
+        assert_eq!(whole.len(), 3);
+        for split in 0..=stream.len() {
             assert_eq!(
-                got[0].body.as_deref(),
-                Some("line 1\n\nline2\n"),
-                "cut at {cut}"
+                parse_split(stream.as_bytes(), split),
+                whole,
+                "split at {split}"
             );
-            assert_eq!(got[1].get("Reply-Text"), Some("+OK accepted"));
-            assert!(buf.is_empty());
         }
     }
 
     #[test]
-    fn content_length_counts_bytes() {
-        let body = "Grüße\n";
-        let text = format!(
-            "Content-Type: api/response\nContent-Length: {}\n\n{body}",
+    fn byte_by_byte_feeding() {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        for &b in API_REPLY.as_bytes() {
+            buf.push(b);
+            if let Some(m) = parse_message(&mut buf).unwrap() {
+                out.push(m);
+            }
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].body().unwrap().len(), 27);
+    }
+
+    #[test]
+    fn two_messages_in_one_read() {
+        let stream = "Content-Type: command/reply\nReply-Text: +OK a\n\nContent-Type: command/reply\nReply-Text: +OK b\n\n";
+        let msgs = parse_all(stream.as_bytes().to_vec());
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0].reply_text(), Some("+OK a"));
+        assert_eq!(msgs[1].reply_text(), Some("+OK b"));
+    }
+
+    #[test]
+    fn content_length_counts_bytes_not_chars() {
+        let body = "héllo wörld ☎\n";
+        assert_ne!(body.len(), body.chars().count());
+        let stream = format!(
+            "Content-Type: api/response\nContent-Length: {}\n\n{body}Content-Type: command/reply\nReply-Text: +OK\n\n",
             body.len()
         );
-        let mut buf = text.into_bytes();
-        assert_eq!(
-            parse_message(&mut buf).unwrap().unwrap().body.as_deref(),
-            Some(body)
-        );
+        let msgs = parse_all(stream.as_bytes().to_vec());
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0].body_text().unwrap(), body);
+        assert_eq!(msgs[1].reply_text(), Some("+OK"));
+        // Splits inside a multi-byte character too.
+        for split in 0..=stream.len() {
+            assert_eq!(
+                parse_split(stream.as_bytes(), split),
+                msgs,
+                "split at {split}"
+            );
+        }
     }
 
     #[test]
-    fn bad_length_is_an_error() {
-        let mut buf = b"Content-Length: x\n\n".to_vec();
-        assert!(parse_message(&mut buf).is_err());
+    fn incomplete_body_leaves_buffer_untouched() {
+        let mut buf = b"Content-Type: api/response\nContent-Length: 10\n\n12345".to_vec();
+        let before = buf.clone();
+        assert_eq!(parse_message(&mut buf).unwrap(), None);
+        assert_eq!(buf, before);
+        buf.extend_from_slice(b"67890Content-Type: x\n");
+        let m = parse_message(&mut buf).unwrap().unwrap();
+        assert_eq!(m.body(), Some(&b"1234567890"[..]));
+        assert_eq!(buf, b"Content-Type: x\n");
+        assert_eq!(parse_message(&mut buf).unwrap(), None);
     }
 
     #[test]
-    fn plain_and_json_events() {
-        let plain = "Event-Name: BACKGROUND_JOB\nJob-UUID: 1-2\nJob-Command: status%20now\nContent-Length: 6\n\n+OK x\n";
-        let e = Event::from_plain(plain);
-        assert_eq!(e.name(), Some("BACKGROUND_JOB"));
-        assert_eq!(e.get("job-command"), Some("status now"));
-        assert_eq!(e.body(), Some("+OK x\n"));
-        let e = Event::from_json(r#"{"Event-Name":"CHANNEL_CREATE","Unique-ID":"u1","_body":"b"}"#)
-            .unwrap();
-        assert_eq!(e.name(), Some("CHANNEL_CREATE"));
-        assert_eq!(e.get("Unique-ID"), Some("u1"));
-        assert_eq!(e.body(), Some("b"));
-        assert_eq!(url_decode("a%3Ab%2"), "a:b%2");
+    fn crlf_and_leading_blank_lines() {
+        let msgs =
+            parse_all(b"\n\r\nContent-Type: command/reply\r\nReply-Text: +OK\r\n\r\n".to_vec());
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].content_type(), Some("command/reply"));
+        assert_eq!(msgs[0].reply_text(), Some("+OK"));
+    }
+
+    #[test]
+    fn header_value_keeps_colons() {
+        let msgs = parse_all(b"Reply-Text: +OK Job-UUID: abc\nJob-UUID: abc\n\n".to_vec());
+        assert_eq!(msgs[0].reply_text(), Some("+OK Job-UUID: abc"));
+        assert_eq!(msgs[0].get("job-uuid"), Some("abc"));
+    }
+
+    #[test]
+    fn bad_content_length_is_a_protocol_error() {
+        let mut buf = b"Content-Type: api/response\nContent-Length: ten\n\n".to_vec();
+        assert!(matches!(
+            parse_message(&mut buf),
+            Err(EslError::Protocol(_))
+        ));
+        let mut buf = format!("Content-Length: {}\n\n", MAX_BODY_BYTES + 1).into_bytes();
+        assert!(matches!(
+            parse_message(&mut buf),
+            Err(EslError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn endless_headers_are_a_protocol_error() {
+        let mut buf = vec![b'x'; MAX_HEADER_BYTES];
+        assert_eq!(parse_message(&mut buf).unwrap(), None);
+        buf.push(b'x');
+        assert!(matches!(
+            parse_message(&mut buf),
+            Err(EslError::Protocol(_))
+        ));
     }
 }

@@ -239,3 +239,94 @@ fn describe_state(flags: &str) -> String {
         state.to_string()
     }
 }
+
+/// `sipctl scale mediapool NAME --replicas N` on the local platform.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The local platform runs the pool's replicas as FreeSWITCH processes. Scaling out starts nodes and adds them \
+to the dispatcher set once they answer; scaling in takes nodes out of the set, waits for their calls to end (at most the \
+pool's drainSeconds) and then stops them. The platform file `local up` ran keeps the new count; change the file you apply \
+as well, or its next `local up` sets the old one again.\n\nExamples:\n  sipctl scale mediapool media --replicas 3\n  \
+sipctl scale mpool media --replicas 1 --state-dir /srv/sipstack"
+)]
+pub struct ScaleArgs {
+    /// The MediaPool.
+    pub name: String,
+    /// Nodes it should run.
+    #[arg(long)]
+    pub replicas: i32,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+pub async fn scale_mediapool(args: ScaleArgs) -> anyhow::Result<()> {
+    let dir = args.state.dir();
+    let state = sipstack_local::state::LocalState::load(&dir)?;
+    let text = std::fs::read_to_string(&state.platform_file)
+        .with_context(|| format!("cannot read {}", state.platform_file.display()))?;
+    let scaled = with_replicas(&text, &args.name, args.replicas)?;
+    let options = UpOptions {
+        state_dir: dir,
+        standins: true,
+    };
+    let (_, report) = sipstack_local::up(&scaled, &options).await?;
+    for line in report.lines.iter().filter(|l| l.starts_with("media")) {
+        println!("{line}");
+    }
+    for notice in &report.notices {
+        println!("note       {notice}");
+    }
+    println!("MediaPool/{} runs {} replica(s).", args.name, args.replicas);
+    Ok(())
+}
+
+/// The platform file with `spec.replicas` of MediaPool `name` set to `replicas`
+/// (the other documents unchanged in meaning; comments do not survive).
+fn with_replicas(text: &str, name: &str, replicas: i32) -> anyhow::Result<String> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    let mut found = false;
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let mut value =
+            serde_yaml::Value::deserialize(doc).context("the platform file does not parse")?;
+        if value.is_null() {
+            continue;
+        }
+        let is_pool = value.get("kind").and_then(|k| k.as_str()) == Some("MediaPool")
+            && value
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str())
+                == Some(name);
+        if is_pool {
+            let spec = value
+                .get_mut("spec")
+                .and_then(|s| s.as_mapping_mut())
+                .with_context(|| format!("MediaPool/{name} has no spec"))?;
+            spec.insert("replicas".into(), replicas.into());
+            found = true;
+        }
+        docs.push(serde_yaml::to_string(&value)?);
+    }
+    if !found {
+        anyhow::bail!("the local platform declares no MediaPool named {name:?}; `sipctl local status` shows what runs");
+    }
+    Ok(docs.join("---\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_change_in_the_named_pool_only() {
+        let text = include_str!("../../../examples/platform.yaml");
+        let scaled = with_replicas(text, "media", 5).unwrap();
+        let platform = sipstack_crds::Platform::from_yaml(&scaled).unwrap();
+        assert_eq!(platform.media_pools[0].spec.replicas, 5);
+        assert_eq!(platform.sip_edges.len(), 1);
+        assert_eq!(platform.pg_clusters.len(), 1);
+        let err = with_replicas(text, "other", 1).unwrap_err().to_string();
+        assert!(err.contains("no MediaPool named \"other\""), "{err}");
+    }
+}

@@ -103,6 +103,9 @@ pub enum Command {
     /// Send calls to a drained media node again.
     #[command(subcommand)]
     Enable(EnableCommand),
+    /// Change how many FreeSWITCH nodes a media pool of the local platform runs.
+    #[command(subcommand)]
+    Scale(ScaleCommand),
     /// Tell the edges to reload routes or dispatcher members from the database.
     #[command(subcommand)]
     Reload(ReloadCommand),
@@ -183,6 +186,12 @@ pub enum TestCommand {
 pub enum DrainCommand {
     #[command(visible_alias = "ds")]
     Dispatcher(dispatcher::StateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScaleCommand {
+    #[command(visible_alias = "mpool")]
+    Mediapool(local::ScaleArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +281,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Render(cmd) => return render::run(cmd),
         Command::Local(cmd) => return local::run(cmd).await,
+        Command::Scale(ScaleCommand::Mediapool(args)) => return local::scale_mediapool(args).await,
         Command::Config(cmd) => return config::run(cmd, output),
         Command::Completion(args) => return completion::completion(args),
         Command::Man(args) => return completion::man(args),
@@ -317,6 +327,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Db(cmd) => db::run(&ctx, cmd).await,
         Command::Render(_)
         | Command::Local(_)
+        | Command::Scale(_)
         | Command::Config(_)
         | Command::Completion(_)
         | Command::Man(_) => {
