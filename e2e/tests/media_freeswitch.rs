@@ -348,3 +348,108 @@ async fn a_nodes_event_socket_and_pause() -> Result<()> {
     assert_eq!(options(&sock)?, Some(200));
     bed.down().await
 }
+
+/// A FreeSWITCH node SIGKILLed under 20 new calls per second: every new call is
+/// still set up (the edge moves an INVITE that times out on the dead node to the
+/// other one inside its transaction, and marks the dead node inactive), and once
+/// it is marked no call reaches it. The only calls allowed to fail are those the
+/// dead node had answered and whose BYE found nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_loses_no_new_call() -> Result<()> {
+    use sipstack_e2e::sipp::{InjectionFile, SippCommand};
+    use sipstack_e2e::testbed::users;
+    if !freeswitch_present("a_node_killed_under_load_loses_no_new_call") {
+        return Ok(());
+    }
+    const RATE: u32 = 20;
+    let bed = platform_with_nodes(2).await?;
+    let (victim, _) = node(&bed, 1)?;
+    let (survivor, _) = node(&bed, 0)?;
+    let victim_addr = format!("{}:{}", victim.address, victim.sip_port);
+    let calls = u64::from(RATE) * 10;
+    let load = SippCommand::scenario("uac_call")
+        .remote(bed.edge())
+        .service("5550100")
+        .injection(InjectionFile::users(&users(&[("alice", "alice-secret")])))
+        .rate(RATE)
+        .call_limit(100)
+        .max_calls(calls)
+        .pause(Duration::ZERO)
+        .recv_timeout(Duration::from_secs(5))
+        .deadline(Duration::from_secs(60))
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = victim.running_pid().context("the victim runs")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let marked = bed
+        .wait_for_destinations(Duration::from_secs(15), |d| {
+            d.iter()
+                .any(|x| x.uri == victim.uri() && x.flags.starts_with('I'))
+        })
+        .await
+        .with_context(|| bed.edge_log(30))?;
+    let answered_by_victim_at_mark = load
+        .log_lines()
+        .iter()
+        .filter(|l| l.tag == "ANSWERED" && l.get("media") == Some(victim_addr.as_str()))
+        .count();
+    let out = tokio::task::spawn_blocking(move || load.wait()).await??;
+    let stats = out.stats.clone().with_context(|| out.diagnostics())?;
+    let answered: Vec<_> = out
+        .log_lines
+        .iter()
+        .filter(|l| l.tag == "ANSWERED")
+        .collect();
+    let by_victim = answered
+        .iter()
+        .filter(|l| l.get("media") == Some(victim_addr.as_str()))
+        .count();
+    let failed_over = bed
+        .edge_log(100_000)
+        .lines()
+        .filter(|l| l.contains(&format!("media node {} failed", victim.uri())))
+        .count();
+    println!(
+        "node loss under load: {} calls at {RATE}/s; {} killed, marked inactive {marked:.1?} after the kill; \
+         INVITEs moved inside their transaction: {failed_over}; answered {} of {}; \
+         SIPp failed calls: {}; answers per node: {:?}",
+        stats.total_created(),
+        victim.uri(),
+        answered.len(),
+        stats.total_created(),
+        stats.failed(),
+        out.answered_by()
+    );
+    assert_eq!(stats.total_created(), calls, "{}", out.diagnostics());
+    assert_eq!(
+        answered.len() as u64,
+        calls,
+        "every new call was set up: {}",
+        out.diagnostics()
+    );
+    assert_eq!(
+        by_victim, answered_by_victim_at_mark,
+        "no call reached the node after it was marked"
+    );
+    assert!(
+        out.answered_by()
+            .get(&format!("{}:{}", survivor.address, survivor.sip_port))
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "{:?}",
+        out.answered_by()
+    );
+    // with no pause between ACK and BYE, a call is up for milliseconds: at most a
+    // few can have been up on the node when it died
+    assert!(
+        stats.failed() <= 3,
+        "{} calls failed: {}",
+        stats.failed(),
+        out.diagnostics()
+    );
+    bed.down().await
+}
