@@ -61,7 +61,6 @@ impl Default for EslOptions {
 /// Calls take `&self` and may run concurrently from many tasks (share the client
 /// in an `Arc`); each gets its own reply. Dropping the client closes the
 /// connection. It does not reconnect: see [`EslSession`](crate::EslSession) for that.
-#[derive(Debug)]
 pub struct EslClient {
     shared: Arc<Shared>,
     timeout: Duration,
@@ -277,6 +276,16 @@ impl EslClient {
     }
 }
 
+impl std::fmt::Debug for EslClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EslClient")
+            .field("addr", &self.shared.addr)
+            .field("timeout", &self.timeout)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for EslClient {
     fn drop(&mut self) {
         self.shared.close("client dropped");
@@ -284,7 +293,6 @@ impl Drop for EslClient {
 }
 
 /// What the client, the reader and the writer share.
-#[derive(Debug)]
 struct Shared {
     addr: String,
     conn: Mutex<ConnState>,
@@ -298,7 +306,6 @@ struct Shared {
     shutdown: watch::Sender<bool>,
 }
 
-#[derive(Debug)]
 struct ConnState {
     /// Waiters for replies, oldest first: the order the commands were written in.
     pending: VecDeque<oneshot::Sender<Message>>,
@@ -343,8 +350,8 @@ impl Shared {
             if events.len() >= self.event_capacity {
                 events.pop_front();
                 let dropped = self.dropped_events.fetch_add(1, Ordering::Relaxed) + 1;
-                // First drop, then every thousandth: a stalled consumer must not flood the log.
-                if dropped == 1 || dropped % 1000 == 0 {
+                // At the 1st, 2nd, 4th, 8th... drop: a stalled consumer must not flood the log.
+                if dropped.is_power_of_two() {
                     tracing::warn!(
                         addr = %self.addr,
                         dropped,
