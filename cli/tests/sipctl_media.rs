@@ -49,6 +49,7 @@ fn call(tb: &Testbed, callee: &str, talk: Duration) -> VoiceCall {
         offer: vec![G711::Pcmu],
         talk,
         local_ip: EDGE_IP,
+        extra_headers: Vec::new(),
     }
 }
 

@@ -43,6 +43,11 @@ static MIGRATIONS: &[Migration] = &[
         name: "cdr_codec_call_id",
         sql: include_str!("../migrations/0004_cdr_codec_call_id.sql"),
     },
+    Migration {
+        version: 5,
+        name: "route_service",
+        sql: include_str!("../migrations/0005_route_service.sql"),
+    },
 ];
 
 /// Every migration this binary carries, oldest first.

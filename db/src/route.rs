@@ -90,8 +90,24 @@ pub struct NewRoute {
     /// Only for callers of this domain; `None`: for every caller.
     pub source_domain: Option<String>,
     pub target: Target,
+    /// With a pool target: the service the media node runs for the call
+    /// (one of [`SERVICES`]); `None`: the pool's default (answer, tone, echo).
+    pub service: Option<String>,
     pub description: String,
 }
+
+/// Services a media node runs for a call a route sends it, by name.
+pub const SERVICES: &[(&str, &str)] = &[
+    ("echo", "answers and returns the caller's audio"),
+    (
+        "tone",
+        "answers and plays a 440 Hz test tone until the caller hangs up",
+    ),
+    (
+        "conference",
+        "a conference bridge named by the dialled number",
+    ),
+];
 
 /// A stored route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +119,7 @@ pub struct Route {
     pub match_value: String,
     pub source_domain: Option<String>,
     pub target: Target,
+    pub service: Option<String>,
     pub description: String,
     pub created_at: Option<SystemTime>,
 }
@@ -157,6 +174,23 @@ pub fn validate(route: &NewRoute) -> Result<NewRoute, DbError> {
         None => None,
     };
     validate_target(&route.target)?;
+    if let Some(service) = &route.service {
+        if !matches!(route.target, Target::Pool(_)) {
+            return Err(invalid(
+                "service",
+                format!("a route to {} runs no media service", route.target.kind()),
+                "give a service only with a pool target (--to-pool POOL --service NAME)",
+            ));
+        }
+        if !SERVICES.iter().any(|(name, _)| name == service) {
+            let names: Vec<&str> = SERVICES.iter().map(|(n, _)| *n).collect();
+            return Err(invalid(
+                "service",
+                format!("{} is not a media service", shown(service)),
+                format!("use one of {}", names.join(", ")),
+            ));
+        }
+    }
     validate::one_line_text("description", &route.description, 255)?;
     Ok(NewRoute {
         source_domain,
@@ -256,7 +290,7 @@ fn validate_target(target: &Target) -> Result<(), DbError> {
 
 const ROUTE_COLUMNS: &str =
     "r.id, r.name, r.priority, r.match_kind, r.match_value, r.source_domain, r.target_kind, \
-     r.target_pool, r.target_uri, r.reject_code, r.reject_reason, r.description, r.created_at";
+     r.target_pool, r.target_uri, r.reject_code, r.reject_reason, r.description, r.created_at, r.service";
 
 fn route_from_row(row: &Row) -> Result<Route, DbError> {
     let target_kind: &str = row.get(6);
@@ -280,6 +314,7 @@ fn route_from_row(row: &Row) -> Result<Route, DbError> {
         match_value: row.get(4),
         source_domain: row.get(5),
         target,
+        service: row.get(13),
         description: row.get(11),
         created_at: row.get(12),
     })
@@ -394,8 +429,8 @@ pub async fn add(client: &impl GenericClient, route: &NewRoute) -> Result<Route,
     };
     let sql = format!(
         "INSERT INTO sipstack_route AS r (name, priority, match_kind, match_value, source_domain, target_kind,
-             target_pool, target_uri, reject_code, reject_reason, description)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             target_pool, target_uri, reject_code, reject_reason, description, service)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          RETURNING {ROUTE_COLUMNS}"
     );
     let result = client
@@ -413,6 +448,7 @@ pub async fn add(client: &impl GenericClient, route: &NewRoute) -> Result<Route,
                 &code,
                 &reason,
                 &r.description,
+                &r.service,
             ],
         )
         .await;
@@ -736,6 +772,7 @@ mod tests {
             match_value: value.into(),
             source_domain: None,
             target,
+            service: None,
             description: String::new(),
         }
     }
@@ -745,6 +782,20 @@ mod tests {
             DbError::Invalid { field, .. } => field,
             other => panic!("not a validation error: {other}"),
         }
+    }
+
+    #[test]
+    fn a_service_needs_a_pool_and_a_known_name() {
+        let mut r = route(MatchKind::Exact, "3000", Target::Pool("media".into()));
+        r.service = Some("conference".into());
+        assert!(validate(&r).is_ok());
+        for bad in ["nope", "conference;t=uri", "Echo", ""] {
+            r.service = Some(bad.into());
+            assert_eq!(field_of(validate(&r).unwrap_err()), "service", "{bad:?}");
+        }
+        let mut r = route(MatchKind::Exact, "3000", Target::User);
+        r.service = Some("echo".into());
+        assert_eq!(field_of(validate(&r).unwrap_err()), "service");
     }
 
     #[test]
@@ -909,6 +960,7 @@ mod tests {
             ),
             (
                 NewRoute {
+                    service: None,
                     description: "a\nb".into(),
                     ..route(MatchKind::Exact, "1", Target::User)
                 },

@@ -74,6 +74,8 @@ pub struct VoiceCall {
     pub talk: Duration,
     /// Address of the phone's SIP and RTP sockets.
     pub local_ip: IpAddr,
+    /// More header lines of the INVITE (e.g. one a hostile phone adds).
+    pub extra_headers: Vec<String>,
 }
 
 /// What the call did.
@@ -141,7 +143,7 @@ impl VoiceCall {
                 &call_id,
                 cseq,
                 &[],
-                auth.as_deref(),
+                extra_lines(&self.extra_headers, auth.as_deref()).as_deref(),
                 Some(&sdp),
             );
             started = Instant::now();
@@ -484,6 +486,12 @@ pub fn digest_response(
         out.push_str(&format!(r#", opaque="{opaque}""#));
     }
     Ok(out)
+}
+
+/// The INVITE's extra header lines and its credentials, as one block of lines.
+fn extra_lines(extra: &[String], auth: Option<&str>) -> Option<String> {
+    let lines: Vec<&str> = extra.iter().map(String::as_str).chain(auth).collect();
+    (!lines.is_empty()).then(|| lines.join("\r\n"))
 }
 
 fn body(m: &SipMessage) -> &str {

@@ -535,6 +535,7 @@ async fn repositories_keep_their_promises() {
         match_value: "+44".into(),
         source_domain: None,
         target,
+        service: None,
         description: "UK".into(),
     };
     let stored = route::add(&client, &new_route("uk", Target::Pool("pool-b".into())))
@@ -1022,6 +1023,7 @@ async fn kamailio_accepts_the_schema_and_routes_by_the_dialplan_view() {
                 match_value: value.into(),
                 source_domain: domain.map(str::to_string),
                 target,
+                service: None,
                 description: String::new(),
             },
         )
@@ -1163,6 +1165,7 @@ async fn kamailio_accepts_the_schema_and_routes_by_the_dialplan_view() {
             match_value: "112".into(),
             source_domain: None,
             target: Target::Pool("media".into()),
+            service: None,
             description: "emergency first".into(),
         },
     )

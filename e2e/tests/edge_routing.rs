@@ -26,6 +26,7 @@ fn route(name: &str, priority: i32, kind: MatchKind, value: &str, target: Target
         match_value: value.into(),
         source_domain: None,
         target,
+        service: None,
         description: String::new(),
     }
 }

@@ -57,6 +57,7 @@ fn call(bed: &Testbed, callee: &str, offer: Vec<G711>, talk: Duration) -> VoiceC
         offer,
         talk,
         local_ip: EDGE_IP,
+        extra_headers: Vec::new(),
     }
 }
 
@@ -450,6 +451,81 @@ async fn a_node_killed_under_load_loses_no_new_call() -> Result<()> {
         "{} calls failed: {}",
         stats.failed(),
         out.diagnostics()
+    );
+    bed.down().await
+}
+
+/// Routes choose the media service: a route with `service: conference` puts two
+/// callers of the same number in one bridge, and each hears the other (not
+/// itself); `service: tone` plays a tone. A caller cannot choose a service: its
+/// own X-Sipstack-Service header is removed at the edge, and the default service
+/// (which echoes) answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_choose_the_media_service() -> Result<()> {
+    use sipstack_db::route::{MatchKind, NewRoute, Target};
+    if !freeswitch_present("routes_choose_the_media_service") {
+        return Ok(());
+    }
+    let bed = platform_with_nodes(1).await?;
+    let db = bed.db().await?;
+    for (name, exp, service) in [
+        ("rooms", "^3[0-9]{3}$", "conference"),
+        ("tone", "^4000$", "tone"),
+    ] {
+        sipstack_db::route::add(
+            &db,
+            &NewRoute {
+                name: name.into(),
+                priority: 10,
+                match_kind: MatchKind::Regex,
+                match_value: exp.into(),
+                source_domain: None,
+                target: Target::Pool("media".into()),
+                service: Some(service.into()),
+                description: String::new(),
+            },
+        )
+        .await?;
+    }
+    bed.reload_routes().await?;
+
+    // two callers in conference 3001, talking at once for 4 s
+    let a = tokio::task::spawn_blocking({
+        let c = call(&bed, "3001", vec![G711::Pcmu], Duration::from_secs(4));
+        move || c.run()
+    });
+    let b = tokio::task::spawn_blocking({
+        let c = call(&bed, "3001", vec![G711::Pcmu], Duration::from_secs(4));
+        move || c.run()
+    });
+    let (a, b) = (a.await??, b.await??);
+    eprintln!("{a:?}\n{b:?}");
+    for (who, r) in [("a", &a), ("b", &b)] {
+        assert_eq!(r.bye_status, Some(200), "{who}: {r:?}");
+        assert_eq!(r.packets_echoed, 0, "{who} heard its own audio back: {r:?}");
+        // the other caller's noise, mixed: louder than silence by far
+        assert!(
+            r.received_rms > 0.05,
+            "{who} heard {:.3}: {r:?}",
+            r.received_rms
+        );
+    }
+
+    // the tone service: audio from the node, none of it ours
+    let tone = place(call(&bed, "4000", vec![G711::Pcmu], Duration::from_secs(2))).await?;
+    assert_eq!(tone.packets_echoed, 0, "{tone:?}");
+    assert!(
+        tone.received_rms > 0.05 && tone.packets_received > 50,
+        "{tone:?}"
+    );
+
+    // a caller asking for the conference on a number without such a route gets the default
+    let mut sneaky = call(&bed, "3999x", vec![G711::Pcmu], Duration::from_secs(3));
+    sneaky.extra_headers = vec!["X-Sipstack-Service: conference".into()];
+    let r = place(sneaky).await?;
+    assert!(
+        r.packets_echoed > 20,
+        "the caller's header chose the service: {r:?}"
     );
     bed.down().await
 }

@@ -172,6 +172,7 @@ file_templates!(
     EventSocketConf => "freeswitch/autoload_configs/event_socket.conf.xml",
     CdrPgCsvConf => "freeswitch/autoload_configs/cdr_pg_csv.conf.xml",
     LogfileConf => "freeswitch/autoload_configs/logfile.conf.xml",
+    ConferenceConf => "freeswitch/autoload_configs/conference.conf.xml",
     DialplanXml => "freeswitch/dialplan/sipstack.xml",
 );
 
@@ -217,6 +218,10 @@ pub fn render_freeswitch(
         (
             "autoload_configs/event_socket.conf.xml",
             EventSocketConf(&model).render(),
+        ),
+        (
+            "autoload_configs/conference.conf.xml",
+            ConferenceConf(&model).render(),
         ),
     ];
     if model.cdr.is_some() {

@@ -62,7 +62,7 @@ pub struct TargetArgs {
 #[command(
     after_help = "Routes are tried in the order of their priority (lower first; equal priorities in the order \
 they were added); the first that matches decides. A route with --from-domain applies only to callers of that \
-domain, together with the routes for every domain.\n\nExamples:\n  sipctl add route uk --prefix +44 --to-uri sip:carrier@203.0.113.5\n  sipctl add route premium-block --prefix 0900 --reject 403 --reason 'Premium Blocked' --priority 10\n  sipctl add route desks --regex '^7[0-9]{3}$' --to-user\n  sipctl add route ivr --exact 5000 --to-pool media --from-domain example.com"
+domain, together with the routes for every domain.\n\nExamples:\n  sipctl add route uk --prefix +44 --to-uri sip:carrier@203.0.113.5\n  sipctl add route premium-block --prefix 0900 --reject 403 --reason 'Premium Blocked' --priority 10\n  sipctl add route desks --regex '^7[0-9]{3}$' --to-user\n  sipctl add route ivr --exact 5000 --to-pool media --from-domain example.com\n  sipctl add route rooms --regex '^3[0-9]{3}$' --to-pool media --service conference"
 )]
 pub struct AddArgs {
     /// Name of the route (lower-case letters, digits, '-').
@@ -80,6 +80,11 @@ pub struct AddArgs {
     /// Reason phrase of a rejection (letters, digits, spaces; default: the code's usual phrase).
     #[arg(long, requires = "reject")]
     pub reason: Option<String>,
+    /// With --to-pool: the service the media node runs for the call: echo, tone or
+    /// conference (a bridge named by the dialled number). Default: answer, a short
+    /// tone, then echo.
+    #[arg(long, requires = "to_pool")]
+    pub service: Option<String>,
     /// Free text shown by `get routes -o wide`.
     #[arg(long, default_value = "")]
     pub description: String,
@@ -135,6 +140,8 @@ struct RouteView {
     target_pool: Option<String>,
     /// The dispatcher set of the target pool.
     target_set_id: Option<i32>,
+    /// The media service a pool target runs (null: the pool's default).
+    service: Option<String>,
     target_uri: Option<String>,
     reject_code: Option<u16>,
     reject_reason: Option<String>,
@@ -160,6 +167,7 @@ impl RouteView {
             target_kind: r.target.kind(),
             target_set_id: pool.as_ref().and_then(|p| sets.get(p).copied()),
             target_pool: pool,
+            service: r.service.clone(),
             target_uri: uri,
             reject_code: code,
             reject_reason: reason,
@@ -173,13 +181,21 @@ impl RouteView {
     }
 
     fn target_text(&self) -> String {
+        let service = self
+            .service
+            .as_deref()
+            .map(|s| format!(" service {s}"))
+            .unwrap_or_default();
         match self.target_kind {
             "pool" => match self.target_set_id {
                 Some(set) => format!(
-                    "pool {} (set {set})",
+                    "pool {} (set {set}){service}",
                     self.target_pool.as_deref().unwrap_or_default()
                 ),
-                None => format!("pool {}", self.target_pool.as_deref().unwrap_or_default()),
+                None => format!(
+                    "pool {}{service}",
+                    self.target_pool.as_deref().unwrap_or_default()
+                ),
             },
             "uri" => format!("uri {}", self.target_uri.as_deref().unwrap_or_default()),
             "reject" => format!(
@@ -194,16 +210,22 @@ impl RouteView {
     /// What happens to a call that takes this route.
     fn outcome_text(&self, number: &str) -> String {
         match self.target_kind {
-            "pool" => match self.target_set_id {
-                Some(set) => format!(
-                    "to media pool {} (dispatcher set {set}); its algorithm picks the node",
-                    self.target_pool.as_deref().unwrap_or_default()
-                ),
-                None => format!(
-                    "to media pool {}",
-                    self.target_pool.as_deref().unwrap_or_default()
-                ),
-            },
+            "pool" => {
+                let service = match self.service.as_deref() {
+                    Some(s) => format!(", which runs its {s} service"),
+                    None => String::new(),
+                };
+                match self.target_set_id {
+                    Some(set) => format!(
+                        "to media pool {} (dispatcher set {set}); its algorithm picks the node{service}",
+                        self.target_pool.as_deref().unwrap_or_default()
+                    ),
+                    None => format!(
+                        "to media pool {}{service}",
+                        self.target_pool.as_deref().unwrap_or_default()
+                    ),
+                }
+            }
             "user" => format!(
                 "to the registered contacts of user {number} (404 Not Found when not registered)"
             ),
@@ -264,6 +286,7 @@ fn flag_of(field: &str, kind: Option<MatchKind>) -> String {
         "target_uri" => "--to-uri",
         "reject_code" => "--reject",
         "reject_reason" => "--reason",
+        "service" => "--service",
         "description" => "--description",
         other => other,
     }
@@ -388,6 +411,7 @@ fn new_route(args: &AddArgs) -> anyhow::Result<NewRoute> {
         match_value,
         source_domain: args.from_domain.clone(),
         target,
+        service: args.service.clone(),
         description: args.description.clone(),
     })
 }
