@@ -50,6 +50,7 @@ fn call(tb: &Testbed, callee: &str, talk: Duration) -> VoiceCall {
         talk,
         local_ip: EDGE_IP,
         extra_headers: Vec::new(),
+        dtmf: Vec::new(),
     }
 }
 

@@ -107,6 +107,10 @@ pub const SERVICES: &[(&str, &str)] = &[
         "conference",
         "a conference bridge named by the dialled number",
     ),
+    (
+        "ivr",
+        "a menu (RFC 2833 keys): 1 the conference room \"ivr\", 2 echo, 3 tone",
+    ),
 ];
 
 /// A stored route.

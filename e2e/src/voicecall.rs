@@ -76,6 +76,8 @@ pub struct VoiceCall {
     pub local_ip: IpAddr,
     /// More header lines of the INVITE (e.g. one a hostile phone adds).
     pub extra_headers: Vec<String>,
+    /// Keys pressed (RFC 2833 events, 100 ms each) this long after the answer.
+    pub dtmf: Vec<(Duration, char)>,
 }
 
 /// What the call did.
@@ -92,6 +94,8 @@ pub struct VoiceCallReport {
     pub packets_echoed: usize,
     /// Level of the received audio (full scale 1.0).
     pub received_rms: f64,
+    /// Level of the last second of received audio.
+    pub received_rms_tail: f64,
     /// Level of the sent audio.
     pub sent_rms: f64,
     /// The final status of the BYE.
@@ -246,7 +250,39 @@ impl VoiceCall {
         let packets = (self.talk.as_millis() / 20).max(1) as u32;
         let mut sum_sq = 0f64;
         let t0 = Instant::now();
+        // packet index → (event, packets into the event)
+        let dtmf_at: Vec<(u32, u8)> = self
+            .dtmf
+            .iter()
+            .filter_map(|(at, key)| Some(((at.as_millis() / 20) as u32, dtmf_event(*key)?)))
+            .collect();
         for i in 0..packets {
+            if let Some((start, event)) = dtmf_at
+                .iter()
+                .find(|(start, _)| (*start..*start + 8).contains(&i))
+            {
+                // 5 packets of a growing event, then its end three times (RFC 4733)
+                let k = i - start;
+                let end = k >= 5;
+                let duration = ((k.min(4) + 1) * 160) as u16;
+                let mut packet = Vec::with_capacity(16);
+                packet.push(0x80);
+                packet.push(if k == 0 {
+                    0x80 | TELEPHONE_EVENT
+                } else {
+                    TELEPHONE_EVENT
+                });
+                packet.extend_from_slice(&(i as u16).to_be_bytes());
+                packet.extend_from_slice(&(start * 160).to_be_bytes());
+                packet.extend_from_slice(&ssrc.to_be_bytes());
+                packet.push(*event);
+                packet.push(if end { 0x80 | 10 } else { 10 });
+                packet.extend_from_slice(&duration.to_be_bytes());
+                rtp.send_to(&packet, remote)?;
+                let next = t0 + Duration::from_millis(20 * u64::from(i + 1));
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                continue;
+            }
             let payload: Vec<u8> = (0..160)
                 .map(|_| {
                     let s = noise.sample(0.3);
@@ -298,6 +334,21 @@ impl VoiceCall {
         }
         if heard_n > 0 {
             report.received_rms = (heard_sq / heard_n as f64).sqrt();
+        }
+        let audio: Vec<(G711, &Vec<u8>)> = received
+            .iter()
+            .filter_map(|(rpt, p)| Some((G711::from_payload_type(*rpt)?, p)))
+            .collect();
+        let tail = &audio[audio.len().saturating_sub(50)..];
+        let (mut sq, mut n) = (0f64, 0usize);
+        for (c, p) in tail {
+            for b in p.iter() {
+                sq += (f64::from(c.decode(*b)) / 32768.0).powi(2);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            report.received_rms_tail = (sq / n as f64).sqrt();
         }
 
         // BYE along the route set, retransmitted like UDP wants
@@ -486,6 +537,19 @@ pub fn digest_response(
         out.push_str(&format!(r#", opaque="{opaque}""#));
     }
     Ok(out)
+}
+
+/// RTP payload type of telephone-event in the offer.
+const TELEPHONE_EVENT: u8 = 101;
+
+/// The RFC 4733 event of a key.
+fn dtmf_event(key: char) -> Option<u8> {
+    match key {
+        '0'..='9' => Some(key as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        _ => None,
+    }
 }
 
 /// The INVITE's extra header lines and its credentials, as one block of lines.

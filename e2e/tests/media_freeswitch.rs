@@ -58,6 +58,7 @@ fn call(bed: &Testbed, callee: &str, offer: Vec<G711>, talk: Duration) -> VoiceC
         talk,
         local_ip: EDGE_IP,
         extra_headers: Vec::new(),
+        dtmf: Vec::new(),
     }
 }
 
@@ -527,5 +528,65 @@ async fn routes_choose_the_media_service() -> Result<()> {
         r.packets_echoed > 20,
         "the caller's header chose the service: {r:?}"
     );
+    bed.down().await
+}
+
+/// The IVR service: a caller who presses 1 (an RFC 2833 event) is transferred to
+/// the conference room "ivr"; two callers who both press 1 hear each other there.
+/// A caller who presses 2 gets the echo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ivr_transfers_by_key_to_the_conference_and_the_echo() -> Result<()> {
+    use sipstack_db::route::{MatchKind, NewRoute, Target};
+    if !freeswitch_present("the_ivr_transfers_by_key_to_the_conference_and_the_echo") {
+        return Ok(());
+    }
+    let bed = platform_with_nodes(1).await?;
+    let db = bed.db().await?;
+    sipstack_db::route::add(
+        &db,
+        &NewRoute {
+            name: "menu".into(),
+            priority: 10,
+            match_kind: MatchKind::Exact,
+            match_value: "5000".into(),
+            source_domain: None,
+            target: Target::Pool("media".into()),
+            service: Some("ivr".into()),
+            description: String::new(),
+        },
+    )
+    .await?;
+    bed.reload_routes().await?;
+    let pressing = |key: char, talk: u64| {
+        let mut c = call(&bed, "5000", vec![G711::Pcmu], Duration::from_secs(talk));
+        c.dtmf = vec![(Duration::from_millis(1200), key)];
+        c
+    };
+    let a = tokio::task::spawn_blocking({
+        let c = pressing('1', 6);
+        move || c.run()
+    });
+    let b = tokio::task::spawn_blocking({
+        let c = pressing('1', 6);
+        move || c.run()
+    });
+    let (a, b) = (a.await??, b.await??);
+    eprintln!("{a:?}\n{b:?}");
+    for (who, r) in [("a", &a), ("b", &b)] {
+        assert_eq!(
+            r.bye_status,
+            Some(200),
+            "{who} was not kept in the call: {r:?}"
+        );
+        assert_eq!(r.packets_echoed, 0, "{who}: {r:?}");
+        // the last second: the other caller, not the menu's beep or silence
+        assert!(
+            r.received_rms_tail > 0.05,
+            "{who} heard {:.3} at the end: {r:?}",
+            r.received_rms_tail
+        );
+    }
+    let echo = place(pressing('2', 4)).await?;
+    assert!(echo.packets_echoed > 30, "key 2 gives the echo: {echo:?}");
     bed.down().await
 }

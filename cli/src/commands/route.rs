@@ -80,9 +80,9 @@ pub struct AddArgs {
     /// Reason phrase of a rejection (letters, digits, spaces; default: the code's usual phrase).
     #[arg(long, requires = "reject")]
     pub reason: Option<String>,
-    /// With --to-pool: the service the media node runs for the call: echo, tone or
-    /// conference (a bridge named by the dialled number). Default: answer, a short
-    /// tone, then echo.
+    /// With --to-pool: the service the media node runs for the call: echo, tone,
+    /// conference (a bridge named by the dialled number) or ivr (keys 1 conference
+    /// room "ivr", 2 echo, 3 tone). Default: answer, a short tone, then echo.
     #[arg(long, requires = "to_pool")]
     pub service: Option<String>,
     /// Free text shown by `get routes -o wide`.
