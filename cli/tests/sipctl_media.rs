@@ -11,20 +11,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::ok;
-use sipstack_e2e::testbed::{PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP};
-use sipstack_e2e::voicecall::{VoiceCall, VoiceCallReport, G711};
+use sipstack_e2e::freeswitch_present;
+use sipstack_e2e::testbed::{PoolSpec, Testbed, TestbedSpec, DOMAIN};
+use sipstack_e2e::voicecall::{VoiceCall, VoiceCallReport};
 use sipstack_local::freeswitch::MediaNode;
-
-fn freeswitch_present() -> bool {
-    if sipstack_local::freeswitch::find_freeswitch().is_some() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("FreeSWITCH is required in CI (scripts/install-deps.sh installs it from ../shared/freeswitch)");
-    }
-    eprintln!("skipped: FreeSWITCH not found (PATH or SIPSTACK_FREESWITCH)");
-    false
-}
 
 /// sipctl with a config file of the testbed's own, through the context that
 /// `sipctl local up` writes (database, edges and media nodes).
@@ -41,16 +31,8 @@ fn sipctl(tb: &Testbed, args: &[&str]) -> Output {
 
 fn call(tb: &Testbed, callee: &str, talk: Duration) -> VoiceCall {
     VoiceCall {
-        edge: tb.edge(),
-        user: "alice".into(),
-        password: "alice-pw".into(),
-        domain: DOMAIN.into(),
-        callee: callee.into(),
-        offer: vec![G711::Pcmu],
         talk,
-        local_ip: EDGE_IP,
-        extra_headers: Vec::new(),
-        dtmf: Vec::new(),
+        ..VoiceCall::new(tb.edge(), "alice", "alice-pw", DOMAIN, callee)
     }
 }
 
@@ -63,7 +45,7 @@ async fn place(c: VoiceCall) -> VoiceCallReport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_pauses_the_freeswitch_node_and_its_call_completes() {
-    if !freeswitch_present() {
+    if !freeswitch_present(module_path!()) {
         return;
     }
     let spec = TestbedSpec {
@@ -103,8 +85,11 @@ async fn drain_pauses_the_freeswitch_node_and_its_call_completes() {
     let nodes: Vec<MediaNode> = (0..2)
         .map(|r| MediaNode::new(&tb.state_dir(), &platform.media_pools[0], r).unwrap())
         .collect();
-    let password =
-        std::fs::read_to_string(tb.state_dir().join("secrets/media-media-esl-password")).unwrap();
+    let password = std::fs::read_to_string(sipstack_local::freeswitch::esl_password_file(
+        &tb.state_dir(),
+        "media",
+    ))
+    .unwrap();
     let password = password.trim();
 
     // a long call, and the node that carries it
@@ -203,7 +188,7 @@ async fn drain_pauses_the_freeswitch_node_and_its_call_completes() {
 /// both take calls, and back in to one, the second node stopped and removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_mediapool_out_and_in() {
-    if !freeswitch_present() {
+    if !freeswitch_present(module_path!()) {
         return;
     }
     let spec = TestbedSpec {

@@ -104,6 +104,25 @@ pub struct VoiceCallReport {
     pub setup: Duration,
 }
 
+impl VoiceCall {
+    /// A call from `user` at 127.0.0.1 through `edge` to `callee`, offering PCMU
+    /// and talking for one second; change the fields for anything else.
+    pub fn new(edge: SocketAddr, user: &str, password: &str, domain: &str, callee: &str) -> Self {
+        Self {
+            edge,
+            user: user.into(),
+            password: password.into(),
+            domain: domain.into(),
+            callee: callee.into(),
+            offer: vec![G711::Pcmu],
+            talk: Duration::from_secs(1),
+            local_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            extra_headers: Vec::new(),
+            dtmf: Vec::new(),
+        }
+    }
+}
+
 struct Dialog {
     call_id: String,
     from_tag: String,

@@ -9,20 +9,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use sipstack_e2e::freeswitch_present;
 use sipstack_e2e::testbed::{PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP};
 use sipstack_e2e::voicecall::{VoiceCall, VoiceCallReport, G711};
-
-/// Whether FreeSWITCH is here; panics in CI, where it must be.
-fn freeswitch_present(test: &str) -> bool {
-    if sipstack_local::freeswitch::find_freeswitch().is_some() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: FreeSWITCH is required in CI (scripts/install-deps.sh installs it from ../shared/freeswitch)");
-    }
-    eprintln!("{test}: skipped: FreeSWITCH not found (PATH or SIPSTACK_FREESWITCH)");
-    false
-}
 
 /// A platform whose default pool is `replicas` FreeSWITCH nodes, with subscriber
 /// alice, once the edge has every node as an active member.
@@ -49,16 +38,9 @@ async fn platform_with_nodes(replicas: i32) -> Result<Testbed> {
 
 fn call(bed: &Testbed, callee: &str, offer: Vec<G711>, talk: Duration) -> VoiceCall {
     VoiceCall {
-        edge: bed.edge(),
-        user: "alice".into(),
-        password: "alice-secret".into(),
-        domain: DOMAIN.into(),
-        callee: callee.into(),
         offer,
         talk,
-        local_ip: EDGE_IP,
-        extra_headers: Vec::new(),
-        dtmf: Vec::new(),
+        ..VoiceCall::new(bed.edge(), "alice", "alice-secret", DOMAIN, callee)
     }
 }
 
@@ -201,8 +183,10 @@ fn node(bed: &Testbed, replica: i32) -> Result<(sipstack_local::freeswitch::Medi
         replica,
     )
     .context("replica address")?;
-    let password =
-        std::fs::read_to_string(bed.state_dir().join("secrets/media-media-esl-password"))?;
+    let password = std::fs::read_to_string(sipstack_local::freeswitch::esl_password_file(
+        &bed.state_dir(),
+        "media",
+    ))?;
     Ok((node, password.trim().to_string()))
 }
 

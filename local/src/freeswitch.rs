@@ -34,6 +34,17 @@ pub fn find_freeswitch() -> Option<PathBuf> {
     }
 }
 
+/// Name of the secret (under `<state>/secrets/`) holding the event socket password
+/// of every node of `pool`.
+pub fn esl_password_secret(pool: &str) -> String {
+    format!("media-{pool}-esl-password")
+}
+
+/// The file of [`esl_password_secret`].
+pub fn esl_password_file(state_dir: &Path, pool: &str) -> PathBuf {
+    state_dir.join("secrets").join(esl_password_secret(pool))
+}
+
 /// Secrets a node reads from its environment, never from its files.
 #[derive(Debug, Clone)]
 pub struct NodeSecrets {
@@ -414,7 +425,7 @@ fn profile_running(status: &str) -> bool {
 }
 
 /// `show calls count` answers "\n2 total.\n".
-fn parse_count(text: &str) -> Option<u32> {
+pub fn parse_count(text: &str) -> Option<u32> {
     text.split_whitespace().next()?.parse().ok()
 }
 

@@ -267,7 +267,7 @@ pub async fn up(
             (Some(binary), true) => {
                 let cdr = cdr_database(pool, &db_url)?;
                 let secrets = NodeSecrets {
-                    esl_password: state::secret(&secrets_dir, &format!("media-{name}-esl-password"))?,
+                    esl_password: state::secret(&secrets_dir, &freeswitch::esl_password_secret(&name))?,
                     cdr_password: cdr.as_ref().map(|(_, password)| password.clone()),
                 };
                 for node in &nodes {
@@ -593,10 +593,7 @@ pub async fn status(state_dir: &Path) -> Result<Status, LocalError> {
         let health = match platform.media_pools.iter().find(|p| p.name_any() == n.pool) {
             Some(pool) => match MediaNode::new(&state.state_dir, pool, n.replica) {
                 Some(node) if node.running_pid().is_some() => {
-                    let secret = state
-                        .state_dir
-                        .join("secrets")
-                        .join(format!("media-{}-esl-password", n.pool));
+                    let secret = freeswitch::esl_password_file(&state.state_dir, &n.pool);
                     match std::fs::read_to_string(&secret) {
                         Ok(password) => node.health(password.trim()).await,
                         Err(e) => freeswitch::NodeHealth {
@@ -784,7 +781,7 @@ async fn retire(
     report: &mut Report,
 ) -> Result<(), LocalError> {
     if node.running_pid().is_some() {
-        let password = state::secret(secrets_dir, &format!("media-{name}-esl-password"))?;
+        let password = state::secret(secrets_dir, &freeswitch::esl_password_secret(name))?;
         let grace = Duration::from_secs(pool.spec.drain_seconds.into());
         match node.drain(&password, grace).await {
             Ok(0) => report.line(format!(

@@ -478,7 +478,8 @@ async fn pause_or_resume(node: &crate::context::MediaNodeConfig, drained: bool) 
         Ok(_) if drained => match session.api("show calls count").await {
             Ok(count) => format!(
                 "inbound calls paused; {} call(s) in progress",
-                count.split_whitespace().next().unwrap_or("?")
+                sipstack_local::freeswitch::parse_count(&count)
+                    .map_or_else(|| "?".to_string(), |n| n.to_string())
             ),
             Err(_) => "inbound calls paused".into(),
         },

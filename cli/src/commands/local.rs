@@ -212,10 +212,10 @@ fn write_context(state: &sipstack_local::state::LocalState) -> anyhow::Result<St
             .map(|n| MediaNodeConfig {
                 uri: n.uri.clone(),
                 event_socket: n.event_socket.clone(),
-                password_file: state
-                    .state_dir
-                    .join("secrets")
-                    .join(format!("media-{}-esl-password", n.pool)),
+                password_file: sipstack_local::freeswitch::esl_password_file(
+                    &state.state_dir,
+                    &n.pool,
+                ),
             })
             .collect(),
     });
