@@ -332,6 +332,32 @@ async fn a_nodes_event_socket_and_pause() -> Result<()> {
     assert!(health.paused && health.error.is_none(), "{health:?}");
     n.resume(&password).await.map_err(anyhow::Error::msg)?;
     assert_eq!(options(&sock)?, Some(200));
+
+    // SIP from anywhere but the edges' addresses: a call straight to the node,
+    // around the edge's authentication, is refused by the node's ACL
+    let stranger =
+        sipstack_e2e::rawsip::SipSocket::bind(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 9)))?;
+    let me = stranger.local_addr()?;
+    let node_addr = std::net::SocketAddr::new(IpAddr::V4(n.address), n.sip_port);
+    stranger.send(
+        node_addr,
+        &format!(
+            "INVITE sip:5550100@{node_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-stranger\r\nMax-Forwards: 70\r\n\
+             From: <sip:mallory@{me}>;tag=m\r\nTo: <sip:5550100@{node_addr}>\r\nCall-ID: stranger@test\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:mallory@{me}>\r\nContent-Length: 0\r\n\r\n"
+        ),
+    )?;
+    let mut finals = Vec::new();
+    for m in stranger.drain(Duration::from_secs(3))? {
+        if let Some(code) = m.status().filter(|c| *c >= 200) {
+            finals.push(code);
+        }
+    }
+    assert_eq!(
+        finals.first(),
+        Some(&403),
+        "a call from 127.0.0.9 straight to the node: {finals:?}"
+    );
     bed.down().await
 }
 
