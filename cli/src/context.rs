@@ -13,6 +13,7 @@
 //!     edges:
 //!       - name: edge
 //!         rpc: http://127.0.0.1:5071/RPC
+//!     rpcTokenFile: /var/lib/sipstack/local/secrets/rpc-token   # SIPSTACK_RPC_TOKEN overrides
 //! ```
 
 use std::fs;
@@ -40,6 +41,9 @@ pub struct NamedContext {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub edges: Vec<EdgeConfig>,
+    /// A file holding the token the edges' RPC requires; `SIPSTACK_RPC_TOKEN` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_token_file: Option<PathBuf>,
     /// FreeSWITCH nodes whose event socket sipctl may use (drain pauses them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub media_nodes: Vec<MediaNodeConfig>,
@@ -146,6 +150,8 @@ pub struct Target {
     pub context: Option<String>,
     pub db_url: Option<String>,
     pub edges: Vec<EdgeConfig>,
+    /// The token the edges' RPC requires, if known.
+    pub rpc_token: Option<String>,
     /// Patroni REST APIs of the database's members.
     pub patroni: Vec<String>,
     /// The password of their changing endpoints, if known.
@@ -262,10 +268,28 @@ impl Target {
                 None => None,
             },
         };
+        let rpc_token = match std::env::var(sipstack_edgerpc::TOKEN_ENV) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => match context.as_ref().and_then(|c| c.rpc_token_file.as_ref()) {
+                Some(file) => Some(
+                    fs::read_to_string(file)
+                        .with_context(|| {
+                            format!(
+                                "cannot read the RPC token file {} of the context",
+                                file.display()
+                            )
+                        })?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            },
+        };
         Ok(Self {
             context: context.as_ref().map(|c| c.name.clone()),
             db_url,
             edges,
+            rpc_token,
             patroni,
             patroni_password,
             media_nodes: context.map(|c| c.media_nodes).unwrap_or_default(),
@@ -338,6 +362,7 @@ mod tests {
                 name: "edge".into(),
                 rpc: "http://127.0.0.1:5071/RPC".into(),
             }],
+            rpc_token_file: Some("/x/rpc-token".into()),
             media_nodes: vec![],
         });
         file.current_context = Some("local".into());
@@ -345,6 +370,7 @@ mod tests {
             name: "local".into(),
             database: DatabaseConfig::default(),
             edges: vec![],
+            rpc_token_file: None,
             media_nodes: vec![],
         });
         assert_eq!(file.contexts.len(), 1);

@@ -17,6 +17,7 @@ fn sipctl(tb: &Testbed, hp: HaPorts, args: &[&str]) -> std::process::Output {
         .env("SIPCTL_CONFIG", &config)
         .env("SIPCTL_DB_URL", &tb.db_url)
         .env("SIPCTL_EDGE", format!("127.0.0.1:{}", tb.ports.rpc))
+        .env("SIPSTACK_RPC_TOKEN", tb.rpc_token().unwrap())
         .env(
             "SIPCTL_PATRONI",
             format!("127.0.0.1:{},127.0.0.1:{}", hp.rest_base, hp.rest_base + 1),

@@ -19,7 +19,7 @@ pub use pgcluster::{
     DcsKind, LocalPgSpec, PgCluster, PgClusterSpec, PgClusterStatus, SynchronousMode,
 };
 pub use platform::{Platform, PlatformError};
-pub use sipedge::{Algorithm, SipEdge, SipEdgeSpec, SipEdgeStatus, Transport};
+pub use sipedge::{Algorithm, Runtime, SipEdge, SipEdgeSpec, SipEdgeStatus, Transport};
 pub use validation::{FieldError, ValidationErrors, Validator};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

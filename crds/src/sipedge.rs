@@ -366,22 +366,26 @@ pub struct ScannerFilterSpec {
     pub extra_user_agents: Vec<String>,
 }
 
-/// The control-plane RPC endpoint.
+/// The control-plane RPC endpoint. Every request needs the edge's RPC token
+/// (`Authorization: Bearer`) as well as a source in `allowFrom`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RpcSpec {
-    /// IP address the HTTP JSON-RPC endpoint binds to.
-    #[serde(default = "default_loopback")]
+    /// IP address the HTTP JSON-RPC endpoint binds to. Unset: 127.0.0.1 locally,
+    /// every address of the pod on Kubernetes (the operator calls each pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(val::IP_PATTERN))]
-    pub address: String,
+    pub address: Option<String>,
     /// TCP port of the HTTP JSON-RPC endpoint (POST /RPC) and of /metrics.
     #[serde(default = "default_rpc_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
-    /// Networks allowed to call the endpoint; everyone else gets 403.
-    #[serde(default = "default_rpc_allow")]
+    /// Networks allowed to call the endpoint; everyone else gets 403. Unset:
+    /// 127.0.0.1/32 locally, any source on Kubernetes (where the token and the pod
+    /// network gate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), inner(pattern(val::CIDR_PATTERN)))]
-    pub allow_from: Vec<String>,
+    pub allow_from: Option<Vec<String>>,
 }
 
 /// Prometheus metrics.
@@ -392,9 +396,62 @@ pub struct MetricsSpec {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Networks allowed to scrape /metrics (they get no access to the RPC methods).
-    #[serde(default = "default_rpc_allow")]
+    /// Unset: 127.0.0.1/32 locally, any source on Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), inner(pattern(val::CIDR_PATTERN)))]
-    pub allow_from: Vec<String>,
+    pub allow_from: Option<Vec<String>>,
+}
+
+/// Where a spec runs: the defaults of the control-plane sockets differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Runtime {
+    /// Processes on one host (the local driver).
+    #[default]
+    Local,
+    /// Pods managed by the operator.
+    Kubernetes,
+}
+
+const LOOPBACK_ONLY: &[&str] = &["127.0.0.1/32"];
+const ANY_SOURCE: &[&str] = &["0.0.0.0/0", "::/0"];
+
+impl Runtime {
+    fn default_allow_from(self) -> Vec<String> {
+        match self {
+            Runtime::Local => LOOPBACK_ONLY,
+            Runtime::Kubernetes => ANY_SOURCE,
+        }
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+impl RpcSpec {
+    /// The address the endpoint binds to on `runtime`.
+    pub fn address_on(&self, runtime: Runtime) -> String {
+        match (&self.address, runtime) {
+            (Some(a), _) => a.clone(),
+            (None, Runtime::Local) => default_loopback(),
+            (None, Runtime::Kubernetes) => "0.0.0.0".into(),
+        }
+    }
+
+    /// The networks allowed to call it on `runtime`.
+    pub fn allow_from_on(&self, runtime: Runtime) -> Vec<String> {
+        self.allow_from
+            .clone()
+            .unwrap_or_else(|| runtime.default_allow_from())
+    }
+}
+
+impl MetricsSpec {
+    /// The networks allowed to scrape on `runtime`.
+    pub fn allow_from_on(&self, runtime: Runtime) -> Vec<String> {
+        self.allow_from
+            .clone()
+            .unwrap_or_else(|| runtime.default_allow_from())
+    }
 }
 
 /// Kamailio log level.
@@ -566,9 +623,6 @@ fn default_ban_seconds() -> u32 {
 fn default_rpc_port() -> u16 {
     5071
 }
-fn default_rpc_allow() -> Vec<String> {
-    vec!["127.0.0.1/32".into()]
-}
 fn default_shm_mb() -> u32 {
     512
 }
@@ -609,6 +663,33 @@ default_from_serde!(
 );
 
 impl SipEdgeSpec {
+    /// What only works on one host: a control plane the operator could not reach
+    /// from its own pod. [`Self::validate`] has checked the fields already.
+    pub fn validate_for_kubernetes(&self, v: &mut Validator) {
+        let loopback = |net: &str| {
+            let ip = net.split('/').next().unwrap_or(net);
+            ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        };
+        if let Some(address) = &self.rpc.address {
+            if loopback(address) {
+                v.error(
+                    "spec.rpc.address",
+                    format!("{address} is a loopback address: the operator, in another pod, could not reach the RPC endpoint, so reloads and drains would never arrive"),
+                    "leave spec.rpc.address out (the endpoint then listens on the pod's addresses) or give 0.0.0.0",
+                );
+            }
+        }
+        if let Some(nets) = &self.rpc.allow_from {
+            if !nets.is_empty() && nets.iter().all(|n| loopback(n)) {
+                v.error(
+                    "spec.rpc.allowFrom",
+                    "admits loopback only: the operator's pod could not call the edge",
+                    "leave spec.rpc.allowFrom out (the RPC token gates the endpoint) or list the operator's pod network, e.g. [10.0.0.0/8]",
+                );
+            }
+        }
+    }
+
     /// Checks every field; errors name the field and the fix.
     pub fn validate(&self, v: &mut Validator) {
         if self.domains.is_empty() {
@@ -866,26 +947,28 @@ impl SipEdgeSpec {
             );
         }
 
-        v.ip("spec.rpc.address", &self.rpc.address);
+        if let Some(address) = &self.rpc.address {
+            v.ip("spec.rpc.address", address);
+        }
         v.port("spec.rpc.port", self.rpc.port);
-        if self.rpc.allow_from.is_empty() {
+        if self.rpc.allow_from.as_ref().is_some_and(|a| a.is_empty()) {
             v.error(
                 "spec.rpc.allowFrom",
                 "no network may call the RPC endpoint",
-                "list the control plane's networks, e.g. [127.0.0.1/32]",
+                "list the control plane's networks, e.g. [127.0.0.1/32], or leave the field out",
             );
         }
-        for (i, n) in self.rpc.allow_from.iter().enumerate() {
+        for (i, n) in self.rpc.allow_from.iter().flatten().enumerate() {
             v.cidr(&format!("spec.rpc.allowFrom[{i}]"), n);
         }
-        if self.metrics.allow_from.is_empty() {
+        if self.metrics.allow_from.as_ref().is_some_and(|a| a.is_empty()) {
             v.error(
                 "spec.metrics.allowFrom",
                 "no network may scrape the metrics",
-                "list the scrapers' networks, e.g. [127.0.0.1/32]",
+                "list the scrapers' networks, e.g. [127.0.0.1/32], or leave the field out",
             );
         }
-        for (i, n) in self.metrics.allow_from.iter().enumerate() {
+        for (i, n) in self.metrics.allow_from.iter().flatten().enumerate() {
             v.cidr(&format!("spec.metrics.allowFrom[{i}]"), n);
         }
 

@@ -266,7 +266,7 @@ impl Testbed {
                 return Err(anyhow::Error::new(e).context(format!("local up of:\n{yaml}")));
             }
         };
-        let rpc = EdgeRpc::new(&state.edges[0].rpc_url);
+        let rpc = state.edges[0].rpc()?;
         let db_url = state.db_url()?;
         Ok(Self {
             dir: Some(dir),
@@ -280,6 +280,15 @@ impl Testbed {
 
     pub fn state_dir(&self) -> PathBuf {
         self.state.state_dir.clone()
+    }
+
+    /// The token the edges' RPC requires (`SIPSTACK_RPC_TOKEN` for sipctl).
+    pub fn rpc_token(&self) -> Result<String> {
+        let path = sipstack_local::state::rpc_token_file(&self.state.state_dir);
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .trim()
+            .to_string())
     }
 
     /// The edge's SIP address.

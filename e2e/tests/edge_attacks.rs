@@ -374,8 +374,19 @@ async fn the_control_plane_answers_only_the_platforms_own_methods() {
         r#"[{"jsonrpc":"2.0","method":"htable.dump","params":["authcache"],"id":1}]"#.to_string(),
         "not json".to_string(),
     ];
+    let token = tb.rpc_token().unwrap();
     for body in &attacks {
+        // without the token, nothing is served whatever the method
         let answer = http.post(&url).body(body.clone()).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 401, "{body} without the token");
+        // with it, only the allowlist
+        let answer = http
+            .post(&url)
+            .bearer_auth(&token)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
         let status = answer.status().as_u16();
         let text = answer.text().await.unwrap();
         assert!(
@@ -386,6 +397,28 @@ async fn the_control_plane_answers_only_the_platforms_own_methods() {
             status == 403 || status == 400 || text.contains("kamailio"),
             "{body}\nanswered {status}: {text}"
         );
+    }
+
+    // near-misses of the token are refused: another token, the token with more
+    // after it, another scheme, the token in another header
+    let version = r#"{"jsonrpc":"2.0","method":"core.version","id":1}"#;
+    let wrong = [
+        ("Authorization", format!("Bearer {}", "0".repeat(token.len()))),
+        ("Authorization", format!("Bearer {token}x")),
+        ("Authorization", format!("Bearer  {token}")),
+        ("Authorization", format!("Basic {token}")),
+        ("Authorization", token.clone()),
+        ("X-Sipstack-Token", token.clone()),
+    ];
+    for (name, value) in &wrong {
+        let answer = http
+            .post(&url)
+            .header(*name, value)
+            .body(version)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 401, "{name}: {value}");
     }
 
     // nothing was planted or changed, and the edge still runs

@@ -104,6 +104,7 @@ fn every_option_combination_passes_kamailio_check() {
     let options = KamailioRenderOptions {
         runtime_dir: dir.path().display().to_string(),
         tls_files: None,
+        ..Default::default()
     };
     let mut checked = 0;
     for algorithm in ALGORITHMS {
@@ -146,6 +147,7 @@ fn kamailio_check_does_refuse_a_broken_config() {
     let options = KamailioRenderOptions {
         runtime_dir: dir.path().display().to_string(),
         tls_files: None,
+        ..Default::default()
     };
     let text = render_kamailio(edge, &platform.pools_of(edge), &options)
         .unwrap()
@@ -165,6 +167,7 @@ fn an_edge_without_media_pools_passes_the_check() {
     let options = KamailioRenderOptions {
         runtime_dir: dir.path().display().to_string(),
         tls_files: None,
+        ..Default::default()
     };
     let text = render_kamailio(edge, &[], &options).unwrap().text;
     let cfg = dir.path().join("bare.cfg");

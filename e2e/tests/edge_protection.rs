@@ -91,9 +91,19 @@ async fn rpc_and_metrics_only_for_allowed_sources_on_their_socket() {
         .unwrap();
     assert_eq!(refused.status(), 403);
 
-    // the credential cache is not readable over RPC, even from an allowed source
+    // an allowed source without the token gets nothing
+    let no_token = http
+        .post(format!("{rpc_url}/RPC"))
+        .body(r#"{"jsonrpc":"2.0","method":"core.version","id":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
+
+    // the credential cache is not readable over RPC, even from an allowed source with the token
     let dump = http
         .post(format!("{rpc_url}/RPC"))
+        .bearer_auth(tb.rpc_token().unwrap())
         .body(r#"{"jsonrpc":"2.0","method":"htable.dump","params":["authcache"],"id":1}"#)
         .send()
         .await

@@ -201,7 +201,9 @@ async fn a_pool_dropped_from_the_file_loses_its_members_and_its_trust() {
             .collect::<Vec<_>>(),
         [format!("sip:{a}")]
     );
-    let live = sipstack_edgerpc::EdgeRpc::new(&state.edges[0].rpc_url)
+    let live = state.edges[0]
+        .rpc()
+        .unwrap()
         .dispatcher_list()
         .await
         .unwrap();

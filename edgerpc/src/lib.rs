@@ -4,6 +4,9 @@
 //! Kamailio rate-limits `dispatcher.reload` and `dialplan.reload` (module parameter
 //! `reload_delta`, 5 s by default) and answers "Ongoing reload" inside that window.
 //! [`EdgeRpc::reload`] waits the window out, so a caller's change is never lost to it.
+//!
+//! Every request carries `Authorization: Bearer TOKEN`: the edge serves nothing
+//! without the token it was started with (`SIPSTACK_RPC_TOKEN` in its environment).
 
 use std::time::Duration;
 
@@ -14,6 +17,11 @@ use serde_json::{json, Value};
 pub enum RpcError {
     #[error("edge RPC at {url} is unreachable: {message}")]
     Unreachable { url: String, message: String },
+    #[error(
+        "edge RPC at {url} refused the RPC token (HTTP {status}); use the token the edge \
+         was started with: {TOKEN_ENV}, or the context's rpcTokenFile"
+    )]
+    Unauthorized { url: String, status: u16 },
     #[error("edge RPC at {url} answered HTTP {status}: {body}")]
     Http {
         url: String,
@@ -88,11 +96,29 @@ impl LiveDestination {
     }
 }
 
+/// The environment variable that holds the RPC token, for the edge (Kamailio reads
+/// it with `$env()`) and for sipctl.
+pub const TOKEN_ENV: &str = "SIPSTACK_RPC_TOKEN";
+
+/// The shortest token an edge accepts (the rendered config refuses shorter ones).
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// A client for one edge.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EdgeRpc {
     url: String,
+    token: Option<String>,
     http: reqwest::Client,
+}
+
+impl std::fmt::Debug for EdgeRpc {
+    // the token is a credential: never in logs or panics
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeRpc")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -126,8 +152,16 @@ impl EdgeRpc {
             .unwrap_or_else(|_| reqwest::Client::new());
         Self {
             url: url.into(),
+            token: None,
             http,
         }
+    }
+
+    /// Sends `token` as `Authorization: Bearer` on every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.token = (!token.is_empty()).then_some(token);
+        self
     }
 
     /// The endpoint of an edge whose RPC socket is `address:port`.
@@ -151,10 +185,11 @@ impl EdgeRpc {
         } else {
             json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
         };
-        let response = self
-            .http
-            .post(&self.url)
-            .json(&body)
+        let mut request = self.http.post(&self.url).json(&body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| RpcError::Unreachable {
@@ -173,6 +208,12 @@ impl EdgeRpc {
                 method: method.into(),
                 code: f.code,
                 message: f.message,
+            });
+        }
+        if status.as_u16() == 401 {
+            return Err(RpcError::Unauthorized {
+                url: self.url.clone(),
+                status: status.as_u16(),
             });
         }
         if !status.is_success() {

@@ -27,6 +27,8 @@ const DB_CONNECT_FAILED: &str = "db_postgres_new_connection()";
 pub struct EdgeSecrets {
     pub db_url: String,
     pub auth_secret: String,
+    /// The token every RPC request must carry.
+    pub rpc_token: String,
 }
 
 /// What a Kamailio runs with: the rendered config and the memory sizes of its command line.
@@ -292,6 +294,7 @@ fn environment(secrets: &EdgeSecrets) -> BTreeMap<&'static str, &str> {
     BTreeMap::from([
         ("SIPSTACK_DB_URL", secrets.db_url.as_str()),
         ("SIPSTACK_AUTH_SECRET", secrets.auth_secret.as_str()),
+        (sipstack_edgerpc::TOKEN_ENV, secrets.rpc_token.as_str()),
     ])
 }
 

@@ -236,13 +236,14 @@ pub async fn up(
     let mut standins = Vec::new();
     let mut media_nodes = Vec::new();
     // edges already running stop sending calls to removed members at once
-    let running_edges: Vec<EdgeRpc> = platform
-        .sip_edges
-        .iter()
-        .map(|e| EdgeRpc::for_socket(&e.spec.rpc.address, e.spec.rpc.port))
-        .collect();
-    let freeswitch_binary = freeswitch::find_freeswitch();
     let secrets_dir = state_dir.join("secrets");
+    // one token for the RPC of every edge this state directory runs
+    let rpc_token = state::secret(&secrets_dir, state::RPC_TOKEN_SECRET)?;
+    let edge_rpc = |e: &sipstack_crds::SipEdge| {
+        EdgeRpc::for_socket(&e.spec.rpc.address_on(sipstack_crds::Runtime::Local), e.spec.rpc.port).with_token(rpc_token.clone())
+    };
+    let running_edges: Vec<EdgeRpc> = platform.sip_edges.iter().map(edge_rpc).collect();
+    let freeswitch_binary = freeswitch::find_freeswitch();
     for pool in &platform.media_pools {
         let name = pool.name_any();
         let replicas = pool.spec.replicas;
@@ -365,15 +366,17 @@ pub async fn up(
         let options = KamailioRenderOptions {
             runtime_dir: kam.runtime_dir().display().to_string(),
             tls_files: None,
+            ..Default::default()
         };
         let rendered = render_kamailio(edge, &platform.pools_of(edge), &options)?;
-        let rpc = EdgeRpc::for_socket(&edge.spec.rpc.address, edge.spec.rpc.port);
+        let rpc = edge_rpc(edge);
         let secrets = EdgeSecrets {
             db_url: edge_db_url.clone(),
             auth_secret: state::secret(
                 &secrets_dir,
                 &format!("edge-{}-auth-secret", edge.name_any()),
             )?,
+            rpc_token: rpc_token.clone(),
         };
         let settings = RunSettings {
             config: rendered.text,
@@ -408,6 +411,7 @@ pub async fn up(
             name: edge.name_any(),
             sip: sockets,
             rpc_url: rpc.url().to_string(),
+            rpc_token_file: Some(state::rpc_token_file(&state_dir)),
             domains: edge.spec.domains.clone(),
             config: kam.config_path(),
             log: kam.log_path(),
@@ -567,7 +571,7 @@ pub async fn status(state_dir: &Path) -> Result<Status, LocalError> {
     for e in &state.edges {
         let kam = LocalKamailio::new(&state.state_dir, &e.name);
         let pid = kam.running_pid();
-        let rpc = EdgeRpc::new(&e.rpc_url);
+        let rpc = e.rpc()?;
         let (version, destinations, rpc_error) = match pid {
             Some(_) => match (rpc.version().await, rpc.dispatcher_list().await) {
                 (Ok(v), Ok(d)) => (Some(v), d, None),

@@ -64,6 +64,9 @@ pub struct EdgeState {
     /// `transport:address:port` of each SIP socket.
     pub sip: Vec<String>,
     pub rpc_url: String,
+    /// File holding the token the edge's RPC requires (mode 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_token_file: Option<PathBuf>,
     pub domains: Vec<String>,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -89,6 +92,28 @@ pub struct MediaNodeState {
     pub event_socket: String,
     pub pid: i32,
     pub log: PathBuf,
+}
+
+/// Name of the secret (under `<state>/secrets/`) holding the edges' RPC token.
+pub const RPC_TOKEN_SECRET: &str = "rpc-token";
+
+/// The file of the edges' RPC token in a state directory.
+pub fn rpc_token_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("secrets").join(RPC_TOKEN_SECRET)
+}
+
+impl EdgeState {
+    /// A client for this edge's RPC, with its token.
+    pub fn rpc(&self) -> Result<sipstack_edgerpc::EdgeRpc, LocalError> {
+        let rpc = sipstack_edgerpc::EdgeRpc::new(&self.rpc_url);
+        match &self.rpc_token_file {
+            Some(path) => {
+                let token = fs::read_to_string(path).map_err(|e| LocalError::io(path, e))?;
+                Ok(rpc.with_token(token.trim()))
+            }
+            None => Ok(rpc),
+        }
+    }
 }
 
 impl LocalState {

@@ -51,7 +51,7 @@ impl DispatcherSync for NoDatabase {
     async fn sync_set(
         &self,
         _: &PgCluster,
-        _: &[String],
+        _: &[sipstack_operator::controller::dispatcher::EdgeEndpoint],
         _: &DispatcherSet,
     ) -> Result<SetSynced, PlatformDatabaseError> {
         Ok(SetSynced::default())

@@ -53,6 +53,10 @@ pub fn edge_config(edge: &str) -> String {
 pub fn edge_auth_secret(edge: &str) -> String {
     format!("{edge}-kamailio-auth")
 }
+/// The Secret of the token an edge's RPC requires (key `token`).
+pub fn edge_rpc_token_secret(edge: &str) -> String {
+    format!("{edge}-rpc-token")
+}
 pub fn edge_sip_service(edge: &str) -> String {
     format!("{edge}-sip")
 }

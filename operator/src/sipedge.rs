@@ -4,7 +4,9 @@
 //! kamailio.cfg holds no secret: Kamailio reads the database URL and the nonce
 //! secret from `SIPSTACK_DB_URL` and `SIPSTACK_AUTH_SECRET`. The URL is put together
 //! in the pod from the PgCluster's app Secret (`$(SIPSTACK_DB_PASSWORD)`), so the
-//! password is never written into an object the operator owns.
+//! password is never written into an object the operator owns. The RPC token
+//! (`SIPSTACK_RPC_TOKEN`) comes from the generated Secret `NAME-rpc-token`, which
+//! the operator reads to call the edge.
 
 use std::collections::BTreeSet;
 
@@ -80,6 +82,7 @@ pub fn build(
     let options = KamailioRenderOptions {
         runtime_dir: RUNTIME_DIR.into(),
         tls_files: tls_secret.map(|_| (format!("{TLS_DIR}/tls.crt"), format!("{TLS_DIR}/tls.key"))),
+        runtime: sipstack_crds::Runtime::Kubernetes,
     };
     let rendered = sipstack_render::render_kamailio(edge, pools, &options).map_err(|source| {
         BuildError::Render {
@@ -96,6 +99,16 @@ pub fn build(
             KAMAILIO,
             &[],
             &["secret"],
+        )
+        .into(),
+        // the token every RPC request to the edge carries; the operator reads it
+        generated_secret(
+            edge,
+            namespace,
+            &names::edge_rpc_token_secret(&name),
+            KAMAILIO,
+            &[],
+            &["token"],
         )
         .into(),
         config_map_of_files(
@@ -322,6 +335,11 @@ fn pod_template(
                 ),
             ),
             env_from_secret(AUTH_SECRET_ENV, &names::edge_auth_secret(&name), "secret"),
+            env_from_secret(
+                sipstack_edgerpc::TOKEN_ENV,
+                &names::edge_rpc_token_secret(&name),
+                "token",
+            ),
         ]),
         ports: Some(ports),
         resources: spec.kubernetes.pod.resources.clone(),

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use askama::Template;
 use kube::ResourceExt;
 use sipstack_crds::mediapool::MediaPool;
-use sipstack_crds::sipedge::{SipEdge, Transport};
+use sipstack_crds::sipedge::{Runtime, SipEdge, Transport};
 use sipstack_crds::validation::{shown, SipMemberUri, Validator};
 
 use crate::{config_hash, RenderError, Rendered};
@@ -22,6 +22,8 @@ pub struct KamailioRenderOptions {
     pub runtime_dir: String,
     /// Overrides the spec's certificate/key paths (the operator mounts the TLS Secret here).
     pub tls_files: Option<(String, String)>,
+    /// Where the edge runs: the control-plane sockets' defaults depend on it.
+    pub runtime: Runtime,
 }
 
 impl Default for KamailioRenderOptions {
@@ -29,6 +31,7 @@ impl Default for KamailioRenderOptions {
         Self {
             runtime_dir: "/run/kamailio".into(),
             tls_files: None,
+            runtime: Runtime::Local,
         }
     }
 }
@@ -131,6 +134,9 @@ pub fn render_kamailio(
     let mut v = Validator::new();
     v.name("metadata.name", &edge.name_any());
     edge.spec.validate(&mut v);
+    if options.runtime == Runtime::Kubernetes {
+        edge.spec.validate_for_kubernetes(&mut v);
+    }
     v.path("(render option) runtimeDir", &options.runtime_dir);
     if let Some((cert, key)) = &options.tls_files {
         v.path("(render option) tls certificate", cert);
@@ -246,7 +252,7 @@ pub fn render_kamailio(
         .collect::<Result<Vec<_>, RenderError>>()?;
     let rpc_ip: IpAddr = spec
         .rpc
-        .address
+        .address_on(options.runtime)
         .parse()
         .map_err(|_| RenderError::Internal("rpc address was validated".into()))?;
 
@@ -318,8 +324,8 @@ pub fn render_kamailio(
         listeners,
         rpc_socket: socket_addr(rpc_ip, spec.rpc.port),
         rpc_port: spec.rpc.port,
-        rpc_allow_from: spec.rpc.allow_from.join(","),
-        metrics_allow_from: spec.metrics.allow_from.join(","),
+        rpc_allow_from: spec.rpc.allow_from_on(options.runtime).join(","),
+        metrics_allow_from: spec.metrics.allow_from_on(options.runtime).join(","),
         runtime_dir: options.runtime_dir.trim_end_matches('/').to_string(),
         tls,
         metrics: spec.metrics.enabled,

@@ -164,6 +164,7 @@ fn render_options_are_checked_too() {
         let options = KamailioRenderOptions {
             runtime_dir: hostile.to_string(),
             tls_files: None,
+            ..Default::default()
         };
         let err = render_kamailio(&edge, &[&pool], &options)
             .unwrap_err()

@@ -39,6 +39,10 @@ pub struct SetContextArgs {
     /// Edge RPC endpoints (host:port or URL), repeatable.
     #[arg(long = "edge", value_delimiter = ',')]
     pub edges: Vec<String>,
+    /// File holding the token the edges' RPC requires (on Kubernetes, the
+    /// `token` key of the SipEdge's Secret NAME-rpc-token).
+    #[arg(long)]
+    pub rpc_token_file: Option<std::path::PathBuf>,
     /// Make it the current context too.
     #[arg(long = "use")]
     pub make_current: bool,
@@ -152,10 +156,14 @@ pub fn run(cmd: ConfigCommand, output: Output) -> anyhow::Result<()> {
                 .context(&args.name)
                 .map(|c| c.media_nodes.clone())
                 .unwrap_or_default();
+            let rpc_token_file = args
+                .rpc_token_file
+                .or_else(|| file.context(&args.name).and_then(|c| c.rpc_token_file.clone()));
             file.upsert(NamedContext {
                 name: args.name.clone(),
                 database,
                 edges,
+                rpc_token_file,
                 media_nodes,
             });
             if args.make_current || file.current_context.is_none() {

@@ -206,6 +206,7 @@ fn write_context(state: &sipstack_local::state::LocalState) -> anyhow::Result<St
                 rpc: e.rpc_url.clone(),
             })
             .collect(),
+        rpc_token_file: state.edges.iter().find_map(|e| e.rpc_token_file.clone()),
         media_nodes: state
             .media_nodes
             .iter()

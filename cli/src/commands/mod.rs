@@ -230,7 +230,14 @@ impl Ctx {
         self.target
             .edges
             .iter()
-            .map(|e| (e.name.clone(), EdgeRpc::new(&e.rpc)))
+            .map(|e| {
+                let rpc = EdgeRpc::new(&e.rpc);
+                let rpc = match &self.target.rpc_token {
+                    Some(token) => rpc.with_token(token.clone()),
+                    None => rpc,
+                };
+                (e.name.clone(), rpc)
+            })
             .collect()
     }
 

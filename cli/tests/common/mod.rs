@@ -20,6 +20,7 @@ pub fn sipctl_with_stdin(tb: &Testbed, args: &[&str], stdin: Option<&str>) -> Ou
         .env("SIPCTL_CONFIG", &config)
         .env("SIPCTL_DB_URL", &tb.db_url)
         .env("SIPCTL_EDGE", format!("127.0.0.1:{}", tb.ports.rpc))
+        .env("SIPSTACK_RPC_TOKEN", tb.rpc_token().unwrap())
         .env_remove("SIPCTL_CONTEXT")
         .stdin(if stdin.is_some() {
             Stdio::piped()

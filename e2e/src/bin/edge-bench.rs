@@ -560,7 +560,7 @@ async fn run_ours(
         kamailio_pid: platform.edge_pid(),
         postgres_pid: pg_pid,
         ban_log: Some(platform.edge_log()),
-        rpc: Some(EdgeRpc::new(&platform.state.edges[0].rpc_url)),
+        rpc: Some(platform.state.edges[0].rpc()?),
         standin_pids: ctx.standin_pids.clone(),
         log: Some(platform.edge_log()),
     };

@@ -37,6 +37,13 @@ pub enum PlatformDatabaseError {
         secret: String,
         key: &'static str,
     },
+    #[error("cannot read the RPC token of an edge (Secret {namespace}/{secret}): {source}")]
+    EdgeToken {
+        namespace: String,
+        secret: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
     #[error("PgCluster {cluster} has no namespace")]
     NoNamespace { cluster: String },
     #[error("removing dispatcher set {set_id} from the database of PgCluster {namespace}/{cluster}: {source}")]

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::{Client, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use sipstack_crds::{Algorithm, MediaPool, PgCluster, SipEdge};
 use sipstack_db::media_pool::Algorithm as PoolAlgorithm;
 use sipstack_dispatch::{
@@ -27,7 +28,7 @@ use sipstack_dispatch::{
 use sipstack_edgerpc::EdgeRpc;
 
 use crate::controller::database::{
-    app_credentials, client_endpoint_config, PlatformDatabaseError, CONNECT_TIMEOUT,
+    app_credentials, client_endpoint_config, secret_value, PlatformDatabaseError, CONNECT_TIMEOUT,
 };
 use crate::names;
 
@@ -66,9 +67,17 @@ pub trait DispatcherSync: Send + Sync {
     async fn sync_set(
         &self,
         cluster: &PgCluster,
-        edges: &[String],
+        edges: &[EdgeEndpoint],
         set: &DispatcherSet,
     ) -> Result<SetSynced, PlatformDatabaseError>;
+}
+
+/// One edge pod's RPC endpoint and the Secret of the token it requires.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EdgeEndpoint {
+    pub url: String,
+    /// Secret (in the edge's namespace) whose `token` key the edge was started with.
+    pub token_secret: String,
 }
 
 /// The label selector of the EndpointSlices of `pool`'s headless Service.
@@ -133,6 +142,22 @@ pub fn dispatcher_set(pool: &MediaPool, members: Vec<Member>) -> DispatcherSet {
 /// The RPC endpoints of an edge's pods, from the EndpointSlices of its RPC Service:
 /// one URL per ready pod, so a reload or a `set_state` reaches every Kamailio (the
 /// Service would hand each call to one pod). Before the slices exist, the Service.
+pub fn edge_rpc_endpoints(
+    edge: &SipEdge,
+    namespace: &str,
+    slices: &[EndpointSlice],
+) -> Vec<EdgeEndpoint> {
+    let token_secret = names::edge_rpc_token_secret(&edge.name_any());
+    edge_rpc_urls(edge, namespace, slices)
+        .into_iter()
+        .map(|url| EdgeEndpoint {
+            url,
+            token_secret: token_secret.clone(),
+        })
+        .collect()
+}
+
+/// The URLs of [`edge_rpc_endpoints`].
 pub fn edge_rpc_urls(edge: &SipEdge, namespace: &str, slices: &[EndpointSlice]) -> Vec<String> {
     let service = names::edge_rpc_service(&edge.name_any());
     let mut urls: Vec<String> = slices
@@ -185,7 +210,8 @@ struct BuiltFrom {
     database: String,
     user: String,
     password: String,
-    edges: Vec<String>,
+    /// URL and token of each edge.
+    edges: Vec<(String, String)>,
 }
 
 struct Held {
@@ -234,7 +260,7 @@ impl DispatcherSync for EngineDispatcherSync {
     async fn sync_set(
         &self,
         cluster: &PgCluster,
-        edges: &[String],
+        edges: &[EdgeEndpoint],
         set: &DispatcherSet,
     ) -> Result<SetSynced, PlatformDatabaseError> {
         let name = cluster.name_any();
@@ -249,9 +275,22 @@ impl DispatcherSync for EngineDispatcherSync {
 
         let (user, password) = app_credentials(&self.client, &namespace, &name).await?;
         let (host, port) = names::pg_client_endpoint(cluster);
-        let mut edges = edges.to_vec();
-        edges.sort();
-        edges.dedup();
+        let mut endpoints = edges.to_vec();
+        endpoints.sort();
+        endpoints.dedup();
+        let mut tokens: HashMap<String, String> = HashMap::new();
+        let mut edges = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let token = match tokens.get(&endpoint.token_secret) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = edge_token(&self.client, &namespace, &endpoint.token_secret).await?;
+                    tokens.insert(endpoint.token_secret.clone(), t.clone());
+                    t
+                }
+            };
+            edges.push((endpoint.url, token));
+        }
         let wanted = BuiltFrom {
             host,
             port,
@@ -274,12 +313,17 @@ impl DispatcherSync for EngineDispatcherSync {
                         cluster: name.clone(),
                         source: Box::new(source),
                     })?;
-                let rpcs = wanted.edges.iter().map(EdgeRpc::new).collect();
+                let rpcs = wanted
+                    .edges
+                    .iter()
+                    .map(|(url, token)| EdgeRpc::new(url).with_token(token.clone()))
+                    .collect();
                 let engine = Engine::new(db, rpcs, self.options.clone());
                 // a change an earlier engine (or operator process) committed may not
                 // have reached every edge: one reload of each brings them all in step
                 engine.edges().request_reload();
-                tracing::info!(pg_cluster = %name, edges = ?wanted.edges, "dispatcher sync engine started");
+                let urls: Vec<&str> = wanted.edges.iter().map(|(u, _)| u.as_str()).collect();
+                tracing::info!(pg_cluster = %name, edges = ?urls, "dispatcher sync engine started");
                 Held {
                     built_from: wanted,
                     engine,
@@ -333,6 +377,29 @@ impl DispatcherSync for EngineDispatcherSync {
             skipped: outcome.plan.skipped.clone(),
         })
     }
+}
+
+/// The RPC token in an edge's Secret.
+async fn edge_token(
+    client: &Client,
+    namespace: &str,
+    secret_name: &str,
+) -> Result<String, PlatformDatabaseError> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(secret_name)
+        .await
+        .map_err(|source| PlatformDatabaseError::EdgeToken {
+            namespace: namespace.into(),
+            secret: secret_name.into(),
+            source: Box::new(source),
+        })?;
+    secret_value(&secret, "token")
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| PlatformDatabaseError::MissingKey {
+            namespace: namespace.into(),
+            secret: secret_name.into(),
+            key: "token",
+        })
 }
 
 #[cfg(test)]

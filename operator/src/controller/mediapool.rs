@@ -270,7 +270,7 @@ async fn sync_dispatcher(
             tracing::debug!(pg_cluster = %database, "the PgCluster of an edge using the pool does not exist");
             continue;
         };
-        let mut urls: Vec<String> = Vec::new();
+        let mut urls: Vec<dispatcher::EdgeEndpoint> = Vec::new();
         for edge in edges
             .iter()
             .filter(|e| e.spec.database.pg_cluster == database)
@@ -283,7 +283,7 @@ async fn sync_dispatcher(
                     ReconcileError::kube(format!("list the EndpointSlices {selector}"), e)
                 })?
                 .items;
-            urls.extend(dispatcher::edge_rpc_urls(edge, namespace, &rpc_slices));
+            urls.extend(dispatcher::edge_rpc_endpoints(edge, namespace, &rpc_slices));
         }
         match ctx.dispatcher.sync_set(&cluster, &urls, &set).await {
             Ok(SetSynced { changes, skipped }) => {

@@ -77,7 +77,7 @@ impl DispatcherSync for RecordingStore {
     async fn sync_set(
         &self,
         cluster: &PgCluster,
-        edges: &[String],
+        edges: &[sipstack_operator::controller::dispatcher::EdgeEndpoint],
         set: &DispatcherSet,
     ) -> Result<SetSynced, PlatformDatabaseError> {
         if let Some(message) = self.fail_with.lock().unwrap().clone() {
@@ -96,7 +96,7 @@ impl DispatcherSync for RecordingStore {
         };
         synced.push(Synced {
             cluster: cluster.name_any(),
-            edges: edges.to_vec(),
+            edges: edges.iter().map(|e| e.url.clone()).collect(),
             set: set.clone(),
         });
         Ok(SetSynced {
