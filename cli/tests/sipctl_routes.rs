@@ -342,6 +342,13 @@ async fn bad_input_is_refused_by_field_and_nothing_is_written() {
             3,
             "--regex: ",
         ),
+        // PCRE backtracks exponentially on it: one call to a crafted number would
+        // tie up an edge worker for as long as it takes
+        (
+            &["add", "route", "r1", "--regex", "^([0-9]+)+$", "--to-user"],
+            3,
+            "--regex: \"^([0-9]+)+$\": a repeated group holds a repetition",
+        ),
         (
             &[
                 "add",

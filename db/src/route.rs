@@ -243,6 +243,9 @@ fn validate_match(kind: MatchKind, value: &str) -> Result<(), DbError> {
                     "fix the expression (no look-around or back-references), e.g. ^00[1-9][0-9]+$",
                 ));
             }
+            if let Some((problem, fix)) = backtracking_risk(value) {
+                return Err(invalid("match_value", format!("{}: {problem}", shown(value)), fix));
+            }
             if let Some((problem, fix)) = pcre_difference(value) {
                 return Err(invalid(
                     "match_value",
@@ -327,6 +330,87 @@ fn route_from_row(row: &Row) -> Result<Route, DbError> {
 /// Syntax the `regex` crate reads differently from PCRE (which the edge's dialplan
 /// module uses): a route must mean the same to the edge and to `test route`.
 /// Returns the problem and the fix.
+/// The longest regular expression a route may have.
+pub const MAX_REGEX_LEN: usize = 256;
+/// The largest counted repetition (`{n,m}`) a route's expression may use.
+pub const MAX_REGEX_REPEAT: u32 = 64;
+
+/// Why the edge's PCRE could spend exponential time on some input of `re`, if it
+/// could: Kamailio runs every route's expression on every call, in a worker, so one
+/// caller dialling a crafted number would tie up the workers one by one. Refused:
+/// a repeated group that holds another repetition (`^([0-9]+)+$`, `(a*)*`) or an
+/// alternation (`(a|a)*`), counted repetitions above [`MAX_REGEX_REPEAT`], and
+/// expressions longer than [`MAX_REGEX_LEN`].
+pub fn backtracking_risk(re: &str) -> Option<(String, String)> {
+    use regex_syntax::ast::{Ast, RepetitionKind, RepetitionRange};
+    if re.len() > MAX_REGEX_LEN {
+        return Some((
+            format!("is {} characters long; at most {MAX_REGEX_LEN} are allowed", re.len()),
+            "split the route into several shorter ones".into(),
+        ));
+    }
+    // Rust's parser of the syntax both dialects share; an expression it cannot
+    // parse is refused elsewhere with the parser's own message
+    let ast = regex_syntax::ast::parse::Parser::new().parse(re).ok()?;
+
+    /// Upper bound of a repetition: None when unbounded.
+    fn max_of(kind: &RepetitionKind) -> Option<u32> {
+        match kind {
+            RepetitionKind::ZeroOrOne => Some(1),
+            RepetitionKind::ZeroOrMore | RepetitionKind::OneOrMore => None,
+            RepetitionKind::Range(RepetitionRange::Exactly(n)) => Some(*n),
+            RepetitionKind::Range(RepetitionRange::AtLeast(_)) => None,
+            RepetitionKind::Range(RepetitionRange::Bounded(_, m)) => Some(*m),
+        }
+    }
+    fn repeats(kind: &RepetitionKind) -> bool {
+        max_of(kind).is_none_or(|m| m > 1)
+    }
+    /// Whether `ast` holds a repetition that repeats, or an alternation.
+    fn ambiguous_inside(ast: &Ast) -> Option<&'static str> {
+        match ast {
+            Ast::Repetition(r) if repeats(&r.op.kind) => Some("a repetition"),
+            Ast::Repetition(r) => ambiguous_inside(&r.ast),
+            Ast::Alternation(_) => Some("an alternation"),
+            Ast::Group(g) => ambiguous_inside(&g.ast),
+            Ast::Concat(c) => c.asts.iter().find_map(ambiguous_inside),
+            _ => None,
+        }
+    }
+    fn walk(ast: &Ast) -> Option<(String, String)> {
+        match ast {
+            Ast::Repetition(r) => {
+                let counted = match &r.op.kind {
+                    RepetitionKind::Range(RepetitionRange::Exactly(n))
+                    | RepetitionKind::Range(RepetitionRange::AtLeast(n)) => Some(*n),
+                    RepetitionKind::Range(RepetitionRange::Bounded(n, m)) => Some((*n).max(*m)),
+                    _ => None,
+                };
+                if counted.is_some_and(|n| n > MAX_REGEX_REPEAT) {
+                    return Some((
+                        format!("repeats more than {MAX_REGEX_REPEAT} times"),
+                        format!("use counts of at most {MAX_REGEX_REPEAT}, or + and *"),
+                    ));
+                }
+                if repeats(&r.op.kind) {
+                    if let Some(what) = ambiguous_inside(&r.ast) {
+                        return Some((
+                            format!("a repeated group holds {what}, which makes PCRE backtrack exponentially on a number that almost matches"),
+                            "repeat single characters or classes only, e.g. ^[0-9]+$ instead of ^([0-9]+)+$, or ^(00|\\+)[0-9]+$ instead of ^(00|\\+)*[0-9]+$".into(),
+                        ));
+                    }
+                }
+                walk(&r.ast)
+            }
+            Ast::Group(g) => walk(&g.ast),
+            Ast::Concat(c) => c.asts.iter().find_map(walk),
+            Ast::Alternation(a) => a.asts.iter().find_map(walk),
+            _ => None,
+        }
+    }
+    walk(&ast)
+}
+
 fn pcre_difference(re: &str) -> Option<(&'static str, &'static str)> {
     let chars: Vec<char> = re.chars().collect();
     let at = |i: usize| chars.get(i).copied();
@@ -766,6 +850,33 @@ pub async fn dialplan_rules(client: &impl GenericClient) -> Result<Vec<DialplanR
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn patterns_that_backtrack_catastrophically_are_refused() {
+        for bad in [
+            "^([0-9]+)+$",
+            "^(a*)*$",
+            "(a|a)*b",
+            "^(0|00)+1$",
+            "^([0-9]{2,})*$",
+            "^(?:[0-9]+x?)+$",
+            "^[0-9]{1000}$",
+        ] {
+            assert!(super::backtracking_risk(bad).is_some(), "{bad} accepted");
+        }
+        let long = format!("^{}$", "1".repeat(super::MAX_REGEX_LEN));
+        assert!(super::backtracking_risk(&long).is_some());
+        for good in [
+            "^00[1-9][0-9]+$",
+            "^(00|\\+)?[1-9][0-9]{6,14}$",
+            "^(1|2|3)[0-9]*$",
+            "^3[0-9]{3}$",
+            "^([0-9][0-9])?$",
+            "^\\+44(20|21)[0-9]+$",
+        ] {
+            assert_eq!(super::backtracking_risk(good), None, "{good} refused");
+        }
+    }
+
     use super::*;
 
     fn route(kind: MatchKind, value: &str, target: Target) -> NewRoute {
