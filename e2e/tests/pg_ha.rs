@@ -165,7 +165,26 @@ async fn cluster_forms_and_the_edge_registers_through_it() {
     let status = sipstack_local::status(&h.bed.state_dir()).await.unwrap();
     let seen = status.cluster.unwrap().unwrap();
     assert_eq!(seen.members.len(), 3);
-    h.bed.down().await.unwrap();
+
+    // `down` stops the replicas before the leader, so none of them takes over
+    let promotions = |dir: &std::path::Path| {
+        (0..3)
+            .map(|n| {
+                std::fs::read_to_string(dir.join(format!("pg-pg/member-{n}/patroni.log")))
+                    .unwrap_or_default()
+                    .matches("promoted self to leader")
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    let dir = h.bed.state_dir();
+    let before = promotions(&dir);
+    sipstack_local::down(&dir).await.unwrap();
+    assert_eq!(
+        promotions(&dir),
+        before,
+        "a replica was promoted while the cluster was being stopped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -556,7 +556,14 @@ impl LocalCluster {
                 stopped.push(name.clone());
             }
         }
-        for (name, path) in subdirs.iter().filter(|(n, _)| n.starts_with("member-")) {
+        // the replicas first, the leader last: stopping the leader while replicas
+        // run would make one of them take over, only to be stopped too
+        let mut members: Vec<&(String, PathBuf)> =
+            subdirs.iter().filter(|(n, _)| n.starts_with("member-")).collect();
+        if let Some(leader) = Self::leader_dir(&members).await {
+            members.sort_by_key(|(n, _)| *n == leader);
+        }
+        for (name, path) in members {
             if stop(
                 path.join("patroni.pid"),
                 path.join("patroni.yml"),
@@ -579,6 +586,32 @@ impl LocalCluster {
             }
         }
         Ok(stopped)
+    }
+
+    /// The directory name (`member-N`) of the member that leads now, asked of the
+    /// members' REST APIs (as their patroni.yml give them); None when none answers.
+    async fn leader_dir(members: &[&(String, PathBuf)]) -> Option<String> {
+        let urls: Vec<String> = members
+            .iter()
+            .filter_map(|(_, path)| {
+                let text = fs::read_to_string(path.join("patroni.yml")).ok()?;
+                // the line after `restapi:` in the file rendered from templates/patroni
+                let mut lines = text.lines().skip_while(|l| *l != "restapi:").skip(1);
+                let listen = lines.next()?.trim().strip_prefix("listen:")?.trim();
+                Some(format!("http://{}", listen.trim_matches(['"', '\''])))
+            })
+            .collect();
+        if urls.is_empty() {
+            return None;
+        }
+        let cluster = tokio::time::timeout(Duration::from_secs(5), PatroniClient::new(urls).cluster())
+            .await
+            .ok()?
+            .ok()?;
+        let leader = cluster.leader()?;
+        // member N of the cluster is named NAME-N
+        let n = leader.name.rsplit('-').next()?;
+        Some(format!("member-{n}"))
     }
 
     /// Whether `dir` (a `pg-NAME` directory) holds a Patroni cluster.
