@@ -22,6 +22,7 @@ packages=(
   build-essential pkg-config ca-certificates
   # scripts/validate-manifests.sh: a venv for kubernetes-validate (it fetches Helm with npm)
   python3-venv
+  lua5.3  # the Argo CD health checks' test (operator/tests/argocd_health.rs)
 )
 
 if [ "$(id -u)" -ne 0 ]; then
