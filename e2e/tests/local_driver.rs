@@ -237,3 +237,78 @@ async fn a_refused_up_keeps_the_running_platform_and_its_file() {
     assert!(status.postgres_running && status.edges[0].pid.is_some());
     sipstack_local::down(dir.path()).await.unwrap();
 }
+
+/// A change to an edge that cannot start (its new port was taken meanwhile) leaves
+/// the edge running with the config it had; `up` and `down` exclude each other; an
+/// edge dropped from the file is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_edge_change_keeps_the_old_edge_and_a_dropped_edge_stops() {
+    let dir = sipstack_e2e::testbed::state_dir("sipstack-local-").unwrap();
+    let ports = Ports::free().unwrap();
+    let yaml = TestbedSpec::default().yaml(ports);
+    let options = UpOptions {
+        state_dir: dir.path().to_path_buf(),
+        standins: false,
+    };
+    let (state, _) = sipstack_local::up(&yaml, &options).await.unwrap();
+    let config = std::fs::read_to_string(&state.edges[0].config).unwrap();
+
+    // while another `up` or `down` holds the state directory, this one is refused
+    let held = sipstack_local::state::StateLock::acquire(dir.path(), "up").unwrap();
+    let err = sipstack_local::up(&yaml, &options).await.unwrap_err().to_string();
+    assert!(err.contains("another sipctl"), "{err}");
+    let err = sipstack_local::down(dir.path()).await.unwrap_err().to_string();
+    assert!(err.contains("another sipctl"), "{err}");
+    drop(held);
+
+    // the SIP port moves to one that something else holds: Kamailio cannot bind it
+    let busy = sipstack_e2e::testbed::free_udp_and_tcp_port().unwrap();
+    let _udp = std::net::UdpSocket::bind(("127.0.0.1", busy)).unwrap();
+    let _tcp = std::net::TcpListener::bind(("127.0.0.1", busy)).unwrap();
+    let moved = yaml.replace(&format!("port: {}}}", ports.sip), &format!("port: {busy}}}"));
+    assert_ne!(moved, yaml);
+    let err = sipstack_local::up(&moved, &options).await.unwrap_err();
+    assert!(matches!(err, sipstack_local::LocalError::Start { .. }), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&state.edges[0].config).unwrap(),
+        config,
+        "the edge's config was not put back"
+    );
+    let rpc = state.edges[0].rpc().unwrap();
+    assert!(rpc.version().await.unwrap().contains("kamailio"));
+    let probe = sipstack_e2e::rawsip::SipSocket::bind(EDGE_IP).unwrap();
+    let from = probe.local_addr().unwrap();
+    probe
+        .send(
+            std::net::SocketAddr::new(EDGE_IP, ports.sip),
+            &format!(
+                "OPTIONS sip:{EDGE_IP}:{p} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-keep-1\r\nFrom: <sip:probe@{DOMAIN}>;tag=1\r\nTo: <sip:{EDGE_IP}:{p}>\r\nCall-ID: keep-old-edge\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+                p = ports.sip
+            ),
+        )
+        .unwrap();
+    let reply = probe.recv(Duration::from_secs(5)).unwrap();
+    assert_eq!(reply.and_then(|r| r.status()), Some(200), "the old edge does not answer on its port");
+
+    // a second edge, then the file without it: it is stopped
+    let sip2 = sipstack_e2e::testbed::free_udp_and_tcp_port().unwrap();
+    let rpc2 = sipstack_e2e::testbed::free_tcp_port().unwrap();
+    let edge_doc = &yaml[yaml.find("---\napiVersion: sipstack.io/v1alpha1\nkind: SipEdge").unwrap()..];
+    let second = edge_doc
+        .replace("metadata: {name: edge}", "metadata: {name: edge2}")
+        .replace(&format!("port: {}}}", ports.sip), &format!("port: {sip2}}}"))
+        .replace(&format!("port: {}}}", ports.rpc), &format!("port: {rpc2}}}"));
+    let two = format!("{yaml}{second}");
+    let (state2, _) = sipstack_local::up(&two, &options).await.unwrap();
+    assert_eq!(state2.edges.len(), 2);
+    let edge2 = sipstack_local::kamailio::LocalKamailio::new(dir.path(), "edge2");
+    let pid2 = edge2.running_pid().expect("edge2 runs");
+    let (_, report) = sipstack_local::up(&yaml, &options).await.unwrap();
+    assert!(
+        report.lines.iter().any(|l| l.contains("SipEdge/edge2 is no longer declared")),
+        "{:?}",
+        report.lines
+    );
+    assert!(edge2.running_pid().is_none() && !process::is_alive(pid2));
+    sipstack_local::down(dir.path()).await.unwrap();
+}

@@ -40,6 +40,24 @@ pub struct RunSettings {
 }
 
 impl RunSettings {
+    /// The settings a running edge was started with: its config file and the
+    /// memory sizes its fingerprint records. None for a fingerprint that does not
+    /// belong to `config`.
+    fn from_fingerprint(config: String, fingerprint: &str) -> Option<Self> {
+        let parts: Vec<&str> = fingerprint.split_whitespace().collect();
+        let [hash, "-m", shm, "-M", pkg] = parts.as_slice() else {
+            return None;
+        };
+        if *hash != sipstack_render::config_hash(&config) {
+            return None;
+        }
+        Some(Self {
+            config,
+            shared_memory_mb: shm.parse().ok()?,
+            private_memory_mb: pkg.parse().ok()?,
+        })
+    }
+
     /// Changes whenever a restart is needed to apply the settings.
     fn fingerprint(&self) -> String {
         format!(
@@ -142,11 +160,24 @@ impl LocalKamailio {
             }
             self.stop().await?;
         }
+        // the config that ran, to go back to if the new one does not start
+        let previous = match (running, fs::read_to_string(self.config_path())) {
+            (Some(_), Ok(config)) => RunSettings::from_fingerprint(config, &current),
+            _ => None,
+        };
         fs::rename(&candidate, self.config_path())
             .map_err(|e| LocalError::io(self.config_path(), e))?;
         fs::write(self.fingerprint_path(), &fingerprint)
             .map_err(|e| LocalError::io(self.fingerprint_path(), e))?;
-        let pid = self.start_retrying(&binary, settings, &env, rpc).await?;
+        let pid = match self.start_retrying(&binary, settings, &env, rpc).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(previous) = previous {
+                    self.restore(&binary, &previous, &env, rpc).await;
+                }
+                return Err(e);
+            }
+        };
         Ok((
             pid,
             if running.is_some() {
@@ -155,6 +186,29 @@ impl LocalKamailio {
                 EdgeChange::Started
             },
         ))
+    }
+
+    /// Puts the config that ran before back and starts it again, so a change that
+    /// could not start (a port taken meanwhile) leaves the edge as it was.
+    async fn restore(
+        &self,
+        binary: &Path,
+        previous: &RunSettings,
+        env: &BTreeMap<&str, &str>,
+        rpc: &EdgeRpc,
+    ) {
+        let restored = async {
+            fs::write(self.config_path(), &previous.config)
+                .map_err(|e| LocalError::io(self.config_path(), e))?;
+            fs::write(self.fingerprint_path(), previous.fingerprint())
+                .map_err(|e| LocalError::io(self.fingerprint_path(), e))?;
+            self.start_retrying(binary, previous, env, rpc).await
+        }
+        .await;
+        match restored {
+            Ok(pid) => tracing::warn!(edge = %self.name, pid, "the new configuration did not start; the previous one runs again"),
+            Err(e) => tracing::error!(edge = %self.name, "the new configuration did not start, nor did the previous one: {e}"),
+        }
     }
 
     /// [`Self::start`], again (twice at most) when Kamailio gave up because it could

@@ -45,6 +45,9 @@ pub enum LocalError {
     Start { what: String, detail: String },
     #[error("{0}")]
     Unsupported(String),
+    /// Another `up` or `down` holds the state directory.
+    #[error("{0}")]
+    Busy(String),
     #[error("no local platform in {0}; bring one up with `sipctl local up -f PLATFORM.yaml`")]
     NotFound(String),
     // `{0}` rather than `transparent`: the inner error stays in the source chain,
@@ -130,6 +133,7 @@ pub async fn up(
         .state_dir
         .canonicalize()
         .map_err(|e| LocalError::io(&options.state_dir, e))?;
+    let _lock = state::StateLock::acquire(&state_dir, "up")?;
     // written once the platform is up: a file that failed must not replace the copy
     // of the one that runs
     let platform_copy = state_dir.join("platform.yaml");
@@ -418,6 +422,16 @@ pub async fn up(
         });
     }
 
+    // edges no longer declared stop (their directory stays, with its log)
+    let declared: Vec<String> = platform.sip_edges.iter().map(|e| e.name_any()).collect();
+    for gone in edge_dirs(&state_dir)? {
+        if !declared.contains(&gone) && LocalKamailio::new(&state_dir, &gone).stop().await? {
+            report.line(format!(
+                "edge       SipEdge/{gone} is no longer declared: Kamailio stopped"
+            ));
+        }
+    }
+
     let state = LocalState {
         state_dir: state_dir.clone(),
         platform_file: platform_copy,
@@ -450,6 +464,23 @@ pub async fn up(
     Ok((state, report))
 }
 
+/// The names of the edges that have a directory (`edge-NAME`) in `state_dir`.
+fn edge_dirs(state_dir: &Path) -> Result<Vec<String>, LocalError> {
+    let mut names: Vec<String> = std::fs::read_dir(state_dir)
+        .map_err(|e| LocalError::io(state_dir, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("edge-"))
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Stops every process of the local platform; the data stays for the next `up`.
 ///
 /// It finds the processes from the state directory's own pid files and data
@@ -469,6 +500,7 @@ pub async fn down(state_dir: &Path) -> Result<Report, LocalError> {
     if entries.is_empty() && !LocalState::path(state_dir).exists() {
         return Err(LocalError::NotFound(state_dir.display().to_string()));
     }
+    let _lock = state::StateLock::acquire(state_dir, "down")?;
     let mut report = Report::default();
     // the edges first (they hold database connections), then the media, then PostgreSQL
     for (name, _) in &entries {

@@ -146,7 +146,10 @@ impl LocalState {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             )
         })?;
-        fs::write(&path, text + "\n").map_err(|e| LocalError::io(&path, e))
+        // written beside and renamed over: a reader (or a crash) never sees half a file
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, text + "\n").map_err(|e| LocalError::io(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| LocalError::io(&path, e))
     }
 
     /// The database URL (with password) the platform's components use.
@@ -193,4 +196,67 @@ pub fn random_token() -> Result<String, LocalError> {
     let mut f = fs::File::open("/dev/urandom").map_err(|e| LocalError::io("/dev/urandom", e))?;
     std::io::Read::read_exact(&mut f, &mut buf).map_err(|e| LocalError::io("/dev/urandom", e))?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The state directory's lock, held while `up` or `down` changes what runs: two of
+/// them at once would start or stop the same processes. Released when dropped (the
+/// kernel releases it too if the process dies).
+pub struct StateLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl StateLock {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("lock")
+    }
+
+    /// Takes the lock for `what` (e.g. "up"), or says who holds it.
+    pub fn acquire(state_dir: &Path, what: &str) -> Result<Self, LocalError> {
+        let path = Self::path(state_dir);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| LocalError::io(&path, e))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                let holder = format!("{what} {}\n", std::process::id());
+                // who holds it, for the message of the next one; the lock is what counts
+                let _ = fs::write(&path, holder);
+                Ok(Self { _lock: lock })
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                Err(LocalError::Busy(format!(
+                    "another sipctl is changing the local platform in {} ({}); wait for it to finish, then run this again",
+                    state_dir.display(),
+                    if holder.is_empty() {
+                        "lock held".to_string()
+                    } else {
+                        format!("`local {holder}` holds {}", path.display())
+                    }
+                )))
+            }
+            Err((_, errno)) => Err(LocalError::io(&path, std::io::Error::from(errno))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::acquire(dir.path(), "up").unwrap();
+        let err = StateLock::acquire(dir.path(), "down").err().unwrap().to_string();
+        assert!(err.contains("another sipctl") && err.contains("local up"), "{err}");
+        drop(first);
+        StateLock::acquire(dir.path(), "down").unwrap();
+    }
 }

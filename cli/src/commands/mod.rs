@@ -365,6 +365,23 @@ pub enum CliError {
     Unreachable(String),
 }
 
+/// The error and its causes on one line, each sentence once: an error that shows
+/// its cause's text (`#[error("{0}")]`) would otherwise repeat it.
+pub fn error_message(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     use sipstack_db::DbError;
     for cause in err.chain() {
@@ -414,6 +431,32 @@ pub fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod error_message_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("database: {0}")]
+    struct Inner(String);
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("{0}")]
+        Shows(#[source] Inner),
+    }
+
+    #[test]
+    fn each_sentence_is_printed_once() {
+        let e = anyhow::Error::new(Outer::Shows(Inner("connection refused".into())))
+            .context("local up failed");
+        assert_eq!(
+            super::error_message(&e),
+            "local up failed: database: connection refused"
+        );
+        // without the repetition, every cause is kept
+        let e = anyhow::anyhow!("root cause").context("while starting the edge");
+        assert_eq!(super::error_message(&e), "while starting the edge: root cause");
+    }
 }
 
 #[cfg(test)]
