@@ -235,6 +235,12 @@ pub fn validate_destination(field: &str, destination: &str) -> Result<(), DbErro
     Ok(())
 }
 
+/// First key of the advisory lock that serialises writers of one set (the second
+/// is the set id): the sync engine holds it while it reads the set and writes its
+/// plan, and a drain holds it while it changes a flag, so a drain committed in
+/// between can never be overwritten by a plan computed before it.
+pub const SET_LOCK_CLASS: i32 = 0x5157_0001;
+
 /// Drains a member (`drained`: sets the disabled flag, so Kamailio sends it no new
 /// calls and stops probing it, also after a restart or reload) or enables it again
 /// (clears the state bits and sets probing, so probing decides when it takes calls).
@@ -243,7 +249,7 @@ pub fn validate_destination(field: &str, destination: &str) -> Result<(), DbErro
 /// such a destination is refused, naming the sets. One statement: nothing changes
 /// unless exactly one row is meant.
 pub async fn set_drained(
-    client: &impl GenericClient,
+    client: &mut tokio_postgres::Client,
     destination: &str,
     set_id: Option<i32>,
     drained: bool,
@@ -252,7 +258,22 @@ pub async fn set_drained(
     if let Some(set) = set_id {
         validate_set_id(set)?;
     }
-    let rows = client
+    let tx = client
+        .transaction()
+        .await
+        .map_err(DbError::query("cannot begin a transaction"))?;
+    // the locks of every set the destination is in, in set order (no deadlock with
+    // an engine, which takes one)
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, s.setid)
+         FROM (SELECT DISTINCT setid FROM dispatcher
+               WHERE destination = $2 AND ($3::integer IS NULL OR setid = $3)
+               ORDER BY setid) AS s",
+        &[&SET_LOCK_CLASS, &destination, &set_id],
+    )
+    .await
+    .map_err(DbError::query(format!("cannot lock the sets of {destination:?}")))?;
+    let rows = tx
         .query(
             "WITH m AS (
                  SELECT id, setid, flags FROM dispatcher
@@ -270,6 +291,9 @@ pub async fn set_drained(
              ORDER BY m.setid",
             &[&destination, &set_id, &drained, &FLAG_DISABLED, &FLAG_INACTIVE, &FLAG_TRYING, &FLAG_PROBING],
         )
+        .await
+        .map_err(DbError::query(format!("cannot change dispatcher destination {destination:?}")))?;
+    tx.commit()
         .await
         .map_err(DbError::query(format!("cannot change dispatcher destination {destination:?}")))?;
     match rows.as_slice() {

@@ -9,10 +9,9 @@ use crate::member::Member;
 use crate::plan::{plan, ActiveOnEdges, Change, Plan, SetPolicy};
 use crate::SyncError;
 
-/// First key of the advisory lock that serialises writers of one set (the second
-/// is the set id): two engines, or an engine and `sipctl local up`, never compute
-/// a diff from rows the other is about to change.
-const LOCK_CLASS: i32 = 0x5157_0001;
+/// Two engines, an engine and `sipctl local up`, or an engine and `sipctl drain`
+/// never compute a diff from rows the other is about to change.
+use sipstack_db::dispatcher::SET_LOCK_CLASS as LOCK_CLASS;
 
 /// Unix seconds now.
 pub fn unix_now() -> u64 {

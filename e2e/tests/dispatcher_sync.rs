@@ -517,3 +517,61 @@ async fn an_edge_that_was_down_is_brought_up_to_date() {
         p.nodes[1..].iter().map(|n| uri(*n)).collect()
     );
 }
+
+/// A drain that arrives while a sync holds the set (it has read the rows and is
+/// about to write the flags it computed) waits for it and applies on top of what
+/// the sync wrote: the drain is never overwritten by a plan made before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_during_a_sync_is_not_lost() {
+    use sipstack_db::dispatcher::{self, FLAG_DISABLED, SET_LOCK_CLASS};
+    let tb = Testbed::up(&TestbedSpec::default()).await.unwrap();
+    let member = "sip:127.0.0.61:5080";
+    let mut sync = tb.db().await.unwrap();
+    dispatcher::replace_set(
+        &sync,
+        7,
+        &[dispatcher::Member {
+            destination: member.into(),
+            weight: 1,
+            priority: 0,
+            description: "race".into(),
+        }],
+    )
+    .await
+    .unwrap();
+
+    // the sync's transaction: lock, read, and (later) write absolute flags
+    let tx = sync.transaction().await.unwrap();
+    tx.execute("SELECT pg_advisory_xact_lock($1, 7)", &[&SET_LOCK_CLASS])
+        .await
+        .unwrap();
+    let flags: i32 = tx
+        .query_one("SELECT flags FROM dispatcher WHERE setid = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(flags & FLAG_DISABLED, 0);
+
+    let mut operator = tb.db().await.unwrap();
+    let drain = tokio::spawn(async move {
+        dispatcher::set_drained(&mut operator, member, Some(7), true).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!drain.is_finished(), "the drain did not wait for the sync's lock");
+
+    tx.execute("UPDATE dispatcher SET flags = $1 WHERE setid = 7", &[&flags])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let change = drain.await.unwrap().unwrap();
+    assert_ne!(change.destination.flags & FLAG_DISABLED, 0);
+    let now: i32 = tb
+        .db()
+        .await
+        .unwrap()
+        .query_one("SELECT flags FROM dispatcher WHERE setid = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(now & FLAG_DISABLED, 0, "the drain was lost");
+}

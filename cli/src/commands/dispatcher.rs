@@ -361,13 +361,13 @@ async fn change_state(ctx: &Ctx, args: StateArgs, drained: bool) -> anyhow::Resu
     if let Some(set) = args.set {
         dispatcher::validate_set_id(set).map_err(set_flag)?;
     }
-    let db = ctx.db().await?;
+    let mut db = ctx.db().await?;
     let pools: BTreeMap<i32, String> = media_pool::list(&db)
         .await?
         .into_iter()
         .map(|p| (p.set_id, p.name))
         .collect();
-    let change = dispatcher::set_drained(&db, &uri, args.set, drained)
+    let change = dispatcher::set_drained(&mut db, &uri, args.set, drained)
         .await
         .map_err(|e| match e {
             DbError::NotFound { .. } => anyhow::Error::new(CliError::NotFound(format!(
