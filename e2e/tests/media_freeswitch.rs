@@ -291,12 +291,40 @@ async fn a_nodes_event_socket_and_pause() -> Result<()> {
     let bed = platform_with_nodes(1).await?;
     let (n, password) = node(&bed, 0)?;
     let t = Duration::from_secs(3);
-    let esl = sipstack_esl::EslClient::connect(&n.esl_address(), &password, t).await?;
+    let user = sipstack_render::freeswitch::ESL_USER;
+    let esl = sipstack_esl::EslClient::connect_as(&n.esl_address(), user, &password, t).await?;
     assert!(esl.api("status").await?.starts_with("UP "));
     assert!(matches!(
-        sipstack_esl::EslClient::connect(&n.esl_address(), "not-the-password", t).await,
+        sipstack_esl::EslClient::connect_as(&n.esl_address(), user, "not-the-password", t).await,
         Err(sipstack_esl::EslError::AuthFailed(_))
     ));
+    // the socket's own password is not the one the platform keeps: `auth` with it,
+    // which could run every command, is refused
+    assert!(matches!(
+        sipstack_esl::EslClient::connect(&n.esl_address(), &password, t).await,
+        Err(sipstack_esl::EslError::AuthFailed(_))
+    ));
+    // the platform's user runs no command that starts a process or reads a file
+    let marker = bed.state_dir().join("esl-system-ran");
+    for command in [
+        format!("system touch {}", marker.display()),
+        format!("bg_system touch {}", marker.display()),
+        format!("spawn touch {}", marker.display()),
+        format!("bg_spawn touch {}", marker.display()),
+        "eval ${system touch /tmp/x}".to_string(),
+        "global_getvar".to_string(),
+        "load mod_lua".to_string(),
+    ] {
+        let answer = esl.api(&command).await;
+        assert!(
+            answer.as_ref().is_err_and(|e| e.to_string().to_lowercase().contains("permission")),
+            "{command}: {answer:?}"
+        );
+        let answer = esl.bgapi(&command).await;
+        assert!(answer.is_err(), "bgapi {command}: {answer:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!marker.exists(), "a shell command ran");
     esl.subscribe(sipstack_esl::EventFormat::Json, &["BACKGROUND_JOB"])
         .await?;
     let job = esl.bgapi("show calls count").await?;

@@ -45,6 +45,10 @@ pub struct EslOptions {
     pub timeout: Duration,
     /// Events kept until read; beyond it the oldest are dropped.
     pub event_capacity: usize,
+    /// Log in as this directory user (`user@domain`, FreeSWITCH's `userauth`), who
+    /// may run only the API commands its `esl-allowed-api` lists; None: the
+    /// socket's own password (`auth`), which may run everything.
+    pub user: Option<String>,
 }
 
 impl Default for EslOptions {
@@ -52,6 +56,7 @@ impl Default for EslOptions {
         EslOptions {
             timeout: DEFAULT_TIMEOUT,
             event_capacity: DEFAULT_EVENT_CAPACITY,
+            user: None,
         }
     }
 }
@@ -81,6 +86,21 @@ impl EslClient {
         EslClient::connect_with(addr, password, options).await
     }
 
+    /// [`connect`](Self::connect) as the directory user `user` (`user@domain`).
+    pub async fn connect_as(
+        addr: &str,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+    ) -> Result<EslClient, EslError> {
+        let options = EslOptions {
+            timeout,
+            user: Some(user.to_string()),
+            ..EslOptions::default()
+        };
+        EslClient::connect_with(addr, password, options).await
+    }
+
     /// [`connect`](Self::connect) with all the options.
     ///
     /// Fails with [`EslError::AuthFailed`] when the password is refused,
@@ -94,8 +114,20 @@ impl EslClient {
         options: EslOptions,
     ) -> Result<EslClient, EslError> {
         check_single_line("password", password)?;
+        let login = match &options.user {
+            Some(user) => {
+                check_single_line("user", user)?;
+                if !user.contains('@') || user.contains([':', ' ']) {
+                    return Err(EslError::Protocol(format!(
+                        "the event socket user {user:?} is not of the form user@domain"
+                    )));
+                }
+                format!("userauth {user}:{password}")
+            }
+            None => format!("auth {password}"),
+        };
         let timeout = options.timeout;
-        let (stream, leftover) = tokio::time::timeout(timeout, handshake(addr, password))
+        let (stream, leftover) = tokio::time::timeout(timeout, handshake(addr, &login))
             .await
             .map_err(|_| EslError::Timeout(addr.to_string(), timeout))??;
         tracing::debug!(addr, "event socket: authenticated");
@@ -384,9 +416,10 @@ impl Shared {
     }
 }
 
-/// Connects, waits for `auth/request`, authenticates. Returns the stream and any
-/// bytes already read past the auth reply.
-async fn handshake(addr: &str, password: &str) -> Result<(TcpStream, Vec<u8>), EslError> {
+/// Connects, waits for `auth/request`, authenticates with `login` (the `auth` or
+/// `userauth` command). Returns the stream and any bytes already read past the
+/// auth reply.
+async fn handshake(addr: &str, login: &str) -> Result<(TcpStream, Vec<u8>), EslError> {
     let io = |source| EslError::Io {
         addr: addr.to_string(),
         source,
@@ -415,7 +448,7 @@ async fn handshake(addr: &str, password: &str) -> Result<(TcpStream, Vec<u8>), E
     }
 
     stream
-        .write_all(format!("auth {password}\n\n").as_bytes())
+        .write_all(format!("{login}\n\n").as_bytes())
         .await
         .map_err(io)?;
     let reply = read_message(&mut stream, &mut buf, addr).await?;

@@ -66,6 +66,13 @@ impl EslSession {
         }
     }
 
+    /// Logs in as the directory user `user` (`user@domain`) instead of with the
+    /// socket's own password.
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.options.user = Some(user.into());
+        self
+    }
+
     /// The same with all the connection's options.
     pub fn with_options(mut self, options: EslOptions) -> Self {
         self.options = options;

@@ -502,6 +502,7 @@ async fn a_full_event_queue_drops_the_oldest_events() {
     let options = sipstack_esl::EslOptions {
         timeout: T,
         event_capacity: 2,
+        user: None,
     };
     let c = EslClient::connect_with(&addr, PASSWORD, options)
         .await

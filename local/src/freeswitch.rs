@@ -17,7 +17,9 @@ use kube::ResourceExt;
 use sipstack_crds::mediapool::MediaPoolSpec;
 use sipstack_crds::MediaPool;
 use sipstack_esl::EslClient;
-use sipstack_render::freeswitch::{CDR_PASSWORD_ENV, ESL_PASSWORD_ENV, SIP_PROFILE};
+use sipstack_render::freeswitch::{
+    CDR_PASSWORD_ENV, ESL_ADMIN_PASSWORD_ENV, ESL_PASSWORD_ENV, ESL_USER, SIP_PROFILE,
+};
 use sipstack_render::Rendered;
 
 use crate::process::{self, find_program, log_tail, Daemon};
@@ -213,7 +215,12 @@ impl MediaNode {
             args.push(flag.into());
             args.push(dir(sub));
         }
-        let mut env = vec![(ESL_PASSWORD_ENV, secrets.esl_password.clone())];
+        let mut env = vec![
+            (ESL_PASSWORD_ENV, secrets.esl_password.clone()),
+            // the socket's own password runs everything (system too): new at every
+            // start, kept nowhere; the driver logs in as the restricted user
+            (ESL_ADMIN_PASSWORD_ENV, crate::state::random_token()?),
+        ];
         if let Some(p) = &secrets.cdr_password {
             env.push((CDR_PASSWORD_ENV, p.clone()));
         }
@@ -291,7 +298,8 @@ impl MediaNode {
 
     /// Runs one API command over a fresh event socket connection.
     pub async fn api(&self, password: &str, command: &str) -> Result<String, String> {
-        let client = EslClient::connect(&self.esl_address(), password, Duration::from_secs(3))
+        let client =
+            EslClient::connect_as(&self.esl_address(), ESL_USER, password, Duration::from_secs(3))
             .await
             .map_err(|e| e.to_string())?;
         client.api(command).await.map_err(|e| e.to_string())

@@ -16,7 +16,8 @@ use k8s_openapi::api::core::v1::{
 use kube::ResourceExt;
 use sipstack_crds::{MediaPool, PgCluster};
 use sipstack_render::freeswitch::{
-    FreeswitchRenderOptions, CDR_PASSWORD_ENV, ESL_PASSWORD_ENV, SIP_PROFILE,
+    FreeswitchRenderOptions, CDR_PASSWORD_ENV, ESL_ADMIN_PASSWORD_ENV, ESL_PASSWORD_ENV, ESL_USER,
+    SIP_PROFILE,
 };
 
 use crate::error::BuildError;
@@ -146,18 +147,35 @@ fn headless_service(pool: &MediaPool, namespace: &str, name: &str) -> Service {
     }
 }
 
-/// `fs_cli` against the node's own event socket, with the password from the environment.
-fn fs_cli(esl_port: u16) -> String {
-    format!("fs_cli -H 127.0.0.1 -P {esl_port} -p \"${ESL_PASSWORD_ENV}\"")
+/// fs_cli's own configuration (`$HOME/.fs_cli_conf`), written by the start script:
+/// the password stays off every command line (probes, preStop), where any process
+/// of the pod could read it.
+fn fs_cli_home() -> String {
+    format!("{STATE_DIR}/run/fs_cli")
 }
 
-fn start_script() -> String {
+/// `fs_cli` against the node's own event socket, with the configuration above.
+fn fs_cli() -> String {
+    format!("HOME={} fs_cli", fs_cli_home())
+}
+
+fn start_script(esl_port: u16) -> String {
     [
         "set -e".to_string(),
         // an empty password would open the event socket to anyone on the pod; anything but
         // letters and digits would be pasted into the XML by FreeSWITCH's preprocessor
         format!("case \"${ESL_PASSWORD_ENV}\" in ''|*[!A-Za-z0-9]*) echo \"{ESL_PASSWORD_ENV} must be letters and digits\" >&2; exit 1;; esac"),
         format!("mkdir -p {STATE_DIR}/log {STATE_DIR}/run {STATE_DIR}/db {STATE_DIR}/tmp"),
+        // the event socket's own password runs every command (system too): random, in
+        // FreeSWITCH's environment only; the probes log in as the restricted user
+        format!("{ESL_ADMIN_PASSWORD_ENV}=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \\n')"),
+        format!("[ ${{#{ESL_ADMIN_PASSWORD_ENV}}} -ge 32 ] || {{ echo 'no random event socket password' >&2; exit 1; }}"),
+        format!("export {ESL_ADMIN_PASSWORD_ENV}"),
+        // printf is the shell's own: the password is in no process's arguments
+        format!(
+            "(umask 077; mkdir -p {home}; printf '[default]\\nhost => 127.0.0.1\\nport => %s\\nuser => {ESL_USER}\\npassword => %s\\n' {esl_port} \"${ESL_PASSWORD_ENV}\" > {home}/.fs_cli_conf)",
+            home = fs_cli_home()
+        ),
         format!(
             "exec freeswitch -nonat -nf -nc -conf {CONFIG_DIR} -log {STATE_DIR}/log -run {STATE_DIR}/run -db {STATE_DIR}/db -temp {STATE_DIR}/tmp"
         ),
@@ -166,16 +184,16 @@ fn start_script() -> String {
 }
 
 /// Ready: inbound calls are not paused and the SIP profile runs.
-fn readiness_script(esl_port: u16) -> String {
-    let cli = fs_cli(esl_port);
+fn readiness_script() -> String {
+    let cli = fs_cli();
     format!(
         "case \"$({cli} -x 'fsctl pause_check inbound')\" in *false*) ;; *) exit 1;; esac\n{cli} -x 'sofia status profile {SIP_PROFILE}' | grep -q RUNNING"
     )
 }
 
 /// Pause inbound calls, then wait until none is left or the drain time is over.
-fn drain_script(esl_port: u16, drain_seconds: u32) -> String {
-    let cli = fs_cli(esl_port);
+fn drain_script(drain_seconds: u32) -> String {
+    let cli = fs_cli();
     [
         format!("{cli} -x 'fsctl pause inbound' >/dev/null 2>&1 || true"),
         format!("end=$(( $(date +%s) + {drain_seconds} ))"),
@@ -225,7 +243,7 @@ fn stateful_set(
                 .clone()
                 .unwrap_or_else(|| DEFAULT_IMAGE.into()),
         ),
-        command: Some(shell(start_script())),
+        command: Some(shell(start_script(esl_port))),
         env: Some(env),
         ports: Some(vec![
             ContainerPort {
@@ -243,7 +261,7 @@ fn stateful_set(
         ]),
         resources: spec.pod.resources.clone(),
         readiness_probe: Some(Probe {
-            exec: Some(exec(readiness_script(esl_port))),
+            exec: Some(exec(readiness_script())),
             initial_delay_seconds: Some(5),
             period_seconds: Some(5),
             timeout_seconds: Some(4),
@@ -251,7 +269,7 @@ fn stateful_set(
             ..Default::default()
         }),
         liveness_probe: Some(Probe {
-            exec: Some(exec(format!("{} -x status >/dev/null", fs_cli(esl_port)))),
+            exec: Some(exec(format!("{} -x status >/dev/null", fs_cli()))),
             initial_delay_seconds: Some(30),
             period_seconds: Some(20),
             timeout_seconds: Some(10),
@@ -260,7 +278,7 @@ fn stateful_set(
         }),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
-                exec: Some(exec(drain_script(esl_port, spec.drain_seconds))),
+                exec: Some(exec(drain_script(spec.drain_seconds))),
                 ..Default::default()
             }),
             ..Default::default()
@@ -347,6 +365,32 @@ mod tests {
                 && err.to_string().contains("\"pg\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_event_socket_password_is_on_no_command_line() {
+        let p = example();
+        let objects = build(&p.media_pools[0], "voice", p.pg_cluster("pg")).unwrap();
+        let Some(Object::StatefulSet(sts)) = objects.iter().find(|o| o.kind() == "StatefulSet")
+        else {
+            panic!()
+        };
+        let c = &sts.spec.template.spec.as_ref().unwrap().containers[0];
+        // probes and preStop run fs_cli, whose arguments every process of the pod can read
+        for (what, handler) in [
+            ("readiness", serde_json::to_string(&c.readiness_probe).unwrap()),
+            ("liveness", serde_json::to_string(&c.liveness_probe).unwrap()),
+            ("preStop", serde_json::to_string(&c.lifecycle).unwrap()),
+        ] {
+            assert!(handler.contains("fs_cli"), "{what}: {handler}");
+            assert!(
+                !handler.contains(ESL_PASSWORD_ENV) && !handler.contains(" -p "),
+                "{what} passes the password: {handler}"
+            );
+        }
+        // the start script hands it to fs_cli's own file, with the shell's printf
+        let start = c.command.as_ref().unwrap().join(" ");
+        assert!(start.contains("umask 077") && start.contains(".fs_cli_conf"), "{start}");
     }
 
     #[test]

@@ -25,6 +25,19 @@ use crate::{config_hash, RenderError, Rendered};
 /// password must be letters and digits: FreeSWITCH's preprocessor pastes it into
 /// the XML before parsing it.
 pub const ESL_PASSWORD_ENV: &str = "SIPSTACK_ESL_PASSWORD";
+/// Environment variable of the event socket's own password (`auth`), which may run
+/// every API command, `system` included: the process that starts FreeSWITCH makes
+/// a random one and tells no one. Clients log in as [`ESL_USER`].
+pub const ESL_ADMIN_PASSWORD_ENV: &str = "SIPSTACK_ESL_ADMIN_PASSWORD";
+/// The directory user the control plane logs in to the event socket as
+/// (`userauth`), with the password of [`ESL_PASSWORD_ENV`].
+pub const ESL_USER: &str = "sipstack@esl";
+/// The API commands [`ESL_USER`] may run: status, calls and draining, nothing that
+/// starts a process or reads files (`system`, `bg_system`, `spawn`, `lua`, …).
+pub const ESL_ALLOWED_API: &[&str] = &[
+    "status", "show", "fsctl", "sofia", "version", "uptime", "hostname", "conference",
+    "uuid_kill", "uuid_dump", "hupall",
+];
 /// Environment variable libpq reads the CDR database password from.
 pub const CDR_PASSWORD_ENV: &str = "PGPASSWORD";
 /// Name of the SIP profile the edges send calls to.
@@ -131,6 +144,10 @@ struct Model {
     ext_sip_ip: Option<String>,
     ext_rtp_ip: Option<String>,
     esl_password_env: &'static str,
+    esl_admin_password_env: &'static str,
+    esl_user_id: &'static str,
+    esl_user_domain: &'static str,
+    esl_allowed_api: String,
     esl_listen_address: String,
     esl_port: u16,
     esl_allow_from: Vec<String>,
@@ -342,6 +359,10 @@ fn model(pool: &MediaPool, options: &FreeswitchRenderOptions) -> Result<Model, R
         ext_sip_ip: spec.external_address.sip.as_deref().map(ip).transpose()?,
         ext_rtp_ip: spec.external_address.rtp.as_deref().map(ip).transpose()?,
         esl_password_env: ESL_PASSWORD_ENV,
+        esl_admin_password_env: ESL_ADMIN_PASSWORD_ENV,
+        esl_user_id: ESL_USER.split('@').next().unwrap_or(ESL_USER),
+        esl_user_domain: ESL_USER.split('@').nth(1).unwrap_or(""),
+        esl_allowed_api: ESL_ALLOWED_API.join(","),
         esl_listen_address: ip(&options.event_socket_address)?,
         esl_port: spec.event_socket.port,
         esl_allow_from: options.event_socket_allow_from.clone(),

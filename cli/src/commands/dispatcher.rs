@@ -468,7 +468,8 @@ async fn pause_or_resume(node: &crate::context::MediaNodeConfig, drained: bool) 
         Err(e) => return format!("not told: {}: {e}", node.password_file.display()),
     };
     let session =
-        sipstack_esl::EslSession::new(&node.event_socket, password, Duration::from_secs(3));
+        sipstack_esl::EslSession::new(&node.event_socket, password, Duration::from_secs(3))
+            .with_user(sipstack_render::freeswitch::ESL_USER);
     let command = if drained {
         "fsctl pause inbound"
     } else {
