@@ -674,5 +674,68 @@ async fn the_rest_api_changes_nothing_without_the_password() {
         .unwrap();
     assert!(!config.contains("trust"), "{config}");
     assert_eq!(h.cluster.leader().await.unwrap(), leader);
+
+    // etcd holds the leader key: without the password it neither reads nor writes,
+    // so no local process can hand the leadership to itself
+    let b64 = |s: &str| base64(s.as_bytes());
+    let leader_key = "/sipstack/pg/leader";
+    for n in 0..3u16 {
+        let etcd = format!("http://127.0.0.1:{}", h.cluster.hp.etcd_base + 2 * n);
+        let read = http
+            .post(format!("{etcd}/v3/kv/range"))
+            .body(format!(r#"{{"key":"{}"}}"#, b64(leader_key)))
+            .send()
+            .await
+            .unwrap();
+        let text = read.text().await.unwrap();
+        assert!(text.contains("user name is empty") || text.contains("permission denied"), "etcd {n} answered a read: {text}");
+        assert!(!text.contains(&b64(&leader)), "{text}");
+        let write = http
+            .post(format!("{etcd}/v3/kv/put"))
+            .body(format!(r#"{{"key":"{}","value":"{}"}}"#, b64(leader_key), b64("mallory")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!write.contains("header") || write.contains("error"), "etcd {n} took a write: {write}");
+        let guess = http
+            .post(format!("{etcd}/v3/auth/authenticate"))
+            .body(r#"{"name":"root","password":"guess"}"#)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!guess.contains("token"), "{guess}");
+    }
+    assert_eq!(h.cluster.leader().await.unwrap(), leader);
     h.bed.down().await.unwrap();
+}
+
+/// Standard base64 with padding (etcd's JSON gateway takes keys and values so).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_matches_the_rfc_examples() {
+    assert_eq!(base64(b"f"), "Zg==");
+    assert_eq!(base64(b"fo"), "Zm8=");
+    assert_eq!(base64(b"foobar"), "Zm9vYmFy");
 }

@@ -34,6 +34,8 @@ use crate::process::{find_program, log_tail, Daemon};
 use crate::LocalError;
 
 const REPLICATION_USER: &str = "replicator";
+/// The local etcd's user (its root): Patroni logs in as it.
+pub const ETCD_USER: &str = "root";
 /// How long `up` waits for a leader (initdb and the first start included).
 const LEADER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `up` waits for every replica to stream.
@@ -199,9 +201,15 @@ impl LocalCluster {
                 .join(format!("{REPLICATION_USER}.password")),
         )?;
         let rest_password = load_or_create_secret(&self.rest_password_file())?;
+        // the local etcd takes clients with this user's password only
+        let etcd_password = match self.cluster.spec.runs_local_etcd() {
+            true => Some(load_or_create_secret(&self.etcd_password_file())?),
+            false => None,
+        };
 
-        if self.cluster.spec.runs_local_etcd() {
+        if let Some(password) = &etcd_password {
             self.start_etcd(&programs.etcd, run_as).await?;
+            self.enable_etcd_auth(password).await?;
             lines.push(format!(
                 "etcd       {} member(s) on {}",
                 self.cluster.spec.dcs.etcd_members,
@@ -216,6 +224,7 @@ impl LocalCluster {
                 &superuser_password,
                 &replication_password,
                 &rest_password,
+                etcd_password.as_deref(),
             )?;
         }
         let patroni = self.patroni();
@@ -341,6 +350,72 @@ impl LocalCluster {
         Ok(Some(port))
     }
 
+    /// The file of the local etcd's `root` password.
+    pub fn etcd_password_file(&self) -> PathBuf {
+        self.secrets_dir().join(format!("etcd-{ETCD_USER}.password"))
+    }
+
+    /// Turns on etcd's client authentication, with [`ETCD_USER`] as its root user,
+    /// unless it is on already (a user that authenticates with the password).
+    /// Without it any local process could rewrite the cluster's leader key or its
+    /// configuration in etcd, as Patroni's REST API would let it do with no password.
+    async fn enable_etcd_auth(&self, password: &str) -> Result<(), LocalError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| self.etcd_auth_error(e.to_string()))?;
+        let Some(endpoint) = self.etcd_endpoints().into_iter().next() else {
+            return Ok(());
+        };
+        let call = |path: &str, body: serde_json::Value| {
+            let request = http.post(format!("http://{endpoint}/v3/auth/{path}")).json(&body);
+            async move {
+                let answer = request.send().await.map_err(|e| e.to_string())?;
+                let status = answer.status();
+                let text = answer.text().await.unwrap_or_default();
+                Ok::<_, String>((status.is_success(), text))
+            }
+        };
+        let login = serde_json::json!({"name": ETCD_USER, "password": password});
+        let (ok, _) = call("authenticate", login.clone())
+            .await
+            .map_err(|e| self.etcd_auth_error(e))?;
+        if ok {
+            return Ok(());
+        }
+        // a user or role that exists from an earlier, interrupted setup is fine
+        for (path, body) in [
+            ("user/add", login.clone()),
+            ("role/add", serde_json::json!({"name": "root"})),
+            ("user/grant", serde_json::json!({"user": ETCD_USER, "role": "root"})),
+            ("enable", serde_json::json!({})),
+        ] {
+            let (ok, text) = call(path, body).await.map_err(|e| self.etcd_auth_error(e))?;
+            if !ok && !text.contains("already") {
+                return Err(self.etcd_auth_error(format!(
+                    "{path}: {}; if etcd has authentication on with another root password, restore {} or remove the cluster's etcd-* directories",
+                    text.trim(),
+                    self.etcd_password_file().display()
+                )));
+            }
+        }
+        let (ok, text) = call("authenticate", login)
+            .await
+            .map_err(|e| self.etcd_auth_error(e))?;
+        if !ok {
+            return Err(self.etcd_auth_error(format!("the root user cannot log in: {}", text.trim())));
+        }
+        Ok(())
+    }
+
+    fn etcd_auth_error(&self, detail: String) -> LocalError {
+        LocalError::Start {
+            what: format!("etcd authentication of PgCluster {}", self.name()),
+            detail,
+        }
+    }
+
     async fn start_etcd(&self, etcd: &Path, run_as: Option<SystemUser>) -> Result<(), LocalError> {
         let spec = &self.cluster.spec;
         let members = spec.dcs.etcd_members;
@@ -436,6 +511,7 @@ impl LocalCluster {
         superuser_password: &str,
         replication_password: &str,
         rest_password: &str,
+        etcd_password: Option<&str>,
     ) -> Result<(), LocalError> {
         let dir = self.member_dir(n);
         self.private_dir(&dir, run_as)?;
@@ -450,10 +526,7 @@ impl LocalCluster {
             },
         )?;
         let changed = self.write_config(&config, &rendered.text, run_as)?;
-        let daemon = Daemon {
-            program: patroni,
-            args: vec![config.clone().into()],
-            env: vec![
+        let mut env = vec![
                 ("PATRONI_SUPERUSER_PASSWORD", superuser_password.to_string()),
                 (
                     "PATRONI_REPLICATION_PASSWORD",
@@ -464,7 +537,18 @@ impl LocalCluster {
                 ("PATRONI_RESTAPI_PASSWORD", rest_password.to_string()),
                 ("HOME", dir.display().to_string()),
                 ("LC_ALL", "C.UTF-8".into()),
-            ],
+        ];
+        if let Some(password) = etcd_password {
+            // Patroni takes etcd3 credentials from the environment only once some
+            // PATRONI_ETCD3_* setting is there: the protocol is that one
+            env.push(("PATRONI_ETCD3_PROTOCOL", "http".into()));
+            env.push(("PATRONI_ETCD3_USERNAME", ETCD_USER.into()));
+            env.push(("PATRONI_ETCD3_PASSWORD", password.to_string()));
+        }
+        let daemon = Daemon {
+            program: patroni,
+            args: vec![config.clone().into()],
+            env,
             log: &dir.join("patroni.log"),
             pid_file: &dir.join("patroni.pid"),
             marker: &config.to_string_lossy(),
