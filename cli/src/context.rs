@@ -300,7 +300,7 @@ impl Target {
     pub fn require_db_url(&self) -> anyhow::Result<&str> {
         self.db_url.as_deref().ok_or_else(|| {
             anyhow!(
-                "no database given: use --db-url postgres://USER:PASSWORD@HOST:PORT/DB, set SIPCTL_DB_URL, \
+                "no database given: set SIPCTL_DB_URL=postgres://USER:PASSWORD@HOST:PORT/DB (a --db-url with a password shows in the process list), \
                  or select a context (`sipctl local up` writes one; see `sipctl config get-contexts`)"
             )
         })

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -606,4 +606,63 @@ pub fn phone(port: u16) -> Result<SippProcess> {
         .local(EDGE_IP, port)
         .deadline(Duration::from_secs(60))
         .spawn()
+}
+
+/// The secrets of a local platform (every file under a `secrets` directory of
+/// `state_dir`; of a URL, its password) that appear in some process's command
+/// line, which every user of the host can read in /proc. Returns "FILE in PID's
+/// command line" for each; empty when none leaks.
+pub fn secrets_on_command_lines(state_dir: &Path) -> Result<Vec<String>> {
+    fn secret_files(dir: &Path, inside: bool, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let is_secrets = e.file_name() == "secrets";
+            if path.is_dir() {
+                secret_files(&path, inside || is_secrets, out);
+            } else if inside {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    secret_files(state_dir, false, &mut files);
+    let mut secrets = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let text = text.trim();
+        // postgres://USER:PASSWORD@HOST... → PASSWORD
+        let value = match text.split_once("://") {
+            Some((_, rest)) => rest
+                .split_once('@')
+                .and_then(|(auth, _)| auth.split_once(':'))
+                .map(|(_, pw)| pw.to_string())
+                .unwrap_or_default(),
+            None => text.to_string(),
+        };
+        if value.len() >= 8 && !value.contains('\n') {
+            secrets.push((f, value));
+        }
+    }
+    anyhow::ensure!(!secrets.is_empty(), "no secrets found under {}", state_dir.display());
+    let mut leaks = Vec::new();
+    for proc_dir in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(cmdline) = std::fs::read(proc_dir.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        for (file, value) in &secrets {
+            if cmdline.contains(value.as_str()) {
+                leaks.push(format!(
+                    "{} in the command line of {}: {}",
+                    file.display(),
+                    proc_dir.file_name().to_string_lossy(),
+                    cmdline.chars().take(120).collect::<String>()
+                ));
+            }
+        }
+    }
+    Ok(leaks)
 }

@@ -312,3 +312,20 @@ async fn a_failed_edge_change_keeps_the_old_edge_and_a_dropped_edge_stops() {
     assert!(edge2.running_pid().is_none() && !process::is_alive(pid2));
     sipstack_local::down(dir.path()).await.unwrap();
 }
+
+/// The process-list check of the other tests finds a secret on a command line.
+#[test]
+fn a_secret_on_a_command_line_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pg/secrets")).unwrap();
+    std::fs::write(dir.path().join("pg/secrets/db-url"), "postgres://u:Zq8secretVALUE@h/db\n").unwrap();
+    assert!(sipstack_e2e::testbed::secrets_on_command_lines(dir.path()).unwrap().is_empty());
+    let mut child = std::process::Command::new("sleep")
+        .args(["30", "Zq8secretVALUE"])
+        .spawn()
+        .unwrap();
+    let leaks = sipstack_e2e::testbed::secrets_on_command_lines(dir.path()).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+}

@@ -291,6 +291,9 @@ async fn a_nodes_event_socket_and_pause() -> Result<()> {
     let bed = platform_with_nodes(1).await?;
     let (n, password) = node(&bed, 0)?;
     let t = Duration::from_secs(3);
+    // no secret of the platform is on a command line (ps shows them to everyone)
+    let leaks = sipstack_e2e::testbed::secrets_on_command_lines(&bed.state_dir())?;
+    assert!(leaks.is_empty(), "{leaks:#?}");
     let user = sipstack_render::freeswitch::ESL_USER;
     let esl = sipstack_esl::EslClient::connect_as(&n.esl_address(), user, &password, t).await?;
     assert!(esl.api("status").await?.starts_with("UP "));

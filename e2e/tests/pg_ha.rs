@@ -166,6 +166,10 @@ async fn cluster_forms_and_the_edge_registers_through_it() {
     let seen = status.cluster.unwrap().unwrap();
     assert_eq!(seen.members.len(), 3);
 
+    // Patroni, etcd, HAProxy, PgBouncer, Kamailio: no secret is on a command line
+    let leaks = sipstack_e2e::testbed::secrets_on_command_lines(&h.bed.state_dir()).unwrap();
+    assert!(leaks.is_empty(), "{leaks:#?}");
+
     // `down` stops the replicas before the leader, so none of them takes over
     let promotions = |dir: &std::path::Path| {
         (0..3)

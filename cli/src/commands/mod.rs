@@ -38,7 +38,9 @@ pub struct GlobalArgs {
     /// Context of the config file to use (default: its current context).
     #[arg(long, global = true, env = "SIPCTL_CONTEXT")]
     pub context: Option<String>,
-    /// PostgreSQL URL of the platform database (overrides the context).
+    /// PostgreSQL URL of the platform database (overrides the context). A password
+    /// in it is visible to every user of the host in the process list: prefer
+    /// SIPCTL_DB_URL or a context (`sipctl config set-context --db-url-file`).
     #[arg(long, global = true, env = "SIPCTL_DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
     /// JSON-RPC endpoint of an edge, e.g. 127.0.0.1:5071 (repeatable; overrides the context).
