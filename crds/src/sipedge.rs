@@ -350,6 +350,35 @@ pub struct FloodProtectionSpec {
     #[serde(default)]
     #[schemars(length(max = 64), inner(pattern(val::CIDR_PATTERN)))]
     pub exempt_networks: Vec<String>,
+    /// Password guessing: a source whose digest authentications keep failing is banned
+    /// for banSeconds, like a flooding one (the same exemptions apply).
+    #[serde(default)]
+    pub auth_failures: AuthFailuresSpec,
+}
+
+/// Failed digest authentications, counted per source address. A failure is a request
+/// whose credentials for this edge's realm are refused: a wrong password, an unknown
+/// user (counted alike, so the ban tells nothing about which users exist) or another
+/// user's credentials. A request without credentials (a phone's first try), one with
+/// an expired nonce, and one the edge could not check (database unreachable) do not
+/// count. A successful authentication clears nothing, so an account of one's own does
+/// not buy more guesses.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthFailuresSpec {
+    /// Ban sources that fail too often (only while floodProtection is enabled).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How many failures within one window ban a source; the request that fails for the
+    /// limit-th time already goes unanswered.
+    #[serde(default = "default_auth_failure_limit")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: u32,
+    /// Length of the window, in seconds; it starts at a source's first failure and is
+    /// not extended by later ones.
+    #[serde(default = "default_auth_failure_window")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub window_seconds: u32,
 }
 
 /// Scanner filtering.
@@ -620,6 +649,12 @@ fn default_requests_per_window() -> u32 {
 fn default_ban_seconds() -> u32 {
     300
 }
+fn default_auth_failure_limit() -> u32 {
+    10
+}
+fn default_auth_failure_window() -> u32 {
+    60
+}
 fn default_rpc_port() -> u16 {
     5071
 }
@@ -655,6 +690,7 @@ default_from_serde!(
     ProbingSpec,
     NatSpec,
     FloodProtectionSpec,
+    AuthFailuresSpec,
     ScannerFilterSpec,
     RpcSpec,
     MetricsSpec,
@@ -936,6 +972,18 @@ impl SipEdgeSpec {
         for (i, n) in f.exempt_networks.iter().enumerate() {
             v.cidr(&format!("spec.floodProtection.exemptNetworks[{i}]"), n);
         }
+        v.range(
+            "spec.floodProtection.authFailures.limit",
+            f.auth_failures.limit,
+            1,
+            1000,
+        );
+        v.range(
+            "spec.floodProtection.authFailures.windowSeconds",
+            f.auth_failures.window_seconds,
+            1,
+            3600,
+        );
 
         for (i, ua) in self.scanner_filter.extra_user_agents.iter().enumerate() {
             v.pattern(

@@ -8,8 +8,8 @@ use std::time::Duration;
 use sipstack_e2e::rawsip::{HandDrivenNode, SipMessage, SipSocket};
 use sipstack_e2e::sipp::{free_udp_port_on, InjectionFile, SippCommand};
 use sipstack_e2e::testbed::{
-    call_from_media, media_caller, media_ip, phone, register_phone, register_with_contact,
-    PoolSpec, Testbed, TestbedSpec, DOMAIN, EDGE_IP,
+    call_from_media, media_caller, media_ip, phone, register_command, register_phone,
+    register_with_contact, PoolSpec, Ports, Testbed, TestbedSpec, DOMAIN, EDGE_IP,
 };
 
 fn ip(last: u8) -> IpAddr {
@@ -70,6 +70,131 @@ fn final_replies(attacker: &SipSocket, call_ids: &[String]) -> Vec<(String, Opti
             (id.clone(), code)
         })
         .collect()
+}
+
+/// A request from `local` with `headers` (From, To, credentials and the like).
+fn request(
+    method: &str,
+    ruri: &str,
+    local: SocketAddr,
+    call_id: &str,
+    cseq: u32,
+    headers: &[String],
+) -> String {
+    let mut text = format!(
+        "{method} {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bK-{call_id}-{cseq};rport\r\n\
+         Max-Forwards: 70\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\n"
+    );
+    for h in headers {
+        text.push_str(h);
+        text.push_str("\r\n");
+    }
+    text.push_str("Content-Length: 0\r\n\r\n");
+    text
+}
+
+/// Sends `text` (a request with `call_id` and `cseq`) to the edge and returns
+/// its final reply, None when none came within `wait`.
+fn exchange(
+    sock: &SipSocket,
+    edge: SocketAddr,
+    text: &str,
+    call_id: &str,
+    cseq: u32,
+    wait: Duration,
+) -> Option<SipMessage> {
+    sock.send(edge, text).unwrap();
+    let deadline = std::time::Instant::now() + wait;
+    let cseq = format!("{cseq} ");
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let msg = sock.recv(left).unwrap()?;
+        if msg.header("Call-ID") == Some(call_id)
+            && msg.header("CSeq").is_some_and(|c| c.starts_with(&cseq))
+            && msg.status().is_some_and(|c| c >= 200)
+        {
+            return Some(msg);
+        }
+    }
+}
+
+fn md5_hex(text: &str) -> String {
+    format!("{:x}", <md5::Md5 as md5::Digest>::digest(text.as_bytes()))
+}
+
+/// A digest challenge of the edge (401 or 407), answered with any credentials:
+/// the attacks need wrong passwords and other users' names.
+#[derive(Clone)]
+struct Challenge {
+    realm: String,
+    nonce: String,
+    opaque: Option<String>,
+    qop_auth: bool,
+    proxy: bool,
+}
+
+impl Challenge {
+    fn of(reply: &SipMessage) -> Option<Self> {
+        let (value, proxy) = match reply.header("WWW-Authenticate") {
+            Some(v) => (v, false),
+            None => (reply.header("Proxy-Authenticate")?, true),
+        };
+        let params = value.trim().strip_prefix("Digest")?;
+        let param = |name: &str| {
+            params.split(',').find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                (k.trim().eq_ignore_ascii_case(name))
+                    .then(|| v.trim().trim_matches('"').to_string())
+            })
+        };
+        Some(Self {
+            realm: param("realm")?,
+            nonce: param("nonce")?,
+            opaque: param("opaque"),
+            qop_auth: param("qop").is_some_and(|q| q.split(',').any(|q| q.trim() == "auth")),
+            proxy,
+        })
+    }
+
+    /// The (Proxy-)Authorization header line answering this challenge.
+    fn answer(&self, user: &str, password: &str, method: &str, uri: &str) -> String {
+        let ha1 = md5_hex(&format!("{user}:{}:{password}", self.realm));
+        let ha2 = md5_hex(&format!("{method}:{uri}"));
+        let name = if self.proxy {
+            "Proxy-Authorization"
+        } else {
+            "Authorization"
+        };
+        let mut line = format!(
+            "{name}: Digest username=\"{user}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", algorithm=MD5",
+            self.realm, self.nonce
+        );
+        let (cnonce, nc) = ("0a4f113b", "00000001");
+        let response = if self.qop_auth {
+            line.push_str(&format!(", qop=auth, nc={nc}, cnonce=\"{cnonce}\""));
+            md5_hex(&format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", self.nonce))
+        } else {
+            md5_hex(&format!("{ha1}:{}:{ha2}", self.nonce))
+        };
+        line.push_str(&format!(", response=\"{response}\""));
+        if let Some(o) = &self.opaque {
+            line.push_str(&format!(", opaque=\"{o}\""));
+        }
+        line
+    }
+}
+
+/// The headers of a REGISTER of `to_user` (From `from_user`), Contact at `local`.
+fn register_headers(from_user: &str, to_user: &str, local: SocketAddr, tag: &str) -> Vec<String> {
+    vec![
+        format!("From: <sip:{from_user}@{DOMAIN}>;tag={tag}"),
+        format!("To: <sip:{to_user}@{DOMAIN}>"),
+        format!("Contact: <sip:{to_user}@{local}>"),
+        "Expires: 600".to_string(),
+    ]
 }
 
 fn assert_nothing_reached(victim: &SipSocket, what: &str) {
@@ -430,4 +555,423 @@ async fn the_control_plane_answers_only_the_platforms_own_methods() {
     assert!(tb.rpc.version().await.unwrap().contains("kamailio"));
     tb.rpc.call("core.uptime", &[]).await.unwrap();
     assert!(tb.edge_log(200).contains("RPC method cfg.set"));
+}
+
+/// The edge is no open relay: an INVITE or MESSAGE for a URI elsewhere is refused
+/// from a foreign domain, challenged without credentials, challenged again with
+/// wrong ones, and even a subscriber's is not sent there; nothing reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_a_foreign_uri_are_relayed_for_no_one() {
+    let tb = Testbed::up(&TestbedSpec::default()).await.unwrap();
+    tb.add_subscriber("alice", "alice-secret").await.unwrap();
+    let edge = tb.edge();
+    let victim = SipSocket::bind(ip(77)).unwrap();
+    let ruri = format!("sip:victim@{}", victim.local_addr().unwrap());
+    let attacker = SipSocket::bind(ip(70)).unwrap();
+    let local = attacker.local_addr().unwrap();
+    let wait = Duration::from_secs(3);
+
+    for method in ["INVITE", "MESSAGE"] {
+        let headers = |from: &str, auth: Option<String>| {
+            let mut h = vec![
+                format!("From: <sip:{from}>;tag=relay-{method}"),
+                format!("To: <{ruri}>"),
+                format!("Contact: <sip:mallory@{local}>"),
+            ];
+            h.extend(auth);
+            h
+        };
+        let ask = |call_id: &str, cseq: u32, h: &[String]| {
+            let text = request(method, &ruri, local, call_id, cseq, h);
+            exchange(&attacker, edge, &text, call_id, cseq, wait)
+        };
+        let code = |reply: &Option<SipMessage>| reply.as_ref().and_then(SipMessage::status);
+
+        // a foreign From domain: nothing to authenticate against
+        let foreign = ask(
+            &format!("relay-foreign-{method}"),
+            1,
+            &headers("mallory@evil.example.net", None),
+        );
+        assert_eq!(
+            code(&foreign),
+            Some(403),
+            "{method} from a foreign domain\n{}",
+            tb.edge_log(20)
+        );
+
+        // this edge's domain: a challenge, and again for wrong credentials
+        let call_id = format!("relay-own-{method}");
+        let first = ask(&call_id, 1, &headers(&format!("alice@{DOMAIN}"), None));
+        assert_eq!(
+            code(&first),
+            Some(407),
+            "{method} without credentials\n{}",
+            tb.edge_log(20)
+        );
+        let challenge = Challenge::of(first.as_ref().unwrap()).expect("a digest challenge");
+        for (cseq, user, password) in [(2, "alice", "guessed"), (3, "mallory", "guessed")] {
+            let auth = challenge.answer(user, password, method, &ruri);
+            let reply = ask(
+                &call_id,
+                cseq,
+                &headers(&format!("{user}@{DOMAIN}"), Some(auth)),
+            );
+            assert!(
+                matches!(code(&reply), Some(407) | Some(403)),
+                "{method} as {user} with a wrong password: {:?}\n{}",
+                code(&reply),
+                tb.edge_log(20)
+            );
+        }
+        // alice's right credentials pass (so the wrong ones above were checked
+        // as such), and still nothing goes to the URI she named
+        let auth = challenge.answer("alice", "alice-secret", method, &ruri);
+        let reply = ask(
+            &call_id,
+            4,
+            &headers(&format!("alice@{DOMAIN}"), Some(auth)),
+        );
+        assert!(
+            code(&reply).is_some_and(|c| c >= 400 && c != 401 && c != 407),
+            "{method} from alice to {ruri}: {:?}\n{}",
+            code(&reply),
+            tb.edge_log(20)
+        );
+    }
+    assert_nothing_reached(&victim, "relay attempts");
+}
+
+/// Alice's right credentials do not register a contact for bob: the digest
+/// username must be the user of To and From.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_credentials_do_not_register_another_user() {
+    let tb = Testbed::up(&TestbedSpec::default()).await.unwrap();
+    tb.add_subscriber("alice", "alice-secret").await.unwrap();
+    tb.add_subscriber("bob", "bob-secret").await.unwrap();
+    let edge = tb.edge();
+    let ua = SipSocket::bind(ip(71)).unwrap();
+    let local = ua.local_addr().unwrap();
+    let ruri = format!("sip:{DOMAIN}");
+    let wait = Duration::from_secs(3);
+
+    let register = |call_id: &str, from_user: &str, to_user: &str| -> Option<u16> {
+        let headers = register_headers(from_user, to_user, local, call_id);
+        let first = exchange(
+            &ua,
+            edge,
+            &request("REGISTER", &ruri, local, call_id, 1, &headers),
+            call_id,
+            1,
+            wait,
+        );
+        assert_eq!(
+            first.as_ref().and_then(SipMessage::status),
+            Some(401),
+            "{call_id}\n{}",
+            tb.edge_log(20)
+        );
+        let challenge = Challenge::of(first.as_ref().unwrap()).expect("a digest challenge");
+        let mut headers = headers;
+        headers.push(challenge.answer("alice", "alice-secret", "REGISTER", &ruri));
+        exchange(
+            &ua,
+            edge,
+            &request("REGISTER", &ruri, local, call_id, 2, &headers),
+            call_id,
+            2,
+            wait,
+        )
+        .and_then(|m| m.status())
+    };
+
+    for (call_id, from_user) in [("a-for-b-1", "bob"), ("a-for-b-2", "alice")] {
+        let code = register(call_id, from_user, "bob");
+        assert!(
+            matches!(code, Some(401) | Some(403)),
+            "REGISTER of bob (From {from_user}) with alice's credentials: {code:?}\n{}",
+            tb.edge_log(20)
+        );
+    }
+    // the same credentials register alice herself
+    assert_eq!(
+        register("a-for-a", "alice", "alice"),
+        Some(200),
+        "{}",
+        tb.edge_log(20)
+    );
+
+    let bob = tb
+        .rpc
+        .ul_lookup("location", &format!("bob@{DOMAIN}"))
+        .await
+        .unwrap();
+    assert!(bob.is_empty(), "bob got contacts: {bob:?}");
+    let all = tb.rpc.ul_dump().await.unwrap();
+    assert!(all.iter().all(|c| !c.aor.starts_with("bob@")), "{all:?}");
+    assert!(
+        all.iter()
+            .any(|c| c.aor == format!("alice@{DOMAIN}") && c.address.contains(&local.to_string())),
+        "{all:?}"
+    );
+}
+
+/// A platform whose edge bans a source after `limit` failed authentications.
+async fn guessing_testbed(limit: usize) -> Testbed {
+    let spec = TestbedSpec {
+        flood_requests_per_window: Some(500),
+        ..Default::default()
+    };
+    let ports = Ports::free().unwrap();
+    let flood = "floodProtection: {enabled: true, requestsPerWindow: 500}";
+    let yaml = spec.yaml(ports);
+    assert!(yaml.contains(flood), "{yaml}");
+    let yaml = yaml.replace(
+        flood,
+        &format!("floodProtection: {{enabled: true, requestsPerWindow: 500, authFailures: {{limit: {limit}, windowSeconds: 60}}}}"),
+    );
+    Testbed::up_yaml(yaml, ports).await.unwrap()
+}
+
+/// A phone on a bare socket that REGISTERs with whatever credentials it is given.
+struct RawPhone {
+    sock: SipSocket,
+    local: SocketAddr,
+    edge: SocketAddr,
+}
+
+impl RawPhone {
+    fn bind(from: IpAddr, edge: SocketAddr) -> Self {
+        let sock = SipSocket::bind(from).unwrap();
+        let local = sock.local_addr().unwrap();
+        Self { sock, local, edge }
+    }
+
+    fn register(&self, call_id: &str, cseq: u32, user: &str, auth: Option<String>) -> String {
+        let mut headers = register_headers(user, user, self.local, call_id);
+        headers.extend(auth);
+        request(
+            "REGISTER",
+            &format!("sip:{DOMAIN}"),
+            self.local,
+            call_id,
+            cseq,
+            &headers,
+        )
+    }
+
+    /// The edge's challenge to a REGISTER of `user` without credentials; None
+    /// when nothing came back.
+    fn challenge(&self, call_id: &str, user: &str) -> Option<Challenge> {
+        let text = self.register(call_id, 1, user, None);
+        let reply = exchange(
+            &self.sock,
+            self.edge,
+            &text,
+            call_id,
+            1,
+            Duration::from_secs(3),
+        )?;
+        assert_eq!(reply.status(), Some(401), "{}", reply.text);
+        Some(Challenge::of(&reply).expect("a digest challenge"))
+    }
+
+    /// The final reply to a REGISTER of `user` answering `challenge` with
+    /// `password`, None when none came within `wait`.
+    fn answer(
+        &self,
+        call_id: &str,
+        user: &str,
+        password: &str,
+        challenge: &Challenge,
+        wait: Duration,
+    ) -> Option<u16> {
+        let auth = challenge.answer(user, password, "REGISTER", &format!("sip:{DOMAIN}"));
+        let text = self.register(call_id, 2, user, Some(auth));
+        exchange(&self.sock, self.edge, &text, call_id, 2, wait).and_then(|m| m.status())
+    }
+}
+
+/// Password guessing: a source whose REGISTERs fail digest authentication
+/// `limit` times is banned (no reply at all, not even to the right password),
+/// and the ban is logged. First requests without credentials do not count, and
+/// a user elsewhere registers all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_guessing_source_is_banned_and_others_still_register() {
+    const LIMIT: usize = 5;
+    let tb = guessing_testbed(LIMIT).await;
+    tb.add_subscriber("carol", "carol-secret").await.unwrap();
+    tb.add_subscriber("dave", "dave-secret").await.unwrap();
+    let answered = Duration::from_secs(3);
+    let silent = Duration::from_secs(2);
+    let attacker = RawPhone::bind(ip(50), tb.edge());
+
+    // a nonce for carol, kept for a right answer once the source is banned
+    let kept = attacker
+        .challenge("guess-kept", "carol")
+        .expect("a challenge before the attack");
+    // first requests without credentials are no failures, however many
+    for i in 0..LIMIT + 2 {
+        assert!(
+            attacker
+                .challenge(&format!("no-credentials-{i}"), "carol")
+                .is_some(),
+            "request {i} without credentials went unanswered\n{}",
+            tb.edge_log(20)
+        );
+    }
+
+    // wrong passwords for carol and a user who does not exist count alike
+    let mut refused = Vec::new();
+    let mut challenge = kept.clone();
+    for i in 0..LIMIT + 2 {
+        let user = if i % 2 == 0 { "carol" } else { "nobody" };
+        let call_id = format!("guess-{i}");
+        if let Some(c) = attacker.challenge(&call_id, user) {
+            challenge = c;
+        }
+        let wait = if refused.len() < LIMIT - 1 {
+            answered
+        } else {
+            silent
+        };
+        refused.push(attacker.answer(&call_id, user, &format!("guess-{i}"), &challenge, wait));
+        if i == 1 {
+            // meanwhile, elsewhere
+            register_elsewhere(&tb, "dave", "dave-secret", ip(51)).await;
+        }
+        if refused.last() == Some(&None) {
+            break;
+        }
+    }
+    let expected: Vec<Option<u16>> = (0..LIMIT).map(|i| (i < LIMIT - 1).then_some(401)).collect();
+    assert_eq!(
+        refused,
+        expected,
+        "replies to the wrong passwords (None: no reply)\n{}",
+        tb.edge_log(30)
+    );
+
+    // banned: no reply at all, neither a challenge nor to the right password
+    assert!(
+        attacker.challenge("after-ban", "carol").is_none(),
+        "a banned source was challenged"
+    );
+    let right = attacker.answer("guess-right", "carol", "carol-secret", &kept, silent);
+    assert_eq!(right, None, "the banned source got an answer");
+    // the same right answer from another address registers carol: the ban, not
+    // the answer, kept the banned source out
+    let other = RawPhone::bind(ip(52), tb.edge());
+    assert_eq!(
+        other.answer("guess-right", "carol", "carol-secret", &kept, answered),
+        Some(200),
+        "{}",
+        tb.edge_log(20)
+    );
+
+    register_elsewhere(&tb, "dave", "dave-secret", ip(51)).await;
+    let dave = tb
+        .rpc
+        .ul_lookup("location", &format!("dave@{DOMAIN}"))
+        .await
+        .unwrap();
+    assert!(
+        dave.iter().any(|c| c.address.contains("127.0.0.51")),
+        "{dave:?}"
+    );
+    assert_eq!(
+        tb.edge_log(5000)
+            .matches("password guessing from 127.0.0.50")
+            .count(),
+        1,
+        "one ALERT line for the ban:\n{}",
+        tb.edge_log(30)
+    );
+}
+
+/// While the database is down a password can only be checked against the
+/// credential cache: a subscriber who cannot be checked is no guesser (the
+/// source stays unbanned and registers a cached user), a wrong password
+/// checked against the cache still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_not_taken_for_password_guessing() {
+    const LIMIT: usize = 3;
+    let tb = guessing_testbed(LIMIT).await;
+    tb.add_subscriber("carol", "carol-secret").await.unwrap();
+    tb.add_subscriber("erin", "erin-secret").await.unwrap();
+    // carol authenticates once: her ha1 is remembered
+    register_elsewhere(&tb, "carol", "carol-secret", ip(53)).await;
+    tb.stop_postgres().await.unwrap();
+
+    let answered = Duration::from_secs(5);
+    let phone = RawPhone::bind(ip(54), tb.edge());
+    for i in 0..LIMIT + 2 {
+        let call_id = format!("outage-erin-{i}");
+        let challenge = phone
+            .challenge(&call_id, "erin")
+            .unwrap_or_else(|| panic!("attempt {i} unanswered\n{}", tb.edge_log(20)));
+        assert_eq!(
+            phone.answer(&call_id, "erin", "erin-secret", &challenge, answered),
+            Some(401),
+            "erin cannot be checked during the outage\n{}",
+            tb.edge_log(20)
+        );
+    }
+    let challenge = phone.challenge("outage-carol", "carol").unwrap();
+    assert_eq!(
+        phone.answer(
+            "outage-carol",
+            "carol",
+            "carol-secret",
+            &challenge,
+            answered
+        ),
+        Some(200),
+        "the source was banned or the cache failed\n{}",
+        tb.edge_log(20)
+    );
+
+    let guesser = RawPhone::bind(ip(55), tb.edge());
+    let mut refused = Vec::new();
+    for i in 0..LIMIT + 1 {
+        let call_id = format!("outage-guess-{i}");
+        let Some(challenge) = guesser.challenge(&call_id, "carol") else {
+            break;
+        };
+        refused.push(guesser.answer(
+            &call_id,
+            "carol",
+            "guessed",
+            &challenge,
+            Duration::from_secs(2),
+        ));
+    }
+    let expected: Vec<Option<u16>> = (0..LIMIT).map(|i| (i < LIMIT - 1).then_some(401)).collect();
+    assert_eq!(refused, expected, "{}", tb.edge_log(20));
+    assert!(
+        tb.edge_log(5000)
+            .contains("password guessing from 127.0.0.55"),
+        "{}",
+        tb.edge_log(20)
+    );
+    assert!(!tb
+        .edge_log(5000)
+        .contains("password guessing from 127.0.0.54"));
+}
+
+/// Registers `user` from a phone on `from` (not the edge's own address).
+async fn register_elsewhere(tb: &Testbed, user: &str, password: &str, from: IpAddr) {
+    let port = free_udp_port_on(from).unwrap();
+    register_command(tb.edge(), user, password, port)
+        .local(from, port)
+        .run_async()
+        .await
+        .unwrap()
+        .ensure_all_succeeded(1)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{user} could not register from {from}: {e}\n{}",
+                tb.edge_log(20)
+            )
+        });
 }

@@ -34,6 +34,16 @@ use crate::process::{find_program, log_tail, Daemon};
 use crate::LocalError;
 
 const REPLICATION_USER: &str = "replicator";
+/// What a Patroni member is started with, from the cluster's secrets.
+#[derive(Clone, Copy)]
+struct MemberPasswords<'a> {
+    superuser: &'a str,
+    replication: &'a str,
+    rest: &'a str,
+    /// The local etcd's, when the driver runs it.
+    etcd: Option<&'a str>,
+}
+
 /// The local etcd's user (its root): Patroni logs in as it.
 pub const ETCD_USER: &str = "root";
 /// How long `up` waits for a leader (initdb and the first start included).
@@ -221,10 +231,12 @@ impl LocalCluster {
                 n,
                 &programs.patroni,
                 run_as,
-                &superuser_password,
-                &replication_password,
-                &rest_password,
-                etcd_password.as_deref(),
+                &MemberPasswords {
+                    superuser: &superuser_password,
+                    replication: &replication_password,
+                    rest: &rest_password,
+                    etcd: etcd_password.as_deref(),
+                },
             )?;
         }
         let patroni = self.patroni();
@@ -508,11 +520,14 @@ impl LocalCluster {
         n: u32,
         patroni: &Path,
         run_as: Option<SystemUser>,
-        superuser_password: &str,
-        replication_password: &str,
-        rest_password: &str,
-        etcd_password: Option<&str>,
+        passwords: &MemberPasswords<'_>,
     ) -> Result<(), LocalError> {
+        let MemberPasswords {
+            superuser: superuser_password,
+            replication: replication_password,
+            rest: rest_password,
+            etcd: etcd_password,
+        } = *passwords;
         let dir = self.member_dir(n);
         self.private_dir(&dir, run_as)?;
         self.private_dir(&dir.join("run"), run_as)?;

@@ -76,6 +76,8 @@ struct KamailioCfg {
     nat: Option<()>,
     nat_keepalive_interval: u32,
     flood: Option<FloodModel>,
+    /// Only with flood protection: the ban goes to its list.
+    auth_failures: Option<AuthFailuresModel>,
     scanner_pattern: Option<String>,
 }
 
@@ -121,6 +123,11 @@ struct FloodModel {
     requests_per_window: u32,
     ban_seconds: u32,
     exempt_networks: Option<String>,
+}
+
+struct AuthFailuresModel {
+    limit: u32,
+    window_seconds: u32,
 }
 
 /// Renders the kamailio.cfg of `edge`. `pools` must hold every MediaPool the edge
@@ -300,6 +307,13 @@ pub fn render_kamailio(
             .then(|| spec.flood_protection.exempt_networks.join(",")),
     });
 
+    let guessing = &spec.flood_protection.auth_failures;
+    let auth_failures =
+        (spec.flood_protection.enabled && guessing.enabled).then_some(AuthFailuresModel {
+            limit: guessing.limit,
+            window_seconds: guessing.window_seconds,
+        });
+
     let scanner_pattern = spec.scanner_filter.enabled.then(|| {
         SCANNER_USER_AGENTS
             .iter()
@@ -350,6 +364,7 @@ pub fn render_kamailio(
         nat: spec.nat.enabled.then_some(()),
         nat_keepalive_interval: spec.nat.keepalive_interval_seconds,
         flood,
+        auth_failures,
         scanner_pattern,
     };
     model.ensure_inert()?;
@@ -497,6 +512,12 @@ spec:
             "$var(alg) = 11;",
             "$var(setid) = 7;\n\troute(TO_MEDIA_POOL);",
             "is_in_subnet(\"$si\", \"10.0.0.0/8\")",
+            // password guessing: 10 failures within 60 s, banned for banSeconds
+            "#!define WITH_AUTH_FAILURE_BAN",
+            "authfail=>size=10;autoexpire=60;updateexpire=0;",
+            "$shtex(authfail=>$si) = 60;",
+            "if ($var(auth_failures) >= 10) {",
+            "banned for 300s",
             "if ($Rp == 5071 && $pr != \"udp\") {",
             "|evil[.]bot/1[.]0\"",
             "modparam(\"registrar\", \"max_expires\", 3600)",
@@ -516,11 +537,56 @@ spec:
         );
         let cfg = render(&off).unwrap().text;
         assert!(!cfg.contains("#!define WITH_ANTIFLOOD"));
+        assert!(!cfg.contains("#!define WITH_AUTH_FAILURE_BAN"));
         assert!(!cfg.contains("#!define WITH_NAT"));
         assert!(!cfg.contains("#!define WITH_METRICS"));
         assert!(cfg.contains("#!define WITH_SCANNER_FILTER"));
         let cfg = render(PLATFORM).unwrap().text;
         assert!(cfg.contains("#!define WITH_ANTIFLOOD") && cfg.contains("#!define WITH_NAT"));
+
+        // the guessing ban on its own switch, pike kept
+        let no_guessing_ban = PLATFORM.replace(
+            "floodProtection: {exemptNetworks: [10.0.0.0/8]}",
+            "floodProtection: {authFailures: {enabled: false}}",
+        );
+        let cfg = render(&no_guessing_ban).unwrap().text;
+        assert!(cfg.contains("#!define WITH_ANTIFLOOD"));
+        assert!(!cfg.contains("#!define WITH_AUTH_FAILURE_BAN"));
+    }
+
+    #[test]
+    fn auth_failure_settings_reach_the_config_and_are_validated() {
+        let tuned = PLATFORM.replace(
+            "floodProtection: {exemptNetworks: [10.0.0.0/8]}",
+            "floodProtection: {banSeconds: 900, authFailures: {limit: 4, windowSeconds: 30}}",
+        );
+        let cfg = render(&tuned).unwrap().text;
+        for expected in [
+            "authfail=>size=10;autoexpire=30;updateexpire=0;",
+            "if ($var(auth_failures) >= 4) {",
+            "banned for 900s",
+        ] {
+            assert!(cfg.contains(expected), "missing {expected:?}");
+        }
+        for (bad, field) in [
+            ("{limit: 0}", "spec.floodProtection.authFailures.limit"),
+            ("{limit: 1001}", "spec.floodProtection.authFailures.limit"),
+            (
+                "{windowSeconds: 0}",
+                "spec.floodProtection.authFailures.windowSeconds",
+            ),
+            (
+                "{windowSeconds: 3601}",
+                "spec.floodProtection.authFailures.windowSeconds",
+            ),
+        ] {
+            let yaml = PLATFORM.replace(
+                "floodProtection: {exemptNetworks: [10.0.0.0/8]}",
+                &format!("floodProtection: {{authFailures: {bad}}}"),
+            );
+            let err = Platform::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]
