@@ -441,6 +441,7 @@ GROUP_RESOURCE = {
     "RoleBinding": ("rbac.authorization.k8s.io", "rolebindings"),
     "StatefulSet": ("apps", "statefulsets"), "Deployment": ("apps", "deployments"),
     "DaemonSet": ("apps", "daemonsets"), "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
+    "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
 }
 # list+watch (Controller::owns), get, server-side apply (patch, and create when missing),
 # delete of children no longer wanted: operator/src/controller/apply.rs

@@ -95,6 +95,11 @@ pub struct SipEdgeSpec {
     #[serde(default)]
     pub scanner_filter: ScannerFilterSpec,
 
+    /// Limits of TCP and TLS connections, so that idle or unauthenticated ones
+    /// from one source cannot use up the edge.
+    #[serde(default)]
+    pub tcp: TcpSpec,
+
     /// JSON-RPC over HTTP for the control plane (reloads, dispatcher state).
     #[serde(default)]
     pub rpc: RpcSpec,
@@ -395,6 +400,37 @@ pub struct ScannerFilterSpec {
     pub extra_user_agents: Vec<String>,
 }
 
+/// TCP and TLS connection limits.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpSpec {
+    /// Connections the edge keeps open at most (SIP and the RPC socket together).
+    #[serde(default = "default_tcp_max_connections")]
+    #[schemars(range(min = 16, max = 65536))]
+    pub max_connections: u32,
+    /// Connections one source address may have sent requests on at once; the next
+    /// one is closed. Media nodes and floodProtection.exemptNetworks are exempt.
+    #[serde(default = "default_tcp_per_source")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_connections_per_source: u32,
+    /// A connection that has not authenticated is closed after this many seconds
+    /// without a message; a connection that authenticated (a REGISTER or a call)
+    /// lives as long as the registration can.
+    #[serde(default = "default_tcp_unauthenticated_lifetime")]
+    #[schemars(range(min = 2, max = 3600))]
+    pub unauthenticated_lifetime_seconds: u32,
+}
+
+fn default_tcp_max_connections() -> u32 {
+    4096
+}
+fn default_tcp_per_source() -> u32 {
+    32
+}
+fn default_tcp_unauthenticated_lifetime() -> u32 {
+    20
+}
+
 /// The control-plane RPC endpoint. Every request needs the edge's RPC token
 /// (`Authorization: Bearer`) as well as a source in `allowFrom`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -692,6 +728,7 @@ default_from_serde!(
     FloodProtectionSpec,
     AuthFailuresSpec,
     ScannerFilterSpec,
+    TcpSpec,
     RpcSpec,
     MetricsSpec,
     ProcessSpec,
@@ -704,7 +741,8 @@ impl SipEdgeSpec {
     pub fn validate_for_kubernetes(&self, v: &mut Validator) {
         let loopback = |net: &str| {
             let ip = net.split('/').next().unwrap_or(net);
-            ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            ip.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
         };
         if let Some(address) = &self.rpc.address {
             if loopback(address) {
@@ -1009,7 +1047,12 @@ impl SipEdgeSpec {
         for (i, n) in self.rpc.allow_from.iter().flatten().enumerate() {
             v.cidr(&format!("spec.rpc.allowFrom[{i}]"), n);
         }
-        if self.metrics.allow_from.as_ref().is_some_and(|a| a.is_empty()) {
+        if self
+            .metrics
+            .allow_from
+            .as_ref()
+            .is_some_and(|a| a.is_empty())
+        {
             v.error(
                 "spec.metrics.allowFrom",
                 "no network may scrape the metrics",
@@ -1018,6 +1061,31 @@ impl SipEdgeSpec {
         }
         for (i, n) in self.metrics.allow_from.iter().flatten().enumerate() {
             v.cidr(&format!("spec.metrics.allowFrom[{i}]"), n);
+        }
+
+        let t = &self.tcp;
+        v.range("spec.tcp.maxConnections", t.max_connections, 16, 65536);
+        v.range(
+            "spec.tcp.maxConnectionsPerSource",
+            t.max_connections_per_source,
+            1,
+            4096,
+        );
+        v.range(
+            "spec.tcp.unauthenticatedLifetimeSeconds",
+            t.unauthenticated_lifetime_seconds,
+            2,
+            3600,
+        );
+        if t.max_connections_per_source > t.max_connections {
+            v.error(
+                "spec.tcp.maxConnectionsPerSource",
+                format!(
+                    "{} is more than spec.tcp.maxConnections ({})",
+                    t.max_connections_per_source, t.max_connections
+                ),
+                "give each source a share of the connections, e.g. 32",
+            );
         }
 
         let p = &self.process;

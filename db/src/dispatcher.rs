@@ -272,7 +272,9 @@ pub async fn set_drained(
         &[&SET_LOCK_CLASS, &destination, &set_id],
     )
     .await
-    .map_err(DbError::query(format!("cannot lock the sets of {destination:?}")))?;
+    .map_err(DbError::query(format!(
+        "cannot lock the sets of {destination:?}"
+    )))?;
     let rows = tx
         .query(
             "WITH m AS (
@@ -293,9 +295,9 @@ pub async fn set_drained(
         )
         .await
         .map_err(DbError::query(format!("cannot change dispatcher destination {destination:?}")))?;
-    tx.commit()
-        .await
-        .map_err(DbError::query(format!("cannot change dispatcher destination {destination:?}")))?;
+    tx.commit().await.map_err(DbError::query(format!(
+        "cannot change dispatcher destination {destination:?}"
+    )))?;
     match rows.as_slice() {
         [] => Err(DbError::NotFound {
             kind: "dispatcher destination",

@@ -244,7 +244,11 @@ fn validate_match(kind: MatchKind, value: &str) -> Result<(), DbError> {
                 ));
             }
             if let Some((problem, fix)) = backtracking_risk(value) {
-                return Err(invalid("match_value", format!("{}: {problem}", shown(value)), fix));
+                return Err(invalid(
+                    "match_value",
+                    format!("{}: {problem}", shown(value)),
+                    fix,
+                ));
             }
             if let Some((problem, fix)) = pcre_difference(value) {
                 return Err(invalid(
@@ -345,7 +349,10 @@ pub fn backtracking_risk(re: &str) -> Option<(String, String)> {
     use regex_syntax::ast::{Ast, RepetitionKind, RepetitionRange};
     if re.len() > MAX_REGEX_LEN {
         return Some((
-            format!("is {} characters long; at most {MAX_REGEX_LEN} are allowed", re.len()),
+            format!(
+                "is {} characters long; at most {MAX_REGEX_LEN} are allowed",
+                re.len()
+            ),
             "split the route into several shorter ones".into(),
         ));
     }

@@ -646,7 +646,11 @@ pub fn secrets_on_command_lines(state_dir: &Path) -> Result<Vec<String>> {
             secrets.push((f, value));
         }
     }
-    anyhow::ensure!(!secrets.is_empty(), "no secrets found under {}", state_dir.display());
+    anyhow::ensure!(
+        !secrets.is_empty(),
+        "no secrets found under {}",
+        state_dir.display()
+    );
     let mut leaks = Vec::new();
     for proc_dir in std::fs::read_dir("/proc")?.flatten() {
         let Ok(cmdline) = std::fs::read(proc_dir.path().join("cmdline")) else {

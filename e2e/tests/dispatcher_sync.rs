@@ -553,15 +553,22 @@ async fn a_drain_during_a_sync_is_not_lost() {
     assert_eq!(flags & FLAG_DISABLED, 0);
 
     let mut operator = tb.db().await.unwrap();
-    let drain = tokio::spawn(async move {
-        dispatcher::set_drained(&mut operator, member, Some(7), true).await
-    });
+    let drain =
+        tokio::spawn(
+            async move { dispatcher::set_drained(&mut operator, member, Some(7), true).await },
+        );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!drain.is_finished(), "the drain did not wait for the sync's lock");
+    assert!(
+        !drain.is_finished(),
+        "the drain did not wait for the sync's lock"
+    );
 
-    tx.execute("UPDATE dispatcher SET flags = $1 WHERE setid = 7", &[&flags])
-        .await
-        .unwrap();
+    tx.execute(
+        "UPDATE dispatcher SET flags = $1 WHERE setid = 7",
+        &[&flags],
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let change = drain.await.unwrap().unwrap();
     assert_ne!(change.destination.flags & FLAG_DISABLED, 0);

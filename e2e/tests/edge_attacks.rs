@@ -528,7 +528,10 @@ async fn the_control_plane_answers_only_the_platforms_own_methods() {
     // after it, another scheme, the token in another header
     let version = r#"{"jsonrpc":"2.0","method":"core.version","id":1}"#;
     let wrong = [
-        ("Authorization", format!("Bearer {}", "0".repeat(token.len()))),
+        (
+            "Authorization",
+            format!("Bearer {}", "0".repeat(token.len())),
+        ),
         ("Authorization", format!("Bearer {token}x")),
         ("Authorization", format!("Bearer  {token}")),
         ("Authorization", format!("Basic {token}")),
@@ -974,4 +977,257 @@ async fn register_elsewhere(tb: &Testbed, user: &str, password: &str, from: IpAd
                 tb.edge_log(20)
             )
         });
+}
+
+/// A TCP connection to the edge from `ip`.
+async fn tcp_from(ip: IpAddr, edge: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(edge).await
+}
+
+/// Sends `text` on `stream` and returns the status of the first reply, None when
+/// the edge closed the connection or said nothing within 3 s.
+async fn tcp_exchange(stream: &mut tokio::net::TcpStream, text: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(text.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if text.contains("\r\n\r\n") {
+            let status = text.split_whitespace().nth(1)?.parse().ok()?;
+            return Some((status, text));
+        }
+    }
+}
+
+/// Whether the edge has closed `stream` (it reads EOF or a reset at once).
+async fn closed_by_edge(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_millis(50), stream.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+fn tcp_options(edge: SocketAddr, local: SocketAddr, n: u32) -> String {
+    format!(
+        "OPTIONS sip:{edge} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcp-{n}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{DOMAIN}>;tag=t{n}\r\nTo: <sip:{edge}>\r\nCall-ID: tcp-limit-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Idle and unauthenticated TCP connections cannot use up the edge: a source may
+/// send on a few connections at once (the next is closed), a connection that has
+/// not authenticated is closed after a short lifetime without messages, and one
+/// that authenticated (a REGISTER) stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_unauthenticated_tcp_connections_cannot_use_up_the_edge() {
+    let spec = TestbedSpec {
+        extra_edge_spec:
+            "  tcp: {maxConnections: 64, maxConnectionsPerSource: 4, unauthenticatedLifetimeSeconds: 3}\n"
+                .into(),
+        ..Default::default()
+    };
+    let tb = Testbed::up(&spec).await.unwrap();
+    tb.add_subscriber("erin", "erin-secret").await.unwrap();
+    let edge = tb.edge();
+    let mut seq = 0;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+
+    // one source: four connections that send requests, not a fifth
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = tcp_from(ip(60), edge).await.unwrap();
+        let local = c.local_addr().unwrap();
+        let answer = tcp_exchange(&mut c, &tcp_options(edge, local, next())).await;
+        assert_eq!(answer.map(|a| a.0), Some(200));
+        held.push(c);
+    }
+    let mut fifth = tcp_from(ip(60), edge).await.unwrap();
+    let local = fifth.local_addr().unwrap();
+    assert_eq!(
+        tcp_exchange(&mut fifth, &tcp_options(edge, local, next()))
+            .await
+            .map(|a| a.0),
+        None,
+        "a fifth connection from one source was served"
+    );
+    assert!(tb
+        .edge_log(50)
+        .contains("is one more than 4 from that source"));
+    // another source is not affected, and a closed connection frees its place
+    let mut other = tcp_from(ip(61), edge).await.unwrap();
+    let local = other.local_addr().unwrap();
+    assert_eq!(
+        tcp_exchange(&mut other, &tcp_options(edge, local, next()))
+            .await
+            .map(|a| a.0),
+        Some(200)
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut again = tcp_from(ip(60), edge).await.unwrap();
+    let local = again.local_addr().unwrap();
+    assert_eq!(
+        tcp_exchange(&mut again, &tcp_options(edge, local, next()))
+            .await
+            .map(|a| a.0),
+        Some(200),
+        "the closed connection's place was not freed"
+    );
+    drop(held);
+    drop(again);
+    drop(other);
+
+    // a REGISTER over TCP that authenticates keeps its connection open
+    let mut phone = tcp_from(ip(64), edge).await.unwrap();
+    let local = phone.local_addr().unwrap();
+    let register = |cseq: u32, auth: Option<String>| {
+        let mut text = format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcpreg-{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:erin@{DOMAIN}>;tag=erin\r\nTo: <sip:erin@{DOMAIN}>\r\nCall-ID: tcp-register\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:erin@{local};transport=tcp>\r\nExpires: 600\r\n"
+        );
+        if let Some(a) = auth {
+            text.push_str(&a);
+            text.push_str("\r\n");
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        text
+    };
+    let (status, text) = tcp_exchange(&mut phone, &register(1, None)).await.unwrap();
+    assert_eq!(status, 401);
+    let challenge = Challenge::of(&SipMessage { from: edge, text }).unwrap();
+    let auth = challenge.answer("erin", "erin-secret", "REGISTER", &format!("sip:{DOMAIN}"));
+    let (status, _) = tcp_exchange(&mut phone, &register(2, Some(auth)))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let mut anonymous = tcp_from(ip(65), edge).await.unwrap();
+    let local = anonymous.local_addr().unwrap();
+    assert_eq!(
+        tcp_exchange(&mut anonymous, &tcp_options(edge, local, next()))
+            .await
+            .map(|a| a.0),
+        Some(200)
+    );
+
+    // an idle flood from one source: connections that never send a byte
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        if let Ok(c) = tcp_from(ip(62), edge).await {
+            flood.push(c);
+        }
+    }
+    assert!(
+        flood.len() >= 30,
+        "only {} flood connections opened",
+        flood.len()
+    );
+    let started = std::time::Instant::now();
+    let mut open = flood.len();
+    while open > 0 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        open = 0;
+        for c in flood.iter_mut() {
+            if !closed_by_edge(c).await {
+                open += 1;
+            }
+        }
+    }
+    let took = started.elapsed();
+    println!(
+        "idle flood of {} connections closed by the edge after {took:?}",
+        flood.len()
+    );
+    // the lifetime is 3 s; Kamailio's TCP timer runs about every second
+    assert_eq!(open, 0, "{open} idle connections still open after {took:?}");
+    // a connection that sent a request is idle in a TCP worker first, which hands
+    // it back to the main process after a few seconds: it may close a little later
+    let mut anonymous_closed = false;
+    while !anonymous_closed && started.elapsed() < Duration::from_secs(25) {
+        anonymous_closed = closed_by_edge(&mut anonymous).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "the unauthenticated connection was closed after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        anonymous_closed,
+        "the unauthenticated connection stayed open"
+    );
+    assert!(
+        !closed_by_edge(&mut phone).await,
+        "the authenticated connection was closed"
+    );
+    let local = phone.local_addr().unwrap();
+    assert_eq!(
+        tcp_exchange(&mut phone, &tcp_options(edge, local, next()))
+            .await
+            .map(|a| a.0),
+        Some(200),
+        "the registered phone's connection no longer works"
+    );
+    let mut after = tcp_from(ip(63), edge).await.unwrap();
+    let local = after.local_addr().unwrap();
+    assert_eq!(
+        tcp_exchange(&mut after, &tcp_options(edge, local, next()))
+            .await
+            .map(|a| a.0),
+        Some(200)
+    );
+}
+
+/// A registration with bytes PostgreSQL cannot store (invalid UTF-8, control
+/// characters) is refused before it is saved: otherwise it would live in memory
+/// only, fail every flush to the database and be lost at a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_with_bytes_the_database_cannot_store_is_refused() {
+    let tb = Testbed::up(&TestbedSpec::default()).await.unwrap();
+    tb.add_subscriber("fern", "fern-secret").await.unwrap();
+    let phone = RawPhone::bind(ip(66), tb.edge());
+    let udp = std::net::UdpSocket::bind(SocketAddr::new(ip(67), 0)).unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let local = udp.local_addr().unwrap();
+    for (n, contact) in [
+        b"<sip:fe\xc3rn@127.0.0.67:5060>".to_vec(),
+        b"<sip:fern@127.0.0.67:5060>\r\x00x".to_vec(),
+        b"<sip:fern@127.0.0.67:5060>;x=\x1b[31m".to_vec(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let call_id = format!("bad-bytes-{n}");
+        let challenge = phone.challenge(&call_id, "fern").unwrap();
+        let auth = challenge.answer("fern", "fern-secret", "REGISTER", &format!("sip:{DOMAIN}"));
+        let mut text = format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{call_id};rport\r\nMax-Forwards: 70\r\nFrom: <sip:fern@{DOMAIN}>;tag={call_id}\r\nTo: <sip:fern@{DOMAIN}>\r\nCall-ID: {call_id}\r\nCSeq: 2 REGISTER\r\nExpires: 600\r\n{auth}\r\nContact: "
+        )
+        .into_bytes();
+        text.extend_from_slice(&contact);
+        text.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        udp.send_to(&text, tb.edge()).unwrap();
+        let mut buf = [0u8; 4096];
+        let (len, _) = udp.recv_from(&mut buf).unwrap();
+        let reply = String::from_utf8_lossy(&buf[..len]).into_owned();
+        assert!(reply.starts_with("SIP/2.0 400"), "{contact:?}: {reply}");
+    }
+    let contacts = tb.rpc.ul_dump().await.unwrap();
+    assert!(
+        contacts.iter().all(|c| !c.aor.contains("fern")),
+        "{contacts:?}"
+    );
 }

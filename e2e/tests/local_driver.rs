@@ -255,9 +255,15 @@ async fn a_failed_edge_change_keeps_the_old_edge_and_a_dropped_edge_stops() {
 
     // while another `up` or `down` holds the state directory, this one is refused
     let held = sipstack_local::state::StateLock::acquire(dir.path(), "up").unwrap();
-    let err = sipstack_local::up(&yaml, &options).await.unwrap_err().to_string();
+    let err = sipstack_local::up(&yaml, &options)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("another sipctl"), "{err}");
-    let err = sipstack_local::down(dir.path()).await.unwrap_err().to_string();
+    let err = sipstack_local::down(dir.path())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("another sipctl"), "{err}");
     drop(held);
 
@@ -265,10 +271,16 @@ async fn a_failed_edge_change_keeps_the_old_edge_and_a_dropped_edge_stops() {
     let busy = sipstack_e2e::testbed::free_udp_and_tcp_port().unwrap();
     let _udp = std::net::UdpSocket::bind(("127.0.0.1", busy)).unwrap();
     let _tcp = std::net::TcpListener::bind(("127.0.0.1", busy)).unwrap();
-    let moved = yaml.replace(&format!("port: {}}}", ports.sip), &format!("port: {busy}}}"));
+    let moved = yaml.replace(
+        &format!("port: {}}}", ports.sip),
+        &format!("port: {busy}}}"),
+    );
     assert_ne!(moved, yaml);
     let err = sipstack_local::up(&moved, &options).await.unwrap_err();
-    assert!(matches!(err, sipstack_local::LocalError::Start { .. }), "{err}");
+    assert!(
+        matches!(err, sipstack_local::LocalError::Start { .. }),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read_to_string(&state.edges[0].config).unwrap(),
         config,
@@ -288,16 +300,28 @@ async fn a_failed_edge_change_keeps_the_old_edge_and_a_dropped_edge_stops() {
         )
         .unwrap();
     let reply = probe.recv(Duration::from_secs(5)).unwrap();
-    assert_eq!(reply.and_then(|r| r.status()), Some(200), "the old edge does not answer on its port");
+    assert_eq!(
+        reply.and_then(|r| r.status()),
+        Some(200),
+        "the old edge does not answer on its port"
+    );
 
     // a second edge, then the file without it: it is stopped
     let sip2 = sipstack_e2e::testbed::free_udp_and_tcp_port().unwrap();
     let rpc2 = sipstack_e2e::testbed::free_tcp_port().unwrap();
-    let edge_doc = &yaml[yaml.find("---\napiVersion: sipstack.io/v1alpha1\nkind: SipEdge").unwrap()..];
+    let edge_doc = &yaml[yaml
+        .find("---\napiVersion: sipstack.io/v1alpha1\nkind: SipEdge")
+        .unwrap()..];
     let second = edge_doc
         .replace("metadata: {name: edge}", "metadata: {name: edge2}")
-        .replace(&format!("port: {}}}", ports.sip), &format!("port: {sip2}}}"))
-        .replace(&format!("port: {}}}", ports.rpc), &format!("port: {rpc2}}}"));
+        .replace(
+            &format!("port: {}}}", ports.sip),
+            &format!("port: {sip2}}}"),
+        )
+        .replace(
+            &format!("port: {}}}", ports.rpc),
+            &format!("port: {rpc2}}}"),
+        );
     let two = format!("{yaml}{second}");
     let (state2, _) = sipstack_local::up(&two, &options).await.unwrap();
     assert_eq!(state2.edges.len(), 2);
@@ -305,7 +329,10 @@ async fn a_failed_edge_change_keeps_the_old_edge_and_a_dropped_edge_stops() {
     let pid2 = edge2.running_pid().expect("edge2 runs");
     let (_, report) = sipstack_local::up(&yaml, &options).await.unwrap();
     assert!(
-        report.lines.iter().any(|l| l.contains("SipEdge/edge2 is no longer declared")),
+        report
+            .lines
+            .iter()
+            .any(|l| l.contains("SipEdge/edge2 is no longer declared")),
         "{:?}",
         report.lines
     );
@@ -318,8 +345,14 @@ async fn a_failed_edge_change_keeps_the_old_edge_and_a_dropped_edge_stops() {
 fn a_secret_on_a_command_line_is_found() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("pg/secrets")).unwrap();
-    std::fs::write(dir.path().join("pg/secrets/db-url"), "postgres://u:Zq8secretVALUE@h/db\n").unwrap();
-    assert!(sipstack_e2e::testbed::secrets_on_command_lines(dir.path()).unwrap().is_empty());
+    std::fs::write(
+        dir.path().join("pg/secrets/db-url"),
+        "postgres://u:Zq8secretVALUE@h/db\n",
+    )
+    .unwrap();
+    assert!(sipstack_e2e::testbed::secrets_on_command_lines(dir.path())
+        .unwrap()
+        .is_empty());
     let mut child = std::process::Command::new("sleep")
         .args(["30", "Zq8secretVALUE"])
         .spawn()

@@ -320,7 +320,9 @@ async fn a_nodes_event_socket_and_pause() -> Result<()> {
     ] {
         let answer = esl.api(&command).await;
         assert!(
-            answer.as_ref().is_err_and(|e| e.to_string().to_lowercase().contains("permission")),
+            answer
+                .as_ref()
+                .is_err_and(|e| e.to_string().to_lowercase().contains("permission")),
             "{command}: {answer:?}"
         );
         let answer = esl.bgapi(&command).await;

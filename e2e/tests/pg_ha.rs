@@ -692,18 +692,28 @@ async fn the_rest_api_changes_nothing_without_the_password() {
             .await
             .unwrap();
         let text = read.text().await.unwrap();
-        assert!(text.contains("user name is empty") || text.contains("permission denied"), "etcd {n} answered a read: {text}");
+        assert!(
+            text.contains("user name is empty") || text.contains("permission denied"),
+            "etcd {n} answered a read: {text}"
+        );
         assert!(!text.contains(&b64(&leader)), "{text}");
         let write = http
             .post(format!("{etcd}/v3/kv/put"))
-            .body(format!(r#"{{"key":"{}","value":"{}"}}"#, b64(leader_key), b64("mallory")))
+            .body(format!(
+                r#"{{"key":"{}","value":"{}"}}"#,
+                b64(leader_key),
+                b64("mallory")
+            ))
             .send()
             .await
             .unwrap()
             .text()
             .await
             .unwrap();
-        assert!(!write.contains("header") || write.contains("error"), "etcd {n} took a write: {write}");
+        assert!(
+            !write.contains("header") || write.contains("error"),
+            "etcd {n} took a write: {write}"
+        );
         let guess = http
             .post(format!("{etcd}/v3/auth/authenticate"))
             .body(r#"{"name":"root","password":"guess"}"#)
@@ -724,7 +734,11 @@ fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -189,13 +189,10 @@ impl EdgeRpc {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| RpcError::Unreachable {
-                url: self.url.clone(),
-                message: e.to_string(),
-            })?;
+        let response = request.send().await.map_err(|e| RpcError::Unreachable {
+            url: self.url.clone(),
+            message: e.to_string(),
+        })?;
         let status = response.status();
         let text = response.text().await.map_err(|e| RpcError::Unreachable {
             url: self.url.clone(),

@@ -298,10 +298,14 @@ impl MediaNode {
 
     /// Runs one API command over a fresh event socket connection.
     pub async fn api(&self, password: &str, command: &str) -> Result<String, String> {
-        let client =
-            EslClient::connect_as(&self.esl_address(), ESL_USER, password, Duration::from_secs(3))
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = EslClient::connect_as(
+            &self.esl_address(),
+            ESL_USER,
+            password,
+            Duration::from_secs(3),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         client.api(command).await.map_err(|e| e.to_string())
     }
 

@@ -206,8 +206,12 @@ impl LocalKamailio {
         }
         .await;
         match restored {
-            Ok(pid) => tracing::warn!(edge = %self.name, pid, "the new configuration did not start; the previous one runs again"),
-            Err(e) => tracing::error!(edge = %self.name, "the new configuration did not start, nor did the previous one: {e}"),
+            Ok(pid) => {
+                tracing::warn!(edge = %self.name, pid, "the new configuration did not start; the previous one runs again")
+            }
+            Err(e) => {
+                tracing::error!(edge = %self.name, "the new configuration did not start, nor did the previous one: {e}")
+            }
         }
     }
 

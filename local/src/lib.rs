@@ -244,7 +244,11 @@ pub async fn up(
     // one token for the RPC of every edge this state directory runs
     let rpc_token = state::secret(&secrets_dir, state::RPC_TOKEN_SECRET)?;
     let edge_rpc = |e: &sipstack_crds::SipEdge| {
-        EdgeRpc::for_socket(&e.spec.rpc.address_on(sipstack_crds::Runtime::Local), e.spec.rpc.port).with_token(rpc_token.clone())
+        EdgeRpc::for_socket(
+            &e.spec.rpc.address_on(sipstack_crds::Runtime::Local),
+            e.spec.rpc.port,
+        )
+        .with_token(rpc_token.clone())
     };
     let running_edges: Vec<EdgeRpc> = platform.sip_edges.iter().map(edge_rpc).collect();
     let freeswitch_binary = freeswitch::find_freeswitch();

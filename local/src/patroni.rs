@@ -364,7 +364,8 @@ impl LocalCluster {
 
     /// The file of the local etcd's `root` password.
     pub fn etcd_password_file(&self) -> PathBuf {
-        self.secrets_dir().join(format!("etcd-{ETCD_USER}.password"))
+        self.secrets_dir()
+            .join(format!("etcd-{ETCD_USER}.password"))
     }
 
     /// Turns on etcd's client authentication, with [`ETCD_USER`] as its root user,
@@ -381,7 +382,9 @@ impl LocalCluster {
             return Ok(());
         };
         let call = |path: &str, body: serde_json::Value| {
-            let request = http.post(format!("http://{endpoint}/v3/auth/{path}")).json(&body);
+            let request = http
+                .post(format!("http://{endpoint}/v3/auth/{path}"))
+                .json(&body);
             async move {
                 let answer = request.send().await.map_err(|e| e.to_string())?;
                 let status = answer.status();
@@ -400,10 +403,15 @@ impl LocalCluster {
         for (path, body) in [
             ("user/add", login.clone()),
             ("role/add", serde_json::json!({"name": "root"})),
-            ("user/grant", serde_json::json!({"user": ETCD_USER, "role": "root"})),
+            (
+                "user/grant",
+                serde_json::json!({"user": ETCD_USER, "role": "root"}),
+            ),
             ("enable", serde_json::json!({})),
         ] {
-            let (ok, text) = call(path, body).await.map_err(|e| self.etcd_auth_error(e))?;
+            let (ok, text) = call(path, body)
+                .await
+                .map_err(|e| self.etcd_auth_error(e))?;
             if !ok && !text.contains("already") {
                 return Err(self.etcd_auth_error(format!(
                     "{path}: {}; if etcd has authentication on with another root password, restore {} or remove the cluster's etcd-* directories",
@@ -416,7 +424,9 @@ impl LocalCluster {
             .await
             .map_err(|e| self.etcd_auth_error(e))?;
         if !ok {
-            return Err(self.etcd_auth_error(format!("the root user cannot log in: {}", text.trim())));
+            return Err(
+                self.etcd_auth_error(format!("the root user cannot log in: {}", text.trim()))
+            );
         }
         Ok(())
     }
@@ -542,16 +552,16 @@ impl LocalCluster {
         )?;
         let changed = self.write_config(&config, &rendered.text, run_as)?;
         let mut env = vec![
-                ("PATRONI_SUPERUSER_PASSWORD", superuser_password.to_string()),
-                (
-                    "PATRONI_REPLICATION_PASSWORD",
-                    replication_password.to_string(),
-                ),
-                ("PATRONI_REWIND_PASSWORD", superuser_password.to_string()),
-                ("PATRONI_RESTAPI_USERNAME", REST_API_USER.to_string()),
-                ("PATRONI_RESTAPI_PASSWORD", rest_password.to_string()),
-                ("HOME", dir.display().to_string()),
-                ("LC_ALL", "C.UTF-8".into()),
+            ("PATRONI_SUPERUSER_PASSWORD", superuser_password.to_string()),
+            (
+                "PATRONI_REPLICATION_PASSWORD",
+                replication_password.to_string(),
+            ),
+            ("PATRONI_REWIND_PASSWORD", superuser_password.to_string()),
+            ("PATRONI_RESTAPI_USERNAME", REST_API_USER.to_string()),
+            ("PATRONI_RESTAPI_PASSWORD", rest_password.to_string()),
+            ("HOME", dir.display().to_string()),
+            ("LC_ALL", "C.UTF-8".into()),
         ];
         if let Some(password) = etcd_password {
             // Patroni takes etcd3 credentials from the environment only once some
@@ -657,8 +667,10 @@ impl LocalCluster {
         }
         // the replicas first, the leader last: stopping the leader while replicas
         // run would make one of them take over, only to be stopped too
-        let mut members: Vec<&(String, PathBuf)> =
-            subdirs.iter().filter(|(n, _)| n.starts_with("member-")).collect();
+        let mut members: Vec<&(String, PathBuf)> = subdirs
+            .iter()
+            .filter(|(n, _)| n.starts_with("member-"))
+            .collect();
         if let Some(leader) = Self::leader_dir(&members).await {
             members.sort_by_key(|(n, _)| *n == leader);
         }
@@ -703,10 +715,11 @@ impl LocalCluster {
         if urls.is_empty() {
             return None;
         }
-        let cluster = tokio::time::timeout(Duration::from_secs(5), PatroniClient::new(urls).cluster())
-            .await
-            .ok()?
-            .ok()?;
+        let cluster =
+            tokio::time::timeout(Duration::from_secs(5), PatroniClient::new(urls).cluster())
+                .await
+                .ok()?
+                .ok()?;
         let leader = cluster.leader()?;
         // member N of the cluster is named NAME-N
         let n = leader.name.rsplit('-').next()?;

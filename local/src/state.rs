@@ -254,8 +254,14 @@ mod tests {
     fn a_second_holder_is_refused_until_the_first_lets_go() {
         let dir = tempfile::tempdir().unwrap();
         let first = StateLock::acquire(dir.path(), "up").unwrap();
-        let err = StateLock::acquire(dir.path(), "down").err().unwrap().to_string();
-        assert!(err.contains("another sipctl") && err.contains("local up"), "{err}");
+        let err = StateLock::acquire(dir.path(), "down")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("another sipctl") && err.contains("local up"),
+            "{err}"
+        );
         drop(first);
         StateLock::acquire(dir.path(), "down").unwrap();
     }

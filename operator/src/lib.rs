@@ -9,6 +9,7 @@ pub mod manifests;
 pub mod mediapool;
 pub mod meta;
 pub mod names;
+pub mod network_policy;
 pub mod object;
 pub mod pgcluster;
 pub mod pod;

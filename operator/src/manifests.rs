@@ -22,17 +22,41 @@ pub fn build_all(platform: &Platform, default_namespace: &str) -> Result<Vec<Obj
     };
     let mut objects = Vec::new();
     for cluster in &platform.pg_clusters {
-        objects.extend(pgcluster::build(cluster, &ns(cluster.namespace()))?);
+        let (name, namespace) = (cluster.name_any(), ns(cluster.namespace()));
+        let edges: Vec<_> = platform
+            .sip_edges
+            .iter()
+            .filter(|e| e.spec.database.pg_cluster == name && ns(e.namespace()) == namespace)
+            .collect();
+        let pools: Vec<_> = platform
+            .media_pools
+            .iter()
+            .filter(|p| {
+                p.spec.cdr.enabled
+                    && p.spec
+                        .cdr
+                        .database
+                        .as_ref()
+                        .is_some_and(|db| db.pg_cluster == name)
+                    && ns(p.namespace()) == namespace
+            })
+            .collect();
+        objects.extend(pgcluster::build(cluster, &namespace, &edges, &pools)?);
     }
     for pool in &platform.media_pools {
-        let namespace = ns(pool.namespace());
+        let (name, namespace) = (pool.name_any(), ns(pool.namespace()));
         let cdr_cluster = pool
             .spec
             .cdr
             .database
             .as_ref()
             .and_then(|db| cluster_in(&db.pg_cluster, &namespace));
-        objects.extend(mediapool::build(pool, &namespace, cdr_cluster)?);
+        let edges: Vec<_> = platform
+            .sip_edges
+            .iter()
+            .filter(|e| e.spec.media_pools.contains(&name) && ns(e.namespace()) == namespace)
+            .collect();
+        objects.extend(mediapool::build(pool, &namespace, cdr_cluster, &edges)?);
     }
     for edge in &platform.sip_edges {
         let namespace = ns(edge.namespace());

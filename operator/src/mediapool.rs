@@ -1,6 +1,6 @@
 //! MediaPool → the FreeSWITCH nodes of the pool: a StatefulSet, its headless
-//! Service, the rendered configuration, the event socket Secret and a
-//! PodDisruptionBudget.
+//! Service, the rendered configuration, the event socket Secret, a NetworkPolicy
+//! and a PodDisruptionBudget.
 //!
 //! A node that stops drains first: the preStop hook pauses inbound calls (`fsctl pause
 //! inbound`), which turns the readiness probe false (the pod leaves the dispatcher
@@ -13,8 +13,9 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, ExecAction, Lifecycle, LifecycleHandler,
     PodSpec, PodTemplateSpec, Probe, Service, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
-use sipstack_crds::{MediaPool, PgCluster};
+use sipstack_crds::{MediaPool, PgCluster, SipEdge};
 use sipstack_render::freeswitch::{
     FreeswitchRenderOptions, CDR_PASSWORD_ENV, ESL_ADMIN_PASSWORD_ENV, ESL_PASSWORD_ENV, ESL_USER,
     SIP_PROFILE,
@@ -23,6 +24,7 @@ use sipstack_render::freeswitch::{
 use crate::error::BuildError;
 use crate::meta::{combined_hash, object_meta, pod_meta, FREESWITCH};
 use crate::names;
+use crate::network_policy::{ingress_policy, port, port_range, rule, Source};
 use crate::object::Object;
 use crate::pod::{
     config_map_of_files, config_volume, env_from_secret, generated_secret, one_at_a_time,
@@ -42,10 +44,13 @@ pub const STOP_MARGIN_SECONDS: i64 = 30;
 
 /// Builds the objects of `pool` in apply order. `cdr_cluster` is the PgCluster named
 /// by `spec.cdr.database` (looked up by the caller); it is required when CDRs are on.
+/// `edges` are the SipEdges that send calls to the pool (also looked up by the
+/// caller): the NetworkPolicy admits their SIP.
 pub fn build(
     pool: &MediaPool,
     namespace: &str,
     cdr_cluster: Option<&PgCluster>,
+    edges: &[&SipEdge],
 ) -> Result<Vec<Object>, BuildError> {
     let name = pool.name_any();
     let object = format!("MediaPool/{name}");
@@ -112,6 +117,8 @@ pub fn build(
     );
     let service = names::media_service(&name);
     objects.push(headless_service(pool, namespace, &service).into());
+    // before the pods, so that none starts unprotected
+    objects.push(network_policy(pool, namespace, edges).into());
     objects.push(
         stateful_set(
             pool,
@@ -145,6 +152,41 @@ fn headless_service(pool: &MediaPool, namespace: &str, name: &str) -> Service {
         }),
         ..Default::default()
     }
+}
+
+/// What reaches the pool's pods: SIP from the edges, RTP from anywhere (phones and
+/// carriers send media straight to the nodes), the event socket from the operator
+/// (fs_cli in the pod uses loopback, which no policy restricts). Pods on the nodes'
+/// network (`hostNetwork`) are outside every NetworkPolicy: see
+/// [`crate::network_policy`].
+fn network_policy(pool: &MediaPool, namespace: &str, edges: &[&SipEdge]) -> NetworkPolicy {
+    let spec = &pool.spec;
+    let mut sip_from = vec![Source::Edges];
+    if edges.iter().any(|e| e.spec.kubernetes.pod.host_network) {
+        // an edge on the nodes' network sends from its node's address, which no pod
+        // selector matches: SIP must be open for its calls to arrive
+        sip_from.push(Source::Anywhere);
+    }
+    ingress_policy(
+        pool,
+        namespace,
+        &names::media_network_policy(&pool.name_any()),
+        FREESWITCH,
+        vec![
+            rule(
+                vec![port("UDP", spec.sip_port), port("TCP", spec.sip_port)],
+                &sip_from,
+            ),
+            rule(
+                vec![port_range("UDP", spec.rtp.port_start, spec.rtp.port_end)],
+                &[Source::Anywhere],
+            ),
+            rule(
+                vec![port("TCP", spec.event_socket.port)],
+                &[Source::Operator],
+            ),
+        ],
+    )
 }
 
 /// fs_cli's own configuration (`$HOME/.fs_cli_conf`), written by the start script:
@@ -337,13 +379,24 @@ fn stateful_set(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network_policy::inspect;
     use crate::testing::{example, golden, ha_fixture};
+    use sipstack_crds::Platform;
+
+    /// The platform's SipEdges (each of the fixtures' edges uses the pool `media`).
+    fn edges(p: &Platform) -> Vec<&SipEdge> {
+        p.sip_edges.iter().collect()
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
 
     #[test]
     fn example_pool_matches_golden() {
         let p = example();
         let pool = &p.media_pools[0];
-        let objects = build(pool, "voice", p.pg_cluster("pg")).unwrap();
+        let objects = build(pool, "voice", p.pg_cluster("pg"), &edges(&p)).unwrap();
         golden("example/mediapool-media.yaml", &objects);
     }
 
@@ -351,14 +404,14 @@ mod tests {
     fn pool_with_host_network_and_own_secret_matches_golden() {
         let p = ha_fixture();
         let pool = p.media_pool("media").unwrap();
-        let objects = build(pool, "voice", p.pg_cluster("pg")).unwrap();
+        let objects = build(pool, "voice", p.pg_cluster("pg"), &edges(&p)).unwrap();
         golden("ha/mediapool-media.yaml", &objects);
     }
 
     #[test]
     fn a_missing_cdr_cluster_is_named() {
         let p = example();
-        let err = build(&p.media_pools[0], "voice", None).unwrap_err();
+        let err = build(&p.media_pools[0], "voice", None, &[]).unwrap_err();
         assert_eq!(err.reason(), "MissingReference");
         assert!(
             err.to_string().contains("spec.cdr.database.pgCluster")
@@ -370,7 +423,7 @@ mod tests {
     #[test]
     fn the_event_socket_password_is_on_no_command_line() {
         let p = example();
-        let objects = build(&p.media_pools[0], "voice", p.pg_cluster("pg")).unwrap();
+        let objects = build(&p.media_pools[0], "voice", p.pg_cluster("pg"), &[]).unwrap();
         let Some(Object::StatefulSet(sts)) = objects.iter().find(|o| o.kind() == "StatefulSet")
         else {
             panic!()
@@ -378,8 +431,14 @@ mod tests {
         let c = &sts.spec.template.spec.as_ref().unwrap().containers[0];
         // probes and preStop run fs_cli, whose arguments every process of the pod can read
         for (what, handler) in [
-            ("readiness", serde_json::to_string(&c.readiness_probe).unwrap()),
-            ("liveness", serde_json::to_string(&c.liveness_probe).unwrap()),
+            (
+                "readiness",
+                serde_json::to_string(&c.readiness_probe).unwrap(),
+            ),
+            (
+                "liveness",
+                serde_json::to_string(&c.liveness_probe).unwrap(),
+            ),
             ("preStop", serde_json::to_string(&c.lifecycle).unwrap()),
         ] {
             assert!(handler.contains("fs_cli"), "{what}: {handler}");
@@ -390,14 +449,17 @@ mod tests {
         }
         // the start script hands it to fs_cli's own file, with the shell's printf
         let start = c.command.as_ref().unwrap().join(" ");
-        assert!(start.contains("umask 077") && start.contains(".fs_cli_conf"), "{start}");
+        assert!(
+            start.contains("umask 077") && start.contains(".fs_cli_conf"),
+            "{start}"
+        );
     }
 
     #[test]
     fn drain_time_sets_the_grace_period_and_the_wait() {
         let mut p = example();
         p.media_pools[0].spec.drain_seconds = 600;
-        let objects = build(&p.media_pools[0], "voice", p.pg_cluster("pg")).unwrap();
+        let objects = build(&p.media_pools[0], "voice", p.pg_cluster("pg"), &[]).unwrap();
         let Some(Object::StatefulSet(sts)) = objects.iter().find(|o| o.kind() == "StatefulSet")
         else {
             panic!()
@@ -422,14 +484,65 @@ mod tests {
             let meta = sts.spec.template.metadata.as_ref().unwrap();
             meta.annotations.as_ref().unwrap()[crate::meta::CONFIG_HASH_ANNOTATION].clone()
         };
-        let a = hash(&build(&p.media_pools[0], "voice", p.pg_cluster("pg")).unwrap());
+        let a = hash(&build(&p.media_pools[0], "voice", p.pg_cluster("pg"), &[]).unwrap());
         let mut changed = p.clone();
         changed.media_pools[0].spec.max_sessions = 42;
-        let b = hash(&build(&changed.media_pools[0], "voice", p.pg_cluster("pg")).unwrap());
+        let b = hash(&build(&changed.media_pools[0], "voice", p.pg_cluster("pg"), &[]).unwrap());
         assert_ne!(a, b);
         assert_eq!(
             a,
-            hash(&build(&p.media_pools[0], "voice", p.pg_cluster("pg")).unwrap())
+            hash(&build(&p.media_pools[0], "voice", p.pg_cluster("pg"), &[]).unwrap())
+        );
+    }
+
+    #[test]
+    fn sip_from_edges_rtp_from_anywhere_the_event_socket_from_the_operator() {
+        let p = example();
+        let objects = build(&p.media_pools[0], "voice", p.pg_cluster("pg"), &edges(&p)).unwrap();
+        let policy = inspect::find(&objects, "media-freeswitch");
+        assert_eq!(policy.metadata.namespace.as_deref(), Some("voice"));
+        assert_eq!(
+            inspect::selected(policy),
+            FREESWITCH
+                .selector_labels("media")
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            inspect::rules(policy),
+            [
+                (strings(&["UDP 5080", "TCP 5080"]), strings(&["kamailio"])),
+                (strings(&["UDP 16384-32767"]), strings(&["*"])),
+                (strings(&["TCP 8021"]), strings(&["sipstack@any-namespace"])),
+            ]
+        );
+        // applied before the pods it protects
+        let position = |kind: &str| objects.iter().position(|o| o.kind() == kind).unwrap();
+        assert!(position("NetworkPolicy") < position("StatefulSet"));
+    }
+
+    #[test]
+    fn edges_on_the_nodes_network_open_sip_to_every_source() {
+        // the fixture's edge is a DaemonSet with hostNetwork: its SIP comes from node
+        // addresses, which no pod selector matches
+        let p = ha_fixture();
+        let pool = p.media_pool("media").unwrap();
+        let objects = build(pool, "voice", p.pg_cluster("pg"), &edges(&p)).unwrap();
+        assert_eq!(
+            inspect::rules(inspect::find(&objects, "media-freeswitch")),
+            [
+                (strings(&["UDP 5080", "TCP 5080"]), strings(&["*"])),
+                (strings(&["UDP 20000-29999"]), strings(&["*"])),
+                (strings(&["TCP 8022"]), strings(&["sipstack@any-namespace"])),
+            ]
+        );
+        // the same pool with edges on the pod network keeps SIP to them
+        let mut on_pods = p.sip_edges[0].clone();
+        on_pods.spec.kubernetes.pod.host_network = false;
+        let objects = build(pool, "voice", p.pg_cluster("pg"), &[&on_pods]).unwrap();
+        assert_eq!(
+            inspect::rules(inspect::find(&objects, "media-freeswitch"))[0].1,
+            strings(&["kamailio"])
         );
     }
 }

@@ -22,6 +22,13 @@ pub const GENERATED_PLACEHOLDER: &str = "GENERATED-IN-CLUSTER-BY-SIPSTACK-OPERAT
 /// `app.kubernetes.io/part-of` of every object.
 pub const PART_OF: &str = "sipstack";
 
+/// `app.kubernetes.io/name` of the operator's pods: the Helm chart's name
+/// (charts/sipstack/templates/_helpers.tpl, "sipstack.selectorLabels"). The network
+/// policies admit the operator by this label and [`OPERATOR_COMPONENT`].
+pub const OPERATOR_APP: &str = "sipstack";
+/// `app.kubernetes.io/component` of the operator's pods (the same chart template).
+pub const OPERATOR_COMPONENT: &str = "operator";
+
 /// The program a workload runs and its role in the platform, as the recommended
 /// labels name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,12 +81,35 @@ impl Component {
         ])
     }
 
+    /// The labels every pod of this component carries, whatever resource it belongs
+    /// to: [`Component::labels`] without the instance.
+    pub fn any_instance_labels(self) -> BTreeMap<String, String> {
+        let mut labels = self.labels("");
+        labels.remove("app.kubernetes.io/instance");
+        labels
+    }
+
     pub fn selector(self, instance: &str) -> LabelSelector {
         LabelSelector {
             match_labels: Some(self.selector_labels(instance)),
             ..Default::default()
         }
     }
+}
+
+/// The labels of the operator's pods that the network policies select them by: the
+/// chart's selector labels without the release (any release of the chart).
+pub fn operator_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            OPERATOR_APP.to_string(),
+        ),
+        (
+            "app.kubernetes.io/component".to_string(),
+            OPERATOR_COMPONENT.to_string(),
+        ),
+    ])
 }
 
 /// The owner reference of an object to the custom resource it was built from, or

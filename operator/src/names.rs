@@ -37,6 +37,10 @@ pub fn media_service(pool: &str) -> String {
 pub fn media_config(pool: &str) -> String {
     format!("{pool}-freeswitch-config")
 }
+/// The NetworkPolicy of the pool's pods (SIP from the edges, RTP, the event socket).
+pub fn media_network_policy(pool: &str) -> String {
+    media_workload(pool)
+}
 /// The event socket Secret the operator generates when `spec.eventSocket.passwordSecret` is unset.
 pub fn media_esl_secret(pool: &str) -> String {
     format!("{pool}-freeswitch-esl")
@@ -112,6 +116,14 @@ pub fn pg_pooler(pg: &str) -> String {
 }
 pub fn pg_pooler_config(pg: &str) -> String {
     format!("{pg}-pooler-config")
+}
+/// The NetworkPolicy of the members (PostgreSQL and Patroni's REST API).
+pub fn pg_network_policy(pg: &str) -> String {
+    format!("{pg}-postgres")
+}
+/// The NetworkPolicy of the PgBouncer pods.
+pub fn pg_pooler_network_policy(pg: &str) -> String {
+    format!("{pg}-pgbouncer")
 }
 
 /// Where clients of the platform database connect: PgBouncer when the cluster runs

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -25,6 +26,7 @@ pub enum Object {
     Deployment(Deployment),
     DaemonSet(DaemonSet),
     PodDisruptionBudget(PodDisruptionBudget),
+    NetworkPolicy(NetworkPolicy),
 }
 
 impl Object {
@@ -41,6 +43,7 @@ impl Object {
             Object::Deployment(_) => "Deployment",
             Object::DaemonSet(_) => "DaemonSet",
             Object::PodDisruptionBudget(_) => "PodDisruptionBudget",
+            Object::NetworkPolicy(_) => "NetworkPolicy",
         }
     }
 
@@ -60,6 +63,7 @@ impl Object {
             Object::Deployment(o) => &o.metadata,
             Object::DaemonSet(o) => &o.metadata,
             Object::PodDisruptionBudget(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
         }
     }
 
@@ -75,6 +79,7 @@ impl Object {
             Object::Deployment(o) => &mut o.metadata,
             Object::DaemonSet(o) => &mut o.metadata,
             Object::PodDisruptionBudget(o) => &mut o.metadata,
+            Object::NetworkPolicy(o) => &mut o.metadata,
         }
     }
 
@@ -120,7 +125,8 @@ from_kinds!(
     StatefulSet,
     Deployment,
     DaemonSet,
-    PodDisruptionBudget
+    PodDisruptionBudget,
+    NetworkPolicy
 );
 
 /// Objects as one multi-document YAML stream, in the order given.

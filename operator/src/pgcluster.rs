@@ -1,7 +1,8 @@
 //! PgCluster → PostgreSQL under Patroni: a StatefulSet of members, Services for
 //! the primary and the replicas, the Secrets of the superuser, replication and
 //! platform roles, the RBAC Patroni needs to keep its state in Kubernetes, a
-//! PodDisruptionBudget and, with `spec.pooler.enabled`, PgBouncer.
+//! NetworkPolicy, a PodDisruptionBudget and, with `spec.pooler.enabled`, PgBouncer
+//! (with its own NetworkPolicy).
 //!
 //! Patroni runs with `use_endpoints`: it elects the leader through an Endpoints
 //! object named after the cluster and keeps that object's address on the primary.
@@ -18,19 +19,21 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service,
     ServiceAccount, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use sipstack_crds::pgcluster::{DcsKind, PostgresVersion};
-use sipstack_crds::PgCluster;
+use sipstack_crds::{MediaPool, PgCluster, SipEdge};
 use sipstack_render::patroni::{PatroniTarget, KUBERNETES_DATA_DIR, KUBERNETES_REST_API_PORT};
 use sipstack_render::{PgbouncerTarget, Rendered};
 
 use crate::error::BuildError;
 use crate::meta::{object_meta, pod_meta, PATRONI, PGBOUNCER};
 use crate::names;
+use crate::network_policy::{ingress_policy, port, rule, Source};
 use crate::object::Object;
 use crate::pod::{
     config_map_of_files, config_volume, env, env_from_field, env_from_secret, generated_secret,
@@ -75,8 +78,15 @@ pub fn patroni_config(cluster: &PgCluster, namespace: &str) -> Result<Rendered, 
     )
 }
 
-/// Builds the objects of `cluster` in apply order.
-pub fn build(cluster: &PgCluster, namespace: &str) -> Result<Vec<Object>, BuildError> {
+/// Builds the objects of `cluster` in apply order. `edges` and `pools` are the
+/// cluster's clients (looked up by the caller): the SipEdges that keep their state in
+/// it and the MediaPools that write their CDRs to it. The NetworkPolicies admit them.
+pub fn build(
+    cluster: &PgCluster,
+    namespace: &str,
+    edges: &[&SipEdge],
+    pools: &[&MediaPool],
+) -> Result<Vec<Object>, BuildError> {
     let name = cluster.name_any();
     let object = format!("PgCluster/{name}");
     names::check_workload_name(&object, &names::pg_workload(&name))?;
@@ -148,12 +158,74 @@ pub fn build(cluster: &PgCluster, namespace: &str) -> Result<Vec<Object>, BuildE
     objects.push(members_service(cluster, namespace).into());
     objects.push(primary_service(cluster, namespace).into());
     objects.push(replicas_service(cluster, namespace).into());
+    // the clients that connect from their node's address (see crate::network_policy)
+    let clients_on_host_network = edges.iter().any(|e| e.spec.kubernetes.pod.host_network)
+        || pools.iter().any(|p| p.spec.pod.host_network);
+    // before the pods, so that none starts unprotected
+    objects.push(postgres_network_policy(cluster, namespace, clients_on_host_network).into());
     objects.push(stateful_set(cluster, namespace, &patroni_yml.hash).into());
     objects.push(one_at_a_time(cluster, namespace, &names::pg_workload(&name), PATRONI).into());
     if spec.pooler.enabled {
-        objects.extend(pooler(cluster, namespace)?);
+        objects.extend(pooler(cluster, namespace, clients_on_host_network)?);
     }
     Ok(objects)
+}
+
+/// What reaches the members: PostgreSQL from the other members (replication),
+/// PgBouncer, the edges, the media nodes and the operator; Patroni's REST API from the
+/// other members (they ask each other during a failover) and the operator. The
+/// kubelet's probes of the REST API come from the node, which no policy restricts;
+/// members on the nodes' network (`hostNetwork`) are outside every NetworkPolicy.
+fn postgres_network_policy(
+    cluster: &PgCluster,
+    namespace: &str,
+    clients_on_host_network: bool,
+) -> NetworkPolicy {
+    let name = cluster.name_any();
+    let spec = &cluster.spec;
+    let members = Source::PodsOf(PATRONI, &name);
+    let mut postgres_from = vec![members];
+    if spec.pooler.enabled {
+        postgres_from.push(Source::PodsOf(PGBOUNCER, &name));
+    }
+    postgres_from.extend([Source::Edges, Source::MediaNodes, Source::Operator]);
+    if clients_on_host_network && !spec.pooler.enabled {
+        // the clients connect here, and from node addresses
+        postgres_from.push(Source::Anywhere);
+    }
+    ingress_policy(
+        cluster,
+        namespace,
+        &names::pg_network_policy(&name),
+        PATRONI,
+        vec![
+            rule(vec![port("TCP", spec.port)], &postgres_from),
+            rule(
+                vec![port("TCP", KUBERNETES_REST_API_PORT)],
+                &[members, Source::Operator],
+            ),
+        ],
+    )
+}
+
+/// What reaches PgBouncer: the edges, the media nodes and the operator.
+fn pooler_network_policy(
+    cluster: &PgCluster,
+    namespace: &str,
+    clients_on_host_network: bool,
+) -> NetworkPolicy {
+    let mut from = vec![Source::Edges, Source::MediaNodes, Source::Operator];
+    if clients_on_host_network {
+        // the clients connect here, and from node addresses
+        from.push(Source::Anywhere);
+    }
+    ingress_policy(
+        cluster,
+        namespace,
+        &names::pg_pooler_network_policy(&cluster.name_any()),
+        PGBOUNCER,
+        vec![rule(vec![port("TCP", cluster.spec.pooler.port)], &from)],
+    )
 }
 
 fn service_account(cluster: &PgCluster, namespace: &str) -> ServiceAccount {
@@ -444,7 +516,11 @@ fn stateful_set(cluster: &PgCluster, namespace: &str, config_hash: &str) -> Stat
 
 /// PgBouncer in front of the primary Service, with the platform role's credentials
 /// written to its user list by an init container (from the app Secret).
-fn pooler(cluster: &PgCluster, namespace: &str) -> Result<Vec<Object>, BuildError> {
+fn pooler(
+    cluster: &PgCluster,
+    namespace: &str,
+    clients_on_host_network: bool,
+) -> Result<Vec<Object>, BuildError> {
     let name = cluster.name_any();
     let pooler_name = names::pg_pooler(&name);
     let spec = &cluster.spec;
@@ -569,6 +645,7 @@ fn pooler(cluster: &PgCluster, namespace: &str) -> Result<Vec<Object>, BuildErro
         )
         .into(),
         service.into(),
+        pooler_network_policy(cluster, namespace, clients_on_host_network).into(),
         deployment.into(),
         one_at_a_time(cluster, namespace, &pooler_name, PGBOUNCER).into(),
     ])
@@ -577,21 +654,35 @@ fn pooler(cluster: &PgCluster, namespace: &str) -> Result<Vec<Object>, BuildErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network_policy::inspect;
     use crate::testing::{example, golden, ha_fixture};
+    use sipstack_crds::Platform;
+
+    /// The platform's SipEdges and MediaPools: in both fixtures, clients of `pg`.
+    fn edges(p: &Platform) -> Vec<&SipEdge> {
+        p.sip_edges.iter().collect()
+    }
+    fn pools(p: &Platform) -> Vec<&MediaPool> {
+        p.media_pools.iter().collect()
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
 
     #[test]
     fn example_cluster_matches_golden() {
         let p = example();
         golden(
             "example/pgcluster-pg.yaml",
-            &build(&p.pg_clusters[0], "voice").unwrap(),
+            &build(&p.pg_clusters[0], "voice", &edges(&p), &pools(&p)).unwrap(),
         );
     }
 
     #[test]
     fn three_instances_with_pooler_match_golden() {
         let p = ha_fixture();
-        let objects = build(p.pg_cluster("pg").unwrap(), "voice").unwrap();
+        let objects = build(p.pg_cluster("pg").unwrap(), "voice", &edges(&p), &pools(&p)).unwrap();
         golden("ha/pgcluster-pg.yaml", &objects);
         let kinds: Vec<String> = objects.iter().map(Object::reference).collect();
         for expected in [
@@ -612,7 +703,7 @@ mod tests {
     #[test]
     fn the_primary_service_has_no_selector_and_replicas_select_the_role() {
         let p = ha_fixture();
-        let objects = build(p.pg_cluster("pg").unwrap(), "voice").unwrap();
+        let objects = build(p.pg_cluster("pg").unwrap(), "voice", &[], &[]).unwrap();
         let service = |name: &str| -> Service {
             objects
                 .iter()
@@ -627,5 +718,136 @@ mod tests {
             service("pg-replicas").spec.unwrap().selector.unwrap()["role"],
             "replica"
         );
+    }
+
+    #[test]
+    fn postgres_admits_its_members_and_the_platforms_pods_only() {
+        let p = example();
+        let objects = build(&p.pg_clusters[0], "voice", &edges(&p), &pools(&p)).unwrap();
+        assert!(
+            !objects.iter().any(|o| o.name() == "pg-pgbouncer"),
+            "no PgBouncer, no policy for it"
+        );
+        let policy = inspect::find(&objects, "pg-postgres");
+        assert_eq!(
+            inspect::selected(policy),
+            PATRONI
+                .selector_labels("pg")
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            inspect::rules(policy),
+            [
+                (
+                    strings(&["TCP 5432"]),
+                    strings(&[
+                        "patroni/pg",
+                        "kamailio",
+                        "freeswitch",
+                        "sipstack@any-namespace"
+                    ])
+                ),
+                (
+                    strings(&["TCP 8008"]),
+                    strings(&["patroni/pg", "sipstack@any-namespace"])
+                ),
+            ]
+        );
+        let position = |reference: &str| {
+            objects
+                .iter()
+                .position(|o| o.reference() == reference)
+                .unwrap()
+        };
+        assert!(position("NetworkPolicy/pg-postgres") < position("StatefulSet/pg"));
+    }
+
+    #[test]
+    fn pgbouncer_admits_the_platforms_pods_and_reaches_the_members() {
+        let p = example();
+        let mut cluster = p.pg_clusters[0].clone();
+        cluster.spec.pooler.enabled = true;
+        cluster.spec.pooler.port = 6432;
+        let objects = build(&cluster, "voice", &edges(&p), &pools(&p)).unwrap();
+        let pooler = inspect::find(&objects, "pg-pgbouncer");
+        assert_eq!(
+            inspect::selected(pooler),
+            PGBOUNCER
+                .selector_labels("pg")
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            inspect::rules(pooler),
+            [(
+                strings(&["TCP 6432"]),
+                strings(&["kamailio", "freeswitch", "sipstack@any-namespace"])
+            )]
+        );
+        assert_eq!(
+            inspect::rules(inspect::find(&objects, "pg-postgres"))[0].1,
+            strings(&[
+                "patroni/pg",
+                "pgbouncer/pg",
+                "kamailio",
+                "freeswitch",
+                "sipstack@any-namespace"
+            ])
+        );
+        let position = |reference: &str| {
+            objects
+                .iter()
+                .position(|o| o.reference() == reference)
+                .unwrap()
+        };
+        assert!(position("NetworkPolicy/pg-pgbouncer") < position("Deployment/pg-pooler"));
+    }
+
+    #[test]
+    fn clients_on_the_nodes_network_open_the_port_they_connect_to() {
+        // the fixture's edge and media nodes run with hostNetwork and connect through
+        // PgBouncer: from node addresses, which no pod selector matches
+        let p = ha_fixture();
+        let objects = build(p.pg_cluster("pg").unwrap(), "voice", &edges(&p), &pools(&p)).unwrap();
+        assert_eq!(
+            inspect::rules(inspect::find(&objects, "pg-pgbouncer")),
+            [(strings(&["TCP 6432"]), strings(&["*"]))]
+        );
+        let members = inspect::rules(inspect::find(&objects, "pg-postgres"));
+        assert_eq!(
+            members,
+            [
+                (
+                    strings(&["TCP 5432"]),
+                    strings(&[
+                        "patroni/pg",
+                        "pgbouncer/pg",
+                        "kamailio",
+                        "freeswitch",
+                        "sipstack@any-namespace"
+                    ])
+                ),
+                (
+                    strings(&["TCP 8008"]),
+                    strings(&["patroni/pg", "sipstack@any-namespace"])
+                ),
+            ],
+            "the members stay closed: the clients reach them through PgBouncer"
+        );
+
+        // without PgBouncer they connect to the members, which are then open
+        let mut direct = p.pg_cluster("pg").unwrap().clone();
+        direct.spec.pooler.enabled = false;
+        let objects = build(&direct, "voice", &edges(&p), &pools(&p)).unwrap();
+        assert_eq!(
+            inspect::rules(inspect::find(&objects, "pg-postgres"))[0].1,
+            strings(&["*"])
+        );
+        // and a cluster whose clients are all on the pod network stays closed
+        let objects = build(&direct, "voice", &[], &[]).unwrap();
+        assert!(!inspect::rules(inspect::find(&objects, "pg-postgres"))[0]
+            .1
+            .contains(&"*".to_string()));
     }
 }

@@ -67,7 +67,7 @@ mod tests {
     #[test]
     fn placeholders_are_filled_and_fixed_values_kept() {
         let p = example();
-        let objects = crate::pgcluster::build(&p.pg_clusters[0], "voice").unwrap();
+        let objects = crate::pgcluster::build(&p.pg_clusters[0], "voice", &[], &[]).unwrap();
         let Some(Object::Secret(mut secret)) = objects.into_iter().find(|o| o.name() == "pg-app")
         else {
             panic!()

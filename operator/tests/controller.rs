@@ -24,6 +24,7 @@ fn plural(kind: &str) -> String {
     match kind {
         "Endpoints" => "endpoints".into(),
         "PodDisruptionBudget" => "poddisruptionbudgets".into(),
+        "NetworkPolicy" => "networkpolicies".into(),
         other => format!("{}s", other.to_lowercase()),
     }
 }
@@ -81,7 +82,7 @@ async fn first_reconcile_of_a_pgcluster_applies_its_objects_in_order() {
     controller::pgcluster::reconcile(Arc::new(pg.clone()), ctx)
         .await
         .unwrap();
-    let built = sipstack_operator::pgcluster::build(&pg, NAMESPACE).unwrap();
+    let built = sipstack_operator::pgcluster::build(&pg, NAMESPACE, &[], &[]).unwrap();
     let writes = writes(&fake.take_calls());
     assert_eq!(writes, first_writes(&built, "pgclusters/pg/status"));
     assert!(
@@ -139,7 +140,7 @@ async fn first_reconcile_of_a_mediapool_adds_the_finalizer_then_applies_in_order
     controller::mediapool::reconcile(Arc::new(pool.clone()), ctx)
         .await
         .unwrap();
-    let built = sipstack_operator::mediapool::build(&pool, NAMESPACE, Some(&pg)).unwrap();
+    let built = sipstack_operator::mediapool::build(&pool, NAMESPACE, Some(&pg), &[]).unwrap();
     let writes = writes(&fake.take_calls());
     assert_eq!(writes, first_writes(&built, "mediapools/media/status"));
     assert!(
@@ -453,7 +454,7 @@ async fn a_failed_cleanup_keeps_the_finalizer_and_says_why() {
 async fn existing_generated_secrets_are_kept() {
     let (fake, ctx, _) = setup();
     let pg = fake.insert(&example().pg_clusters[0]);
-    let built = sipstack_operator::pgcluster::build(&pg, NAMESPACE).unwrap();
+    let built = sipstack_operator::pgcluster::build(&pg, NAMESPACE, &[], &[]).unwrap();
     // one the operator made earlier (labelled, owned), one a person made
     let Some(Object::Secret(mut app)) = built.into_iter().find(|o| o.name() == "pg-app") else {
         panic!("the cluster has an app Secret")
@@ -536,11 +537,67 @@ async fn children_no_longer_desired_are_deleted() {
         deleted.contains(&"deployments/pg-pooler".to_string()),
         "{deleted:?}"
     );
-    assert!(deleted.iter().all(|d| d.contains("pooler")), "{deleted:?}");
+    assert!(
+        deleted
+            .iter()
+            .all(|d| d.contains("pooler") || d == "networkpolicies/pg-pgbouncer"),
+        "{deleted:?}"
+    );
+    assert!(fake
+        .get::<Value>("NetworkPolicy", NAMESPACE, "pg-pgbouncer")
+        .is_none());
     assert!(fake
         .get::<Value>("Deployment", NAMESPACE, "pg-pooler")
         .is_none());
     assert!(fake.get::<Value>("StatefulSet", NAMESPACE, "pg").is_some());
+}
+
+// ----- NetworkPolicies follow the clients' network -----
+
+#[tokio::test]
+async fn an_edge_moving_to_the_nodes_network_opens_the_port_it_connects_to() {
+    let (fake, ctx, _) = setup();
+    let (_, pool) = insert_cluster_and_pool(&fake);
+    fake.insert(&example().sip_edges[0]);
+    let pg = || fake.get::<PgCluster>("PgCluster", NAMESPACE, "pg").unwrap();
+    controller::pgcluster::reconcile(Arc::new(pg()), ctx.clone())
+        .await
+        .unwrap();
+    controller::mediapool::reconcile(Arc::new(pool), ctx.clone())
+        .await
+        .unwrap();
+    let sources = |name: &str, rule: usize| {
+        let policy: Value = fake.get("NetworkPolicy", NAMESPACE, name).unwrap();
+        policy["spec"]["ingress"][rule].get("from").cloned()
+    };
+    assert!(sources("pg-postgres", 0).is_some_and(|f| f.as_array().unwrap().len() == 4));
+    assert!(sources("media-freeswitch", 0).is_some());
+    fake.take_calls();
+
+    fake.update("SipEdge", NAMESPACE, "edge", |e| {
+        e["spec"]["kubernetes"]["hostNetwork"] = json!(true);
+        e["metadata"]["generation"] = json!(2);
+    });
+    controller::pgcluster::reconcile(Arc::new(pg()), ctx.clone())
+        .await
+        .unwrap();
+    let pool: MediaPool = fake.get("MediaPool", NAMESPACE, "media").unwrap();
+    controller::mediapool::reconcile(Arc::new(pool), ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        writes(&fake.take_calls()),
+        [
+            "PATCH networkpolicies/pg-postgres",
+            "PATCH networkpolicies/media-freeswitch"
+        ],
+        "only the policies change"
+    );
+    // no PgBouncer: the edge connects to the members, from its node's address
+    assert_eq!(sources("pg-postgres", 0), None);
+    assert_eq!(sources("media-freeswitch", 0), None);
+    // Patroni's REST API stays closed to it
+    assert!(sources("pg-postgres", 1).is_some());
 }
 
 // ----- leader election -----

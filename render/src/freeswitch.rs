@@ -35,8 +35,17 @@ pub const ESL_USER: &str = "sipstack@esl";
 /// The API commands [`ESL_USER`] may run: status, calls and draining, nothing that
 /// starts a process or reads files (`system`, `bg_system`, `spawn`, `lua`, …).
 pub const ESL_ALLOWED_API: &[&str] = &[
-    "status", "show", "fsctl", "sofia", "version", "uptime", "hostname", "conference",
-    "uuid_kill", "uuid_dump", "hupall",
+    "status",
+    "show",
+    "fsctl",
+    "sofia",
+    "version",
+    "uptime",
+    "hostname",
+    "conference",
+    "uuid_kill",
+    "uuid_dump",
+    "hupall",
 ];
 /// Environment variable libpq reads the CDR database password from.
 pub const CDR_PASSWORD_ENV: &str = "PGPASSWORD";

@@ -79,6 +79,17 @@ struct KamailioCfg {
     /// Only with flood protection: the ban goes to its list.
     auth_failures: Option<AuthFailuresModel>,
     scanner_pattern: Option<String>,
+    tcp: TcpModel,
+}
+
+struct TcpModel {
+    max_connections: u32,
+    per_source: u32,
+    unauthenticated_lifetime: u32,
+    /// A connection that authenticated lives as long as a registration can.
+    authenticated_lifetime: u32,
+    /// Sources the per-source limit does not apply to (floodProtection.exemptNetworks).
+    exempt_networks: Option<String>,
 }
 
 struct ListenLine {
@@ -314,6 +325,15 @@ pub fn render_kamailio(
             window_seconds: guessing.window_seconds,
         });
 
+    let tcp = TcpModel {
+        max_connections: spec.tcp.max_connections,
+        per_source: spec.tcp.max_connections_per_source,
+        unauthenticated_lifetime: spec.tcp.unauthenticated_lifetime_seconds,
+        authenticated_lifetime: spec.registrar.max_expires + 60,
+        exempt_networks: (!spec.flood_protection.exempt_networks.is_empty())
+            .then(|| spec.flood_protection.exempt_networks.join(",")),
+    };
+
     let scanner_pattern = spec.scanner_filter.enabled.then(|| {
         SCANNER_USER_AGENTS
             .iter()
@@ -366,6 +386,7 @@ pub fn render_kamailio(
         flood,
         auth_failures,
         scanner_pattern,
+        tcp,
     };
     model.ensure_inert()?;
     let text = model

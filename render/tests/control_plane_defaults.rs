@@ -58,7 +58,10 @@ fn a_loopback_control_plane_is_refused_on_kubernetes_only() {
     let pinned = edge("rpc: {address: 127.0.0.1}");
     render(&pinned, Runtime::Local).unwrap();
     let err = render(&pinned, Runtime::Kubernetes).unwrap_err();
-    assert!(err.contains("spec.rpc.address") && err.contains("operator"), "{err}");
+    assert!(
+        err.contains("spec.rpc.address") && err.contains("operator"),
+        "{err}"
+    );
 
     let loopback_only = edge("rpc: {allowFrom: [127.0.0.1/32, 127.0.0.0/8]}");
     render(&loopback_only, Runtime::Local).unwrap();

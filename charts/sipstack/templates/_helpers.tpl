@@ -25,7 +25,13 @@ name, else "<release>-<chart>"; at most 63 characters (a DNS label, as Services 
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* The labels that select the operator's pods; never change them in an upgrade. */}}
+{{/*
+The labels that select the operator's pods; never change them in an upgrade.
+The NetworkPolicies the operator makes admit its pods by two of them, whatever the
+release: app.kubernetes.io/name (the chart's name, OPERATOR_APP in operator/src/meta.rs)
+and app.kubernetes.io/component (OPERATOR_COMPONENT there). operator/tests/chart.rs keeps
+them equal; "sipstack.validate" refuses a nameOverride, which would change the first.
+*/}}
 {{- define "sipstack.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "sipstack.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -59,6 +65,9 @@ app.kubernetes.io/part-of: sipstack
 {{- define "sipstack.validate" -}}
 {{- if and (not .Values.leaderElection.enabled) (gt (int .Values.replicas) 1) -}}
 {{- fail "replicas > 1 needs leaderElection.enabled=true: without a leader every replica would act on the same resources" -}}
+{{- end -}}
+{{- if and .Values.nameOverride (ne .Values.nameOverride .Chart.Name) -}}
+{{- fail (printf "nameOverride=%s would change the label app.kubernetes.io/name of the operator's pods, by which the NetworkPolicies the operator makes admit it (to PostgreSQL, PgBouncer and the media nodes' event socket); leave it empty and use fullnameOverride to rename the chart's objects" .Values.nameOverride) -}}
 {{- end -}}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled=true needs metrics.service.enabled=true: the ServiceMonitor selects the metrics Service" -}}

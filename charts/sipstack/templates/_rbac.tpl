@@ -13,6 +13,11 @@ the Roles the operator makes):
   PATCH that creates a missing object, which the API server authorises as `create` too),
   deleted when the spec no longer asks for them; generated Secrets are created once, and
   a MediaPool's cleanup gets the PgCluster's app Secret for the database credentials.
+- NetworkPolicies (networking.k8s.io): children like the others (ChildKind::NetworkPolicy):
+  a MediaPool's `<pool>-freeswitch`, a PgCluster's `<cluster>-postgres` and, with
+  PgBouncer, `<cluster>-pgbouncer` (operator/src/network_policy.rs). A PgCluster's reconcile
+  lists the SipEdges and MediaPools of its namespace (granted above): what the policies
+  admit depends on whether its clients run on the nodes' network.
 - Endpoints: a PgCluster's status names the primary from Patroni's leader Endpoints (get).
 - EndpointSlices (discovery.k8s.io): a MediaPool's dispatcher members are the endpoints
   of its headless Service; the MediaPool controller watches the slices (list, watch) and
@@ -52,6 +57,9 @@ the Roles the operator makes):
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]

@@ -156,9 +156,10 @@ pub fn run(cmd: ConfigCommand, output: Output) -> anyhow::Result<()> {
                 .context(&args.name)
                 .map(|c| c.media_nodes.clone())
                 .unwrap_or_default();
-            let rpc_token_file = args
-                .rpc_token_file
-                .or_else(|| file.context(&args.name).and_then(|c| c.rpc_token_file.clone()));
+            let rpc_token_file = args.rpc_token_file.or_else(|| {
+                file.context(&args.name)
+                    .and_then(|c| c.rpc_token_file.clone())
+            });
             file.upsert(NamedContext {
                 name: args.name.clone(),
                 database,

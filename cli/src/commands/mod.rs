@@ -457,7 +457,10 @@ mod error_message_tests {
         );
         // without the repetition, every cause is kept
         let e = anyhow::anyhow!("root cause").context("while starting the edge");
-        assert_eq!(super::error_message(&e), "while starting the edge: root cause");
+        assert_eq!(
+            super::error_message(&e),
+            "while starting the edge: root cause"
+        );
     }
 }
 

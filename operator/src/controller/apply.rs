@@ -13,6 +13,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
@@ -45,6 +46,7 @@ pub enum ChildKind {
     Deployment,
     DaemonSet,
     PodDisruptionBudget,
+    NetworkPolicy,
 }
 
 impl ChildKind {
@@ -60,6 +62,7 @@ impl ChildKind {
             Object::Deployment(_) => ChildKind::Deployment,
             Object::DaemonSet(_) => ChildKind::DaemonSet,
             Object::PodDisruptionBudget(_) => ChildKind::PodDisruptionBudget,
+            Object::NetworkPolicy(_) => ChildKind::NetworkPolicy,
         }
     }
 }
@@ -108,6 +111,10 @@ macro_rules! with_child_type {
                 type $K = PodDisruptionBudget;
                 $body
             }
+            ChildKind::NetworkPolicy => {
+                type $K = NetworkPolicy;
+                $body
+            }
         }
     };
 }
@@ -127,8 +134,20 @@ macro_rules! with_object {
             Object::Deployment($o) => $body.map(Object::from),
             Object::DaemonSet($o) => $body.map(Object::from),
             Object::PodDisruptionBudget($o) => $body.map(Object::from),
+            Object::NetworkPolicy($o) => $body.map(Object::from),
         }
     };
+}
+
+impl ChildKind {
+    /// The API group (`""` for the core group) and the resource (plural) of the kind,
+    /// as RBAC rules name them.
+    pub fn api_resource(self) -> (&'static str, &'static str) {
+        with_child_type!(self, K => (
+            <K as k8s_openapi::Resource>::GROUP,
+            <K as k8s_openapi::Resource>::URL_PATH_SEGMENT,
+        ))
+    }
 }
 
 /// The resource whose children are synced.

@@ -1,9 +1,9 @@
 //! The MediaPool controller: the FreeSWITCH StatefulSet, its configuration, Secret,
-//! Service and PodDisruptionBudget; the pool's dispatcher set kept in step with its
-//! pods as the EndpointSlices of its Service list them, in the database of every
-//! edge that uses the pool ([`crate::controller::dispatcher`]); and, when the pool is
-//! deleted, its dispatcher set removed from the platform database before the pool
-//! goes (the finalizer `sipstack.io/dispatcher-cleanup`), so that no edge keeps
+//! Service, NetworkPolicy and PodDisruptionBudget; the pool's dispatcher set kept in
+//! step with its pods as the EndpointSlices of its Service list them, in the database
+//! of every edge that uses the pool ([`crate::controller::dispatcher`]); and, when the
+//! pool is deleted, its dispatcher set removed from the platform database before the
+//! pool goes (the finalizer `sipstack.io/dispatcher-cleanup`), so that no edge keeps
 //! routing calls to it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +37,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind::Secret,
     ChildKind::ConfigMap,
     ChildKind::Service,
+    ChildKind::NetworkPolicy,
     ChildKind::StatefulSet,
     ChildKind::PodDisruptionBudget,
 ];
@@ -118,7 +119,19 @@ async fn apply_pool(
             .map_err(|e| ReconcileError::kube(format!("get PgCluster/{}", db.pg_cluster), e))?,
         _ => None,
     };
-    let desired = match mediapool::build(pool, &namespace, cdr_cluster.as_ref()) {
+    // the edges of the namespace: those using the pool send it SIP (the NetworkPolicy)
+    // and read its dispatcher set (the sync below)
+    let edges = Api::<SipEdge>::namespaced(ctx.client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| ReconcileError::kube("list the SipEdges", e))?
+        .items;
+    let name = pool.name_any();
+    let callers: Vec<&SipEdge> = edges
+        .iter()
+        .filter(|e| e.spec.media_pools.contains(&name))
+        .collect();
+    let desired = match mediapool::build(pool, &namespace, cdr_cluster.as_ref(), &callers) {
         Ok(objects) => objects,
         Err(error) => {
             tracing::warn!(%error, "the spec cannot be applied");
@@ -150,7 +163,7 @@ async fn apply_pool(
         _ => (0, 0),
     };
     let desired_pods = pool.spec.replicas;
-    let synced = sync_dispatcher(pool, &namespace, ctx).await?;
+    let synced = sync_dispatcher(pool, &namespace, &edges, ctx).await?;
     let mut fields = vec![("readyReplicas", Value::from(raw_ready))];
     // the members as the databases hold them: unknown while a database failed
     if synced.error.is_none() {
@@ -232,15 +245,11 @@ impl DispatcherOutcome {
 async fn sync_dispatcher(
     pool: &MediaPool,
     namespace: &str,
+    edges: &[SipEdge],
     ctx: &Context,
 ) -> Result<DispatcherOutcome, ReconcileError> {
     let name = pool.name_any();
     let mut outcome = DispatcherOutcome::default();
-    let edges = Api::<SipEdge>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| ReconcileError::kube("list the SipEdges", e))?
-        .items;
     let databases: BTreeSet<&str> = edges
         .iter()
         .filter(|e| e.spec.media_pools.contains(&name))

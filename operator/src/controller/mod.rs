@@ -29,6 +29,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
@@ -228,6 +229,18 @@ where
         .collect()
 }
 
+/// The resource of kind `R` named `name` in the namespace of `referrer`, which names it.
+fn within_namespace_of<R>(referrer: &impl ResourceExt, name: &str) -> ObjectRef<R>
+where
+    R: Resource<DynamicType = ()>,
+{
+    let reference = ObjectRef::<R>::new(name);
+    match referrer.namespace() {
+        Some(ns) => reference.within(&ns),
+        None => reference,
+    }
+}
+
 fn log_result<K: Resource>(
     result: Result<(ObjectRef<K>, Action), controller::Error<ReconcileError, watcher::Error>>,
 ) -> std::future::Ready<()>
@@ -305,6 +318,7 @@ pub async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
         .owns(api::<Secret>(&client, ns), children.clone())
         .owns(api::<ConfigMap>(&client, ns), children.clone())
         .owns(api::<Service>(&client, ns), children.clone())
+        .owns(api::<NetworkPolicy>(&client, ns), children.clone())
         .owns(api::<StatefulSet>(&client, ns), children.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
         .watches(
@@ -322,17 +336,10 @@ pub async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
             api::<SipEdge>(&client, ns),
             resources.clone(),
             |edge: SipEdge| {
-                let namespace = edge.namespace();
                 edge.spec
                     .media_pools
                     .iter()
-                    .map(|pool| {
-                        let reference = ObjectRef::<MediaPool>::new(pool);
-                        match &namespace {
-                            Some(ns) => reference.within(ns),
-                            None => reference,
-                        }
-                    })
+                    .map(|pool| within_namespace_of::<MediaPool>(&edge, pool))
                     .collect::<Vec<_>>()
             },
         )
@@ -354,9 +361,29 @@ pub async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
         .owns(api::<Secret>(&client, ns), children.clone())
         .owns(api::<ConfigMap>(&client, ns), children.clone())
         .owns(api::<Service>(&client, ns), children.clone())
+        .owns(api::<NetworkPolicy>(&client, ns), children.clone())
         .owns(api::<StatefulSet>(&client, ns), children.clone())
         .owns(api::<Deployment>(&client, ns), children.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), children)
+        // the clients' network decides what the NetworkPolicies admit
+        .watches(
+            api::<SipEdge>(&client, ns),
+            resources.clone(),
+            |edge: SipEdge| [within_namespace_of(&edge, &edge.spec.database.pg_cluster)],
+        )
+        .watches(
+            api::<MediaPool>(&client, ns),
+            resources.clone(),
+            |pool: MediaPool| {
+                let database = pool
+                    .spec
+                    .cdr
+                    .database
+                    .as_ref()
+                    .filter(|_| pool.spec.cdr.enabled);
+                database.map(|db| within_namespace_of(&pool, &db.pg_cluster))
+            },
+        )
         .shutdown_on_signal()
         .run(pgcluster::reconcile, error_policy, ctx.clone())
         .for_each(log_result);
@@ -364,4 +391,33 @@ pub async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
     tracing::info!(namespace = ns.unwrap_or("(all)"), "controllers started");
     tokio::join!(edges, pools, clusters);
     tracing::info!("controllers stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::controller::apply::ChildKind;
+    use crate::manifests::build_all;
+    use crate::testing::{example, ha_fixture};
+
+    /// A child of a kind its controller does not list would never be deleted when the
+    /// spec stops asking for it.
+    #[test]
+    fn every_kind_a_builder_makes_is_one_its_controller_lists() {
+        for platform in [example(), ha_fixture()] {
+            for object in build_all(&platform, "voice").unwrap() {
+                let owner = &object.metadata().owner_references.as_ref().unwrap()[0].kind;
+                let kinds = match owner.as_str() {
+                    "SipEdge" => super::sipedge::CHILD_KINDS,
+                    "MediaPool" => super::mediapool::CHILD_KINDS,
+                    "PgCluster" => super::pgcluster::CHILD_KINDS,
+                    other => panic!("{} is owned by a {other}", object.reference()),
+                };
+                assert!(
+                    kinds.contains(&ChildKind::of(&object)),
+                    "{} is no child kind of the {owner} controller",
+                    object.reference()
+                );
+            }
+        }
+    }
 }

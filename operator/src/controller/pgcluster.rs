@@ -1,22 +1,26 @@
-//! The PgCluster controller: Patroni's StatefulSet, Services, Secrets, RBAC and
-//! configuration, and PgBouncer when the spec asks for it (deleted when it no longer
-//! does). Once a member runs, the platform role, database and schema migrations are
-//! applied through the primary. The status names the primary, which Patroni records
-//! on its leader Endpoints, and the schema version.
+//! The PgCluster controller: Patroni's StatefulSet, Services, Secrets, RBAC,
+//! configuration and NetworkPolicy, and PgBouncer when the spec asks for it (deleted
+//! when it no longer does). What the NetworkPolicies admit depends on the cluster's
+//! clients, so the cluster is reconciled again when a SipEdge or MediaPool that uses
+//! it changes. Once a member runs, the platform role, database and schema migrations
+//! are applied through the primary. The status names the primary, which Patroni
+//! records on its leader Endpoints, and the schema version.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Endpoints;
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use serde_json::Value;
-use sipstack_crds::{DcsKind, PgCluster};
+use sipstack_crds::{DcsKind, MediaPool, PgCluster, SipEdge};
 
 use crate::controller::apply::{self, ChildKind, Owner};
 use crate::controller::context::Context;
 use crate::controller::error::{namespace_of, ReconcileError};
 use crate::controller::report::{self, ready_of, Report};
 use crate::controller::sipedge::rejected_observation;
+use crate::controller::{mediapool, sipedge};
 use crate::object::Object;
 use crate::status::Observation;
 use crate::{names, pgcluster};
@@ -29,6 +33,7 @@ pub const CHILD_KINDS: &[ChildKind] = &[
     ChildKind::Secret,
     ChildKind::ConfigMap,
     ChildKind::Service,
+    ChildKind::NetworkPolicy,
     ChildKind::StatefulSet,
     ChildKind::Deployment,
     ChildKind::PodDisruptionBudget,
@@ -57,7 +62,26 @@ async fn reconcile_inner(
 ) -> Result<(Action, &'static str), ReconcileError> {
     let namespace = namespace_of(cluster)?;
     let name = cluster.name_any();
-    let desired = match pgcluster::build(cluster, &namespace) {
+    let list = ListParams::default();
+    let edges = Api::<SipEdge>::namespaced(ctx.client.clone(), &namespace)
+        .list(&list)
+        .await
+        .map_err(|e| ReconcileError::kube("list the SipEdges", e))?
+        .items;
+    let pools = Api::<MediaPool>::namespaced(ctx.client.clone(), &namespace)
+        .list(&list)
+        .await
+        .map_err(|e| ReconcileError::kube("list the MediaPools", e))?
+        .items;
+    let client_edges: Vec<&SipEdge> = edges
+        .iter()
+        .filter(|e| sipedge::uses_cluster(e, Some(&namespace), &name))
+        .collect();
+    let client_pools: Vec<&MediaPool> = pools
+        .iter()
+        .filter(|p| mediapool::uses_cluster(p, Some(&namespace), &name))
+        .collect();
+    let desired = match pgcluster::build(cluster, &namespace, &client_edges, &client_pools) {
         Ok(objects) => objects,
         Err(error) => {
             tracing::warn!(%error, "the spec cannot be applied");

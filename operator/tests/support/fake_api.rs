@@ -64,6 +64,11 @@ const KINDS: &[(&str, &str, &str)] = &[
         "poddisruptionbudgets",
         "apis/policy/v1",
     ),
+    (
+        "NetworkPolicy",
+        "networkpolicies",
+        "apis/networking.k8s.io/v1",
+    ),
     ("Role", "roles", "apis/rbac.authorization.k8s.io/v1"),
     (
         "RoleBinding",
