@@ -357,7 +357,15 @@ fn a_secret_on_a_command_line_is_found() {
         .args(["30", "Zq8secretVALUE"])
         .spawn()
         .unwrap();
-    let leaks = sipstack_e2e::testbed::secrets_on_command_lines(dir.path()).unwrap();
+    // the child shows its own command line once it has exec'd sleep
+    let mut leaks = Vec::new();
+    for _ in 0..50 {
+        leaks = sipstack_e2e::testbed::secrets_on_command_lines(dir.path()).unwrap();
+        if !leaks.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(leaks.len(), 1, "{leaks:?}");
