@@ -307,6 +307,31 @@ async fn a_nodes_event_socket_and_pause() -> Result<()> {
         sipstack_esl::EslClient::connect(&n.esl_address(), &password, t).await,
         Err(sipstack_esl::EslError::AuthFailed(_))
     ));
+    // the event socket takes no connection from another address (an edge's, a
+    // node's), with or without the password
+    let outsider = tokio::net::TcpSocket::new_v4()?;
+    outsider.bind(std::net::SocketAddr::new(
+        IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 9)),
+        0,
+    ))?;
+    let mut stream = outsider.connect(n.esl_address().parse()?).await?;
+    let mut greeting = Vec::new();
+    let _ = tokio::time::timeout(t, async {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 512];
+        while let Ok(k) = stream.read(&mut b).await {
+            if k == 0 {
+                break;
+            }
+            greeting.extend_from_slice(&b[..k]);
+        }
+    })
+    .await;
+    let greeting = String::from_utf8_lossy(&greeting);
+    assert!(
+        greeting.contains("rude-rejection") && !greeting.contains("auth/request"),
+        "{greeting}"
+    );
     // the platform's user runs no command that starts a process or reads a file
     let marker = bed.state_dir().join("esl-system-ran");
     for command in [

@@ -804,7 +804,10 @@ pub fn node_render_options(
         bind_address: Some(node.address.to_string()),
         sip_allow_from,
         event_socket_address: node.address.to_string(),
-        event_socket_allow_from: vec!["127.0.0.0/8".into()],
+        // the control plane on this host connects from 127.0.0.1 (the kernel's source
+        // for every loopback destination); other loopback addresses are media nodes
+        // and edges, which have no business on the event socket
+        event_socket_allow_from: vec!["127.0.0.1/32".into()],
         cdr_database: cdr,
         log_file: true,
     }
