@@ -88,3 +88,19 @@ impl Engine {
         &self.db
     }
 }
+
+/// Syncs `set` once, without an engine: the pool's row, then its members (asking
+/// `edges` which waiting members answer, the diff in one transaction, drained and
+/// removed members disabled on `edges` at once). The caller reloads the edges.
+pub async fn sync_once(
+    db: &mut Client,
+    edges: &[EdgeRpc],
+    set: &crate::pool::DispatcherSet,
+) -> Result<crate::plan::Plan, SyncError> {
+    store::validate(&set.policy, &set.members)?;
+    sipstack_db::media_pool::upsert(&*db, &set.pool, set.policy.set_id, set.algorithm).await?;
+    let active = active_on_edges(edges, set.policy.set_id).await;
+    let plan = store::apply(db, &set.policy, &set.members, &active, unix_now()).await?;
+    crate::edges::disable_on(edges, set.policy.set_id, &plan.to_disable()).await;
+    Ok(plan)
+}

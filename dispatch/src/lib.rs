@@ -8,20 +8,24 @@
 //! * [`store`]: the diff applied in one PostgreSQL transaction.
 //! * [`edges`]: coalesced `dispatcher.reload` on every edge until each confirms,
 //!   immediate `dispatcher.set_state d` for drains, resync of edges that come back.
-//! * [`engine`]: all of it behind [`Engine::sync_set`].
+//! * [`engine`]: all of it behind [`Engine::sync_set`], and [`sync_once`] for a
+//!   caller that syncs once and reloads the edges itself (the local driver).
+//! * [`pool`]: a MediaPool as a dispatcher set.
 
 pub mod edges;
 pub mod engine;
 pub mod member;
 pub mod plan;
+pub mod pool;
 pub mod store;
 
 use std::time::Duration;
 
 pub use edges::{active_on_edges, disable_on, DisableOutcome, EdgeOptions, EdgeStatus, EdgeSync};
-pub use engine::{Engine, SyncOutcome};
+pub use engine::{sync_once, Engine, SyncOutcome};
 pub use member::{members_from_slices, merge_members, Member, SipPort, SliceMapping};
 pub use plan::{Change, DeleteReason, DrainReason, Plan, SetPolicy, UpdateReason};
+pub use pool::DispatcherSet;
 
 /// Why a sync did not happen, or was not confirmed by every edge.
 #[derive(Debug, thiserror::Error)]

@@ -353,11 +353,13 @@ fn a_secret_on_a_command_line_is_found() {
     assert!(sipstack_e2e::testbed::secrets_on_command_lines(dir.path())
         .unwrap()
         .is_empty());
-    let mut child = std::process::Command::new("sleep")
-        .args(["30", "Zq8secretVALUE"])
+    // a shell that waits, with the secret as an argument it keeps (sleep itself
+    // would refuse the extra argument and exit at once)
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "sleep 30; : \"$0\"", "Zq8secretVALUE"])
         .spawn()
         .unwrap();
-    // the child shows its own command line once it has exec'd sleep
+    // the child shows its own command line once it has exec'd the shell
     let mut leaks = Vec::new();
     for _ in 0..50 {
         leaks = sipstack_e2e::testbed::secrets_on_command_lines(dir.path()).unwrap();

@@ -684,34 +684,15 @@ async fn sync_pool(
     report: &mut Report,
 ) -> Result<(), LocalError> {
     let name = pool.name_any();
-    let set_id = pool.spec.set_id;
-    sipstack_db::media_pool::upsert(client, &name, set_id, algorithm_name(pool)).await?;
-    let members: Vec<sipstack_dispatch::Member> = pool
-        .spec
-        .members
-        .iter()
-        .map(|m| sipstack_dispatch::Member::serving(&m.uri, set_id, m.weight as i32, m.priority))
-        .chain(
-            replica_uris.iter().map(|uri| {
-                sipstack_dispatch::Member::serving(uri, set_id, pool.spec.weight as i32, 0)
-            }),
-        )
-        .collect();
-    let policy = sipstack_dispatch::SetPolicy {
-        set_id,
-        description: name.clone(),
-        drain_grace: Duration::from_secs(pool.spec.drain_seconds.into()),
-    };
-    let active = sipstack_dispatch::active_on_edges(edges, set_id).await;
-    let plan = sipstack_dispatch::store::apply(
-        client,
-        &policy,
-        &members,
-        &active,
-        sipstack_dispatch::store::unix_now(),
-    )
-    .await?;
-    sipstack_dispatch::disable_on(edges, set_id, &plan.to_disable()).await;
+    let mut members = sipstack_dispatch::pool::static_members(pool);
+    members.extend(
+        replica_uris
+            .iter()
+            .map(|uri| sipstack_dispatch::pool::node_member(pool, uri)),
+    );
+    let set = sipstack_dispatch::pool::dispatcher_set(pool, members);
+    let plan = sipstack_dispatch::sync_once(client, edges, &set).await?;
+    let (set_id, members) = (set.policy.set_id, set.members);
     report.line(format!(
         "media      MediaPool/{name}: dispatcher set {} with {} member(s) ({} added, {} removed)",
         set_id,
@@ -720,15 +701,6 @@ async fn sync_pool(
         plan.deleted().len()
     ));
     Ok(())
-}
-
-fn algorithm_name(pool: &MediaPool) -> &'static str {
-    match pool.spec.algorithm {
-        sipstack_crds::Algorithm::RoundRobin => "roundRobin",
-        sipstack_crds::Algorithm::CallIdHash => "callIdHash",
-        sipstack_crds::Algorithm::Weighted => "weighted",
-        sipstack_crds::Algorithm::ActiveFailover => "activeFailover",
-    }
 }
 
 /// Whether an address is on this host's loopback (a stand-in can bind it).

@@ -13,18 +13,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{Api, Client, ResourceExt};
-use sipstack_crds::{Algorithm, MediaPool, PgCluster, SipEdge};
-use sipstack_db::media_pool::Algorithm as PoolAlgorithm;
-use sipstack_dispatch::{
-    members_from_slices, merge_members, EdgeOptions, Engine, Member, SetPolicy, SipPort,
-    SliceMapping,
-};
+use sipstack_crds::{MediaPool, PgCluster, SipEdge};
+use sipstack_dispatch::{members_from_slices, merge_members, pool, EdgeOptions, Engine, Member};
 use sipstack_edgerpc::EdgeRpc;
 
 use crate::controller::database::{
@@ -36,14 +31,7 @@ use crate::names;
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// One pool's set as it should be in every database its edges read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DispatcherSet {
-    /// The MediaPool's name: routes name the pool by it (`sipstack_media_pool`).
-    pub pool: String,
-    pub algorithm: PoolAlgorithm,
-    pub policy: SetPolicy,
-    pub members: Vec<Member>,
-}
+pub use sipstack_dispatch::pool::DispatcherSet;
 
 /// What one sync of one set in one database did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,51 +79,19 @@ pub fn serves_slice(pool: &MediaPool, slice: &EndpointSlice) -> bool {
         && slice.labels().get(SERVICE_NAME_LABEL) == Some(&names::media_service(&pool.name_any()))
 }
 
-/// Weights and priorities are validated to small ranges; one out of `i32` is left
-/// for the database's validation to refuse with the field's name.
-fn weight(w: u32) -> i32 {
-    i32::try_from(w).unwrap_or(i32::MAX)
-}
-
 /// The members `pool` should have: every address its Service's EndpointSlices list,
 /// as `sip:IP:spec.sipPort` with the endpoint's readiness (a not-ready pod is not
 /// inserted, a terminating one is drained), plus the spec's static members. An
 /// address listed twice keeps the listing that can take calls.
 pub fn desired_members(pool: &MediaPool, slices: &[EndpointSlice]) -> Vec<Member> {
-    let spec = &pool.spec;
-    let mapping = SliceMapping {
-        set_id: spec.set_id,
-        // the Service's ports are named by transport (sip-udp, sip-tcp), both on sipPort
-        port: SipPort::Number(spec.sip_port),
-        weight: weight(spec.weight),
-        priority: 0,
-    };
-    let mut members = members_from_slices(slices, &mapping);
-    members.extend(
-        spec.members
-            .iter()
-            .map(|m| Member::serving(&m.uri, spec.set_id, weight(m.weight), m.priority)),
-    );
+    let mut members = members_from_slices(slices, &pool::node_mapping(pool));
+    members.extend(pool::static_members(pool));
     merge_members(&members)
 }
 
 /// The set `pool` should have, with `members` from [`desired_members`].
 pub fn dispatcher_set(pool: &MediaPool, members: Vec<Member>) -> DispatcherSet {
-    DispatcherSet {
-        pool: pool.name_any(),
-        algorithm: match pool.spec.algorithm {
-            Algorithm::RoundRobin => PoolAlgorithm::RoundRobin,
-            Algorithm::CallIdHash => PoolAlgorithm::CallIdHash,
-            Algorithm::Weighted => PoolAlgorithm::Weighted,
-            Algorithm::ActiveFailover => PoolAlgorithm::ActiveFailover,
-        },
-        policy: SetPolicy {
-            set_id: pool.spec.set_id,
-            description: pool.name_any(),
-            drain_grace: Duration::from_secs(pool.spec.drain_seconds.into()),
-        },
-        members,
-    }
+    pool::dispatcher_set(pool, members)
 }
 
 /// The JSON-RPC endpoint of `edge`, through its RPC Service.
@@ -505,7 +461,7 @@ mod tests {
         assert_eq!(set.policy.description, "media");
         assert_eq!(
             set.policy.drain_grace,
-            Duration::from_secs(pool.spec.drain_seconds.into())
+            std::time::Duration::from_secs(pool.spec.drain_seconds.into())
         );
     }
 }
