@@ -277,10 +277,11 @@ impl SippCommand {
         self
     }
 
-    /// A media node stand-in answering on `ip:port` (media_standin.xml). It
-    /// keeps no dead calls, so Call-IDs can be reused right away.
+    /// A media node stand-in answering on `ip:port`: the local driver's own
+    /// scenario (local/scenarios/media_standin.xml). It keeps no dead calls, so
+    /// Call-IDs can be reused right away.
     pub fn media_standin(ip: IpAddr, port: u16) -> Self {
-        Self::scenario("media_standin")
+        Self::new(PathBuf::from(sipstack_local::standin::SCENARIO_PATH))
             .local(ip, port)
             .deadcall_wait(Duration::ZERO)
     }

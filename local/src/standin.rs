@@ -1,6 +1,6 @@
 //! SIP stand-ins for media nodes: a SIPp scenario that answers OPTIONS and INVITE
 //! (without media), started on a static member's loopback address when FreeSWITCH
-//! is not installed. The same scenario the integration tests use.
+//! is not installed. The integration tests use the same scenario for theirs.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -13,7 +13,10 @@ use sipstack_crds::validation::SipMemberUri;
 use crate::process::{self, find_program, log_tail};
 use crate::{is_loopback, LocalError};
 
-const SCENARIO: &str = include_str!("../../e2e/scenarios/media_standin.xml");
+const SCENARIO: &str = include_str!("../scenarios/media_standin.xml");
+
+/// Where the stand-in's SIPp scenario is in the source tree.
+pub const SCENARIO_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/media_standin.xml");
 
 /// A running stand-in.
 #[derive(Debug, Clone)]
