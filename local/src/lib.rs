@@ -150,64 +150,13 @@ pub async fn up(
         )));
     }
     // PostgreSQL (one server, or a Patroni cluster behind HAProxy) and the schema
-    let postgres = local_postgres(&state_dir, pg);
-    let (db_url, edge_db_url, ha) = if pg.spec.instances > 1 {
-        let cluster = LocalCluster::new(&state_dir, pg);
-        let mut lines = Vec::new();
-        let endpoints = cluster.up(&mut lines).await?;
-        for l in lines {
-            report.line(l);
-        }
-        let db_url = cluster
-            .read_write()
-            .ensure_database(&pg.spec.database.owner, &pg.spec.database.name)
-            .await?;
-        // the edges go through the pooler when there is one; sipctl keeps to the
-        // read-write endpoint (its prepared statements need a session of their own)
-        let edge_db_url = match cluster.start_pooler(&pg.spec.database.owner).await? {
-            Some(port) => {
-                report.line(format!("postgres   PgBouncer on 127.0.0.1:{port} in front of the read-write endpoint, for the edges"));
-                LocalPostgres::new(cluster.dir(), port, pg.spec.postgres_version.major())
-                    .url_for_owner(&pg.spec.database.owner, &pg.spec.database.name)?
-            }
-            None => db_url.clone(),
-        };
-        let ha = HaState {
-            members: cluster.member_names(),
-            patroni_urls: endpoints.patroni_urls,
-            rest_password_file: Some(cluster.rest_password_file()),
-            read_only_port: endpoints.read_only_port,
-            pooler_port: endpoints.pooler_port,
-            etcd_endpoints: endpoints.etcd_endpoints,
-        };
-        (db_url, edge_db_url, Some(ha))
-    } else {
-        if LocalCluster::is_cluster_dir(postgres.state_dir()) {
-            return Err(LocalError::Unsupported(format!(
-                "{} holds a Patroni cluster of PgCluster/{}, but spec.instances is 1; set spec.instances back, or \
-                 run `sipctl local down` and move that directory away to start a single server",
-                postgres.state_dir().display(),
-                pg.name_any()
-            )));
-        }
-        postgres.init().await?;
-        postgres.start().await?;
-        let db_url = postgres
-            .ensure_database(&pg.spec.database.owner, &pg.spec.database.name)
-            .await?;
-        (db_url.clone(), db_url, None)
-    };
-    let mut client = sipstack_db::connect(&db_url, Duration::from_secs(10)).await?;
-    let migrated = sipstack_db::migrate(&mut client).await?;
-    report.line(format!(
-        "postgres   PgCluster/{} on 127.0.0.1:{}, database {} (schema version {}, {} migration(s) applied){}",
-        pg.name_any(),
-        pg.spec.port,
-        pg.spec.database.name,
-        migrated.version,
-        migrated.applied.len(),
-        if ha.is_some() { String::new() } else { format!(", log {}", postgres.log_file().display()) }
-    ));
+    let PlatformDatabase {
+        postgres,
+        db_url,
+        edge_db_url,
+        ha,
+        mut client,
+    } = up_database(&state_dir, pg, &mut report).await?;
 
     // media pools and their members; pools no longer declared lose theirs
     let names: Vec<String> = platform.media_pools.iter().map(|p| p.name_any()).collect();
@@ -243,14 +192,11 @@ pub async fn up(
     let secrets_dir = state_dir.join("secrets");
     // one token for the RPC of every edge this state directory runs
     let rpc_token = state::secret(&secrets_dir, state::RPC_TOKEN_SECRET)?;
-    let edge_rpc = |e: &sipstack_crds::SipEdge| {
-        EdgeRpc::for_socket(
-            &e.spec.rpc.address_on(sipstack_crds::Runtime::Local),
-            e.spec.rpc.port,
-        )
-        .with_token(rpc_token.clone())
-    };
-    let running_edges: Vec<EdgeRpc> = platform.sip_edges.iter().map(edge_rpc).collect();
+    let running_edges: Vec<EdgeRpc> = platform
+        .sip_edges
+        .iter()
+        .map(|e| local_edge_rpc(e, &rpc_token))
+        .collect();
     let freeswitch_binary = freeswitch::find_freeswitch();
     for pool in &platform.media_pools {
         let name = pool.name_any();
@@ -368,63 +314,17 @@ pub async fn up(
     }
 
     // the edges
-    let mut edges = Vec::new();
-    for edge in &platform.sip_edges {
-        let kam = LocalKamailio::new(&state_dir, &edge.name_any());
-        let options = KamailioRenderOptions {
-            runtime_dir: kam.runtime_dir().display().to_string(),
-            tls_files: None,
-            ..Default::default()
-        };
-        let rendered = render_kamailio(edge, &platform.pools_of(edge), &options)?;
-        let rpc = edge_rpc(edge);
-        let secrets = EdgeSecrets {
-            db_url: edge_db_url.clone(),
-            auth_secret: state::secret(
-                &secrets_dir,
-                &format!("edge-{}-auth-secret", edge.name_any()),
-            )?,
-            rpc_token: rpc_token.clone(),
-        };
-        let settings = RunSettings {
-            config: rendered.text,
-            shared_memory_mb: edge.spec.process.shared_memory_mb,
-            private_memory_mb: edge.spec.process.private_memory_mb,
-        };
-        let (pid, change) = kam.ensure(&settings, &secrets, &rpc).await?;
-        if change == EdgeChange::Restarted {
-            report.line(format!(
-                "edge       SipEdge/{}: its configuration changed; Kamailio was restarted",
-                edge.name_any()
-            ));
-        }
-        // the members written above are in the database; make sure this edge uses them now
-        rpc.reload(Reload::Dispatcher, Duration::from_secs(8))
-            .await?;
-        let sockets: Vec<String> = edge
-            .spec
-            .listen
-            .iter()
-            .map(|l| format!("{}:{}:{}", l.transport.as_str(), l.address, l.port))
-            .collect();
-        report.line(format!(
-            "edge       SipEdge/{} (Kamailio pid {pid}) SIP on {}, RPC {}, config {}, log {}",
-            edge.name_any(),
-            sockets.join(" "),
-            rpc.url(),
-            kam.config_path().display(),
-            kam.log_path().display()
-        ));
-        edges.push(EdgeState {
-            name: edge.name_any(),
-            sip: sockets,
-            rpc_url: rpc.url().to_string(),
-            rpc_token_file: Some(state::rpc_token_file(&state_dir)),
-            domains: edge.spec.domains.clone(),
-            config: kam.config_path(),
-            log: kam.log_path(),
-        });
-    }
+    let edges = up_edges(
+        &state_dir,
+        &platform,
+        &EdgeSecretsSource {
+            db_url: &edge_db_url,
+            secrets_dir: &secrets_dir,
+            rpc_token: &rpc_token,
+        },
+        &mut report,
+    )
+    .await?;
 
     // edges no longer declared stop (their directory stays, with its log)
     let declared: Vec<String> = platform.sip_edges.iter().map(|e| e.name_any()).collect();
@@ -466,6 +366,177 @@ pub async fn up(
     state.save()?;
     report.line(format!("state      {}", state_dir.display()));
     Ok((state, report))
+}
+
+/// The RPC client of an edge the local driver runs.
+fn local_edge_rpc(edge: &sipstack_crds::SipEdge, token: &str) -> EdgeRpc {
+    EdgeRpc::for_socket(
+        &edge.spec.rpc.address_on(sipstack_crds::Runtime::Local),
+        edge.spec.rpc.port,
+    )
+    .with_token(token)
+}
+
+/// Where the edges' secrets come from.
+struct EdgeSecretsSource<'a> {
+    db_url: &'a str,
+    secrets_dir: &'a Path,
+    rpc_token: &'a str,
+}
+
+/// The step of `up` that renders and runs every SipEdge's Kamailio (restarting
+/// one whose configuration changed) and has it load the dispatcher sets.
+async fn up_edges(
+    state_dir: &Path,
+    platform: &Platform,
+    secrets: &EdgeSecretsSource<'_>,
+    report: &mut Report,
+) -> Result<Vec<EdgeState>, LocalError> {
+    let mut edges = Vec::new();
+    for edge in &platform.sip_edges {
+        let kam = LocalKamailio::new(state_dir, &edge.name_any());
+        let options = KamailioRenderOptions {
+            runtime_dir: kam.runtime_dir().display().to_string(),
+            tls_files: None,
+            ..Default::default()
+        };
+        let rendered = render_kamailio(edge, &platform.pools_of(edge), &options)?;
+        let rpc = local_edge_rpc(edge, secrets.rpc_token);
+        let edge_secrets = EdgeSecrets {
+            db_url: secrets.db_url.to_string(),
+            auth_secret: state::secret(
+                secrets.secrets_dir,
+                &format!("edge-{}-auth-secret", edge.name_any()),
+            )?,
+            rpc_token: secrets.rpc_token.to_string(),
+        };
+        let settings = RunSettings {
+            config: rendered.text,
+            shared_memory_mb: edge.spec.process.shared_memory_mb,
+            private_memory_mb: edge.spec.process.private_memory_mb,
+        };
+        let (pid, change) = kam.ensure(&settings, &edge_secrets, &rpc).await?;
+        if change == EdgeChange::Restarted {
+            report.line(format!(
+                "edge       SipEdge/{}: its configuration changed; Kamailio was restarted",
+                edge.name_any()
+            ));
+        }
+        // the members written above are in the database; make sure this edge uses them now
+        rpc.reload(Reload::Dispatcher, Duration::from_secs(8))
+            .await?;
+        let sockets: Vec<String> = edge
+            .spec
+            .listen
+            .iter()
+            .map(|l| format!("{}:{}:{}", l.transport.as_str(), l.address, l.port))
+            .collect();
+        report.line(format!(
+            "edge       SipEdge/{} (Kamailio pid {pid}) SIP on {}, RPC {}, config {}, log {}",
+            edge.name_any(),
+            sockets.join(" "),
+            rpc.url(),
+            kam.config_path().display(),
+            kam.log_path().display()
+        ));
+        edges.push(EdgeState {
+            name: edge.name_any(),
+            sip: sockets,
+            rpc_url: rpc.url().to_string(),
+            rpc_token_file: Some(state::rpc_token_file(state_dir)),
+            domains: edge.spec.domains.clone(),
+            config: kam.config_path(),
+            log: kam.log_path(),
+        });
+    }
+
+    Ok(edges)
+}
+
+/// What [`up_database`] brought up.
+struct PlatformDatabase {
+    postgres: LocalPostgres,
+    /// For sipctl and the schema: the read-write endpoint.
+    db_url: String,
+    /// For the edges: through the pooler when there is one.
+    edge_db_url: String,
+    ha: Option<HaState>,
+    client: tokio_postgres::Client,
+}
+
+/// The step of `up` that runs PostgreSQL (one server, or a Patroni cluster behind
+/// HAProxy and PgBouncer), creates the platform's database and applies the schema.
+async fn up_database(
+    state_dir: &Path,
+    pg: &PgCluster,
+    report: &mut Report,
+) -> Result<PlatformDatabase, LocalError> {
+    let postgres = local_postgres(state_dir, pg);
+    let (db_url, edge_db_url, ha) = if pg.spec.instances > 1 {
+        let cluster = LocalCluster::new(state_dir, pg);
+        let mut lines = Vec::new();
+        let endpoints = cluster.up(&mut lines).await?;
+        for l in lines {
+            report.line(l);
+        }
+        let db_url = cluster
+            .read_write()
+            .ensure_database(&pg.spec.database.owner, &pg.spec.database.name)
+            .await?;
+        // the edges go through the pooler when there is one; sipctl keeps to the
+        // read-write endpoint (its prepared statements need a session of their own)
+        let edge_db_url = match cluster.start_pooler(&pg.spec.database.owner).await? {
+            Some(port) => {
+                report.line(format!("postgres   PgBouncer on 127.0.0.1:{port} in front of the read-write endpoint, for the edges"));
+                LocalPostgres::new(cluster.dir(), port, pg.spec.postgres_version.major())
+                    .url_for_owner(&pg.spec.database.owner, &pg.spec.database.name)?
+            }
+            None => db_url.clone(),
+        };
+        let ha = HaState {
+            members: cluster.member_names(),
+            patroni_urls: endpoints.patroni_urls,
+            rest_password_file: Some(cluster.rest_password_file()),
+            read_only_port: endpoints.read_only_port,
+            pooler_port: endpoints.pooler_port,
+            etcd_endpoints: endpoints.etcd_endpoints,
+        };
+        (db_url, edge_db_url, Some(ha))
+    } else {
+        if LocalCluster::is_cluster_dir(postgres.state_dir()) {
+            return Err(LocalError::Unsupported(format!(
+                "{} holds a Patroni cluster of PgCluster/{}, but spec.instances is 1; set spec.instances back, or \
+                 run `sipctl local down` and move that directory away to start a single server",
+                postgres.state_dir().display(),
+                pg.name_any()
+            )));
+        }
+        postgres.init().await?;
+        postgres.start().await?;
+        let db_url = postgres
+            .ensure_database(&pg.spec.database.owner, &pg.spec.database.name)
+            .await?;
+        (db_url.clone(), db_url, None)
+    };
+    let mut client = sipstack_db::connect(&db_url, Duration::from_secs(10)).await?;
+    let migrated = sipstack_db::migrate(&mut client).await?;
+    report.line(format!(
+        "postgres   PgCluster/{} on 127.0.0.1:{}, database {} (schema version {}, {} migration(s) applied){}",
+        pg.name_any(),
+        pg.spec.port,
+        pg.spec.database.name,
+        migrated.version,
+        migrated.applied.len(),
+        if ha.is_some() { String::new() } else { format!(", log {}", postgres.log_file().display()) }
+    ));
+
+    Ok(PlatformDatabase {
+        postgres,
+        db_url,
+        edge_db_url,
+        ha,
+        client,
+    })
 }
 
 /// The names of the edges that have a directory (`edge-NAME`) in `state_dir`.
