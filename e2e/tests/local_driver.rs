@@ -370,5 +370,9 @@ fn a_secret_on_a_command_line_is_found() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    // the shell, and for a moment the child it forks for sleep
+    assert!(
+        !leaks.is_empty() && leaks.iter().all(|l| l.contains("secrets/db-url")),
+        "{leaks:?}"
+    );
 }
