@@ -20,11 +20,12 @@ use sipstack_operator::controller;
 use sipstack_operator::controller::mediapool::DISPATCHER_FINALIZER;
 use support::{example, setup, FakeApi, NAMESPACE};
 
-/// The kinds, with the script of each under charts/sipstack/argocd/health/.
+/// The kinds, with the script of each under charts/sipstack/argocd/health/ (one
+/// serves all three: their statuses share the conditions).
 const KINDS: &[(&str, &str)] = &[
-    ("SipEdge", "sipedge.lua"),
-    ("MediaPool", "mediapool.lua"),
-    ("PgCluster", "pgcluster.lua"),
+    ("SipEdge", "sipstack.lua"),
+    ("MediaPool", "sipstack.lua"),
+    ("PgCluster", "sipstack.lua"),
 ];
 
 /// What a script must return for a fixture.
@@ -649,7 +650,7 @@ fn entries(indent: usize) -> String {
     out
 }
 
-const SNIPPET_HEADER: &str = "# Copies of health/*.lua, written by operator/tests/argocd_health.rs\n\
+const SNIPPET_HEADER: &str = "# Copies of health/sipstack.lua, written by operator/tests/argocd_health.rs\n\
 # (SIPSTACK_UPDATE_GOLDEN=1 cargo test -p sipstack-operator --test argocd_health).\n\
 # Edit the scripts, not this file. Installing: charts/sipstack/README.md, \"Argo CD health checks\".\n";
 

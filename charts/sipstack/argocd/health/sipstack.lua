@@ -1,5 +1,6 @@
--- Argo CD health check for sipstack.io/MediaPool (key in argocd-cm:
--- resource.customizations.health.sipstack.io_MediaPool).
+-- Argo CD health check for sipstack.io's SipEdge, MediaPool and PgCluster: their
+-- statuses share the conditions, so one script serves the three keys in argocd-cm
+-- (resource.customizations.health.sipstack.io_<Kind>).
 --
 -- The operator reports the conditions Ready, Progressing and Degraded and the
 -- generation they describe (operator/src/status.rs, controller/report.rs):
