@@ -18,6 +18,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -148,6 +149,24 @@ impl ChildKind {
             <K as k8s_openapi::Resource>::URL_PATH_SEGMENT,
         ))
     }
+}
+
+/// `controller`, also woken by changes to the children of `kinds` (in `namespace`, or
+/// in all namespaces) that its resources own.
+pub fn owning<K>(
+    controller: Controller<K>,
+    kinds: &[ChildKind],
+    client: &Client,
+    namespace: Option<&str>,
+    config: &watcher::Config,
+) -> Controller<K>
+where
+    K: Clone + Resource<DynamicType = ()> + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    // kube-rs's `owns` takes the child's static type; the kind's match names it
+    kinds.iter().fold(controller, |controller, kind| {
+        with_child_type!(*kind, C => controller.owns(super::api::<C>(client, namespace), config.clone()))
+    })
 }
 
 /// The resource whose children are synced.

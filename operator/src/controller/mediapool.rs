@@ -10,24 +10,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event as FinalizerEvent};
 use kube::{Api, ResourceExt};
-use serde_json::Value;
-use sipstack_crds::{MediaPool, PgCluster, SipEdge};
+use sipstack_crds::{MediaPool, MediaPoolStatus, PgCluster, SipEdge};
 use sipstack_dispatch::Member;
 
-use crate::controller::apply::{self, ChildKind, Owner};
+use crate::controller::apply::{ChildKind, Synced};
 use crate::controller::context::Context;
 use crate::controller::database::PlatformDatabaseError;
 use crate::controller::dispatcher::{self, SetSynced};
 use crate::controller::error::{namespace_of, ReconcileError};
 use crate::controller::report::{self, ready_of, Report};
-use crate::controller::sipedge::rejected_observation;
 use crate::mediapool;
 use crate::object::Object;
-use crate::status::Observation;
 
 /// The finalizer that keeps a deleted MediaPool until its dispatcher set is removed.
 pub const DISPATCHER_FINALIZER: &str = "sipstack.io/dispatcher-cleanup";
@@ -121,32 +117,27 @@ async fn apply_pool(
     };
     // the edges of the namespace: those using the pool send it SIP (the NetworkPolicy)
     // and read its dispatcher set (the sync below)
-    let edges = Api::<SipEdge>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| ReconcileError::kube("list the SipEdges", e))?
-        .items;
+    let edges: Vec<SipEdge> = super::list_in(ctx, &namespace, None).await?;
     let name = pool.name_any();
     let callers: Vec<&SipEdge> = edges
         .iter()
         .filter(|e| e.spec.media_pools.contains(&name))
         .collect();
-    let desired = match mediapool::build(pool, &namespace, cdr_cluster.as_ref(), &callers) {
-        Ok(objects) => objects,
-        Err(error) => {
-            tracing::warn!(%error, "the spec cannot be applied");
-            return report::degrade(ctx, pool, Observation::from(&error)).await;
-        }
-    };
-    let owner = Owner::of(pool, &namespace);
-    let synced = match apply::sync_children(ctx, &owner, CHILD_KINDS, desired).await {
-        Ok(synced) => synced,
-        Err(ReconcileError::Rejected { object, message }) => {
-            let observation = rejected_observation(&owner.reference, &object, &message);
-            return report::degrade(ctx, pool, observation).await;
-        }
-        Err(e) => return Err(e),
-    };
+    let desired = mediapool::build(pool, &namespace, cdr_cluster.as_ref(), &callers);
+    report::sync_and_report(ctx, pool, &namespace, CHILD_KINDS, desired, |synced| {
+        pool_status(pool, &namespace, &edges, ctx, synced)
+    })
+    .await
+}
+
+/// The pool's status after its children are synced and its dispatcher set written.
+async fn pool_status(
+    pool: &MediaPool,
+    namespace: &str,
+    edges: &[SipEdge],
+    ctx: &Context,
+    synced: Synced,
+) -> Result<Report<MediaPoolStatus>, ReconcileError> {
     let (ready, raw_ready) = match synced.find(ChildKind::StatefulSet) {
         Some(Object::StatefulSet(sts)) => {
             let status = sts.status.clone().unwrap_or_default();
@@ -162,45 +153,30 @@ async fn apply_pool(
         }
         _ => (0, 0),
     };
-    let desired_pods = pool.spec.replicas;
-    let synced = sync_dispatcher(pool, &namespace, &edges, ctx).await?;
-    let mut fields = vec![("readyReplicas", Value::from(raw_ready))];
-    // the members as the databases hold them: unknown while a database failed
-    if synced.error.is_none() {
-        fields.push(("activeMembers", Value::from(synced.active_members())));
-        let members = synced.members();
-        fields.push((
-            "members",
-            if members.is_empty() {
-                Value::Null
-            } else {
-                Value::from(members)
-            },
-        ));
-    }
-    let report = Report {
-        observation: Observation::Applied {
-            ready,
-            desired: desired_pods,
-        },
-        fields,
+    let outcome = sync_dispatcher(pool, namespace, edges, ctx).await?;
+    let mut status = MediaPoolStatus {
+        ready_replicas: Some(raw_ready),
+        ..Default::default()
     };
-    report::publish(ctx, pool, &report).await?;
-    if let Some(error) = synced.error {
-        // the status above is current but for the members; retried with the backoff
-        return Err(error.into());
-    }
-    let mut requeue = if ready >= desired_pods {
-        ctx.timing.ready
+    let mut keep = MediaPoolStatus::default();
+    if outcome.error.is_none() {
+        status.active_members = Some(outcome.active_members());
+        status.members = outcome.members();
     } else {
-        ctx.timing.pending
-    };
-    if synced.changes > 0 {
+        // the members as the databases hold them are unknown while one failed: the
+        // status keeps what it had (these values only mark the fields)
+        keep.active_members = Some(0);
+        keep.members = vec![String::new()];
+    }
+    Ok(Report {
+        keep,
         // members inserted to wait for their first probe are marked active in the
         // table by the next sync; that should not wait for the slow resync
-        requeue = requeue.min(ctx.timing.pending);
-    }
-    Ok((Action::requeue(requeue), "applied"))
+        recheck_soon: outcome.changes > 0,
+        // the status is current but for the members; retried with the backoff
+        failure: outcome.error.map(ReconcileError::from),
+        ..Report::new(ready, pool.spec.replicas, status)
+    })
 }
 
 /// What [`sync_dispatcher`] did across the databases of the pool's edges.
@@ -260,11 +236,7 @@ async fn sync_dispatcher(
         return Ok(outcome);
     }
     let selector = dispatcher::slice_selector(&name);
-    let slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| ReconcileError::kube(format!("list the EndpointSlices {selector}"), e))?
-        .items;
+    let slices: Vec<EndpointSlice> = super::list_in(ctx, namespace, Some(&selector)).await?;
     let members = dispatcher::desired_members(pool, &slices);
     let set = dispatcher::dispatcher_set(pool, members);
     let clusters = Api::<PgCluster>::namespaced(ctx.client.clone(), namespace);
@@ -285,13 +257,8 @@ async fn sync_dispatcher(
             .filter(|e| e.spec.database.pg_cluster == database)
         {
             let selector = dispatcher::edge_rpc_slice_selector(edge);
-            let rpc_slices = Api::<EndpointSlice>::namespaced(ctx.client.clone(), namespace)
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| {
-                    ReconcileError::kube(format!("list the EndpointSlices {selector}"), e)
-                })?
-                .items;
+            let rpc_slices: Vec<EndpointSlice> =
+                super::list_in(ctx, namespace, Some(&selector)).await?;
             urls.extend(dispatcher::edge_rpc_endpoints(edge, namespace, &rpc_slices));
         }
         match ctx.dispatcher.sync_set(&cluster, &urls, &set).await {
@@ -331,22 +298,9 @@ async fn cleanup(pool: &MediaPool, ctx: &Context) -> Result<Action, ReconcileErr
     let namespace = namespace_of(pool)?;
     let name = pool.name_any();
     let set_id = pool.spec.set_id;
-    let list = ListParams::default();
-    let edges = Api::<SipEdge>::namespaced(ctx.client.clone(), &namespace)
-        .list(&list)
-        .await
-        .map_err(|e| ReconcileError::kube("list the SipEdges", e))?
-        .items;
-    let clusters = Api::<PgCluster>::namespaced(ctx.client.clone(), &namespace)
-        .list(&list)
-        .await
-        .map_err(|e| ReconcileError::kube("list the PgClusters", e))?
-        .items;
-    let pools = Api::<MediaPool>::namespaced(ctx.client.clone(), &namespace)
-        .list(&list)
-        .await
-        .map_err(|e| ReconcileError::kube("list the MediaPools", e))?
-        .items;
+    let edges: Vec<SipEdge> = super::list_in(ctx, &namespace, None).await?;
+    let clusters: Vec<PgCluster> = super::list_in(ctx, &namespace, None).await?;
+    let pools: Vec<MediaPool> = super::list_in(ctx, &namespace, None).await?;
 
     let mut databases: BTreeSet<String> = edges
         .iter()

@@ -26,17 +26,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
+use kube::api::ListParams;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use sipstack_crds::{MediaPool, PgCluster, SipEdge};
 
 use crate::controller::context::{Context, Timing};
@@ -213,6 +210,37 @@ where
     }
 }
 
+/// The objects of kind `K` in `namespace`; only those with the labels `selector` when
+/// one is given.
+pub(crate) async fn list_in<K>(
+    ctx: &Context,
+    namespace: &str,
+    selector: Option<&str>,
+) -> Result<Vec<K>, ReconcileError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let params = match selector {
+        Some(selector) => ListParams::default().labels(selector),
+        None => ListParams::default(),
+    };
+    let list = Api::<K>::namespaced(ctx.client.clone(), namespace)
+        .list(&params)
+        .await
+        .map_err(|e| {
+            let what = format!("list the {}s", K::kind(&()));
+            let action = match selector {
+                Some(selector) => format!("{what} {selector}"),
+                None => what,
+            };
+            ReconcileError::kube(action, e)
+        })?;
+    Ok(list.items)
+}
+
 /// Resources of kind `R` that `wants` says depend on `changed`, for `.watches`.
 fn dependents<R>(
     store: &kube::runtime::reflector::Store<R>,
@@ -271,13 +299,7 @@ pub async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
     let edges = Controller::new(api::<SipEdge>(&client, ns), resources.clone());
     let edge_store = edges.store();
     let pool_edges = edge_store.clone();
-    let edges = edges
-        .owns(api::<Secret>(&client, ns), children.clone())
-        .owns(api::<ConfigMap>(&client, ns), children.clone())
-        .owns(api::<Service>(&client, ns), children.clone())
-        .owns(api::<Deployment>(&client, ns), children.clone())
-        .owns(api::<DaemonSet>(&client, ns), children.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
+    let edges = apply::owning(edges, sipedge::CHILD_KINDS, &client, ns, &children)
         .watches(
             api::<PgCluster>(&client, ns),
             resources.clone(),
@@ -314,13 +336,7 @@ pub async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
     let pools = Controller::new(api::<MediaPool>(&client, ns), resources.clone());
     let pool_store = pools.store();
     let slice_pools = pool_store.clone();
-    let pools = pools
-        .owns(api::<Secret>(&client, ns), children.clone())
-        .owns(api::<ConfigMap>(&client, ns), children.clone())
-        .owns(api::<Service>(&client, ns), children.clone())
-        .owns(api::<NetworkPolicy>(&client, ns), children.clone())
-        .owns(api::<StatefulSet>(&client, ns), children.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
+    let pools = apply::owning(pools, mediapool::CHILD_KINDS, &client, ns, &children)
         .watches(
             api::<PgCluster>(&client, ns),
             resources.clone(),
@@ -354,17 +370,8 @@ pub async fn run_controllers(ctx: Arc<Context>, namespace: Option<String>) {
         .run(mediapool::reconcile, error_policy, ctx.clone())
         .for_each(log_result);
 
-    let clusters = Controller::new(api::<PgCluster>(&client, ns), resources.clone())
-        .owns(api::<ServiceAccount>(&client, ns), children.clone())
-        .owns(api::<Role>(&client, ns), children.clone())
-        .owns(api::<RoleBinding>(&client, ns), children.clone())
-        .owns(api::<Secret>(&client, ns), children.clone())
-        .owns(api::<ConfigMap>(&client, ns), children.clone())
-        .owns(api::<Service>(&client, ns), children.clone())
-        .owns(api::<NetworkPolicy>(&client, ns), children.clone())
-        .owns(api::<StatefulSet>(&client, ns), children.clone())
-        .owns(api::<Deployment>(&client, ns), children.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), children)
+    let clusters = Controller::new(api::<PgCluster>(&client, ns), resources.clone());
+    let clusters = apply::owning(clusters, pgcluster::CHILD_KINDS, &client, ns, &children)
         // the clients' network decides what the NetworkPolicies admit
         .watches(
             api::<SipEdge>(&client, ns),

@@ -9,20 +9,16 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Endpoints;
-use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use serde_json::Value;
-use sipstack_crds::{DcsKind, MediaPool, PgCluster, SipEdge};
+use sipstack_crds::{DcsKind, MediaPool, PgCluster, PgClusterStatus, SipEdge};
 
-use crate::controller::apply::{self, ChildKind, Owner};
+use crate::controller::apply::{ChildKind, Synced};
 use crate::controller::context::Context;
 use crate::controller::error::{namespace_of, ReconcileError};
 use crate::controller::report::{self, ready_of, Report};
-use crate::controller::sipedge::rejected_observation;
 use crate::controller::{mediapool, sipedge};
 use crate::object::Object;
-use crate::status::Observation;
 use crate::{names, pgcluster};
 
 /// The kinds of children a cluster may have.
@@ -62,17 +58,8 @@ async fn reconcile_inner(
 ) -> Result<(Action, &'static str), ReconcileError> {
     let namespace = namespace_of(cluster)?;
     let name = cluster.name_any();
-    let list = ListParams::default();
-    let edges = Api::<SipEdge>::namespaced(ctx.client.clone(), &namespace)
-        .list(&list)
-        .await
-        .map_err(|e| ReconcileError::kube("list the SipEdges", e))?
-        .items;
-    let pools = Api::<MediaPool>::namespaced(ctx.client.clone(), &namespace)
-        .list(&list)
-        .await
-        .map_err(|e| ReconcileError::kube("list the MediaPools", e))?
-        .items;
+    let edges: Vec<SipEdge> = super::list_in(ctx, &namespace, None).await?;
+    let pools: Vec<MediaPool> = super::list_in(ctx, &namespace, None).await?;
     let client_edges: Vec<&SipEdge> = edges
         .iter()
         .filter(|e| sipedge::uses_cluster(e, Some(&namespace), &name))
@@ -81,23 +68,22 @@ async fn reconcile_inner(
         .iter()
         .filter(|p| mediapool::uses_cluster(p, Some(&namespace), &name))
         .collect();
-    let desired = match pgcluster::build(cluster, &namespace, &client_edges, &client_pools) {
-        Ok(objects) => objects,
-        Err(error) => {
-            tracing::warn!(%error, "the spec cannot be applied");
-            return report::degrade(ctx, cluster, Observation::from(&error)).await;
-        }
-    };
-    let owner = Owner::of(cluster, &namespace);
-    let synced = match apply::sync_children(ctx, &owner, CHILD_KINDS, desired).await {
-        Ok(synced) => synced,
-        Err(ReconcileError::Rejected { object, message }) => {
-            let observation = rejected_observation(&owner.reference, &object, &message);
-            return report::degrade(ctx, cluster, observation).await;
-        }
-        Err(e) => return Err(e),
-    };
+    let desired = pgcluster::build(cluster, &namespace, &client_edges, &client_pools);
+    report::sync_and_report(ctx, cluster, &namespace, CHILD_KINDS, desired, |synced| {
+        cluster_status(cluster, &namespace, ctx, synced)
+    })
+    .await
+}
 
+/// The cluster's status after its children are synced; the platform schema set up
+/// once a member runs.
+async fn cluster_status(
+    cluster: &PgCluster,
+    namespace: &str,
+    ctx: &Context,
+    synced: Synced,
+) -> Result<Report<PgClusterStatus>, ReconcileError> {
+    let name = cluster.name_any();
     let workload = names::pg_workload(&name);
     let pooler = names::pg_pooler(&name);
     let mut ready_members = 0;
@@ -129,7 +115,7 @@ async fn reconcile_inner(
         }
     }
     let primary = if cluster.spec.dcs.kind == DcsKind::Kubernetes {
-        primary_member(ctx, &namespace, &name).await?
+        primary_member(ctx, namespace, &name).await?
     } else {
         // with etcd the leader key is in etcd; the status leaves the field to others
         cluster.status.as_ref().and_then(|s| s.primary.clone())
@@ -145,27 +131,13 @@ async fn reconcile_inner(
             Err(error) => tracing::warn!(%error, "the platform schema is not set up yet"),
         }
     }
-    let report = Report {
-        observation: Observation::Applied {
-            ready,
-            desired: desired_pods,
-        },
-        fields: vec![
-            ("readyInstances", Value::from(ready_members)),
-            ("primary", primary.map(Value::from).unwrap_or(Value::Null)),
-            (
-                "schemaVersion",
-                schema_version.map(Value::from).unwrap_or(Value::Null),
-            ),
-        ],
+    let status = PgClusterStatus {
+        ready_instances: Some(ready_members),
+        primary,
+        schema_version,
+        ..Default::default()
     };
-    report::publish(ctx, cluster, &report).await?;
-    let requeue = if ready >= desired_pods {
-        ctx.timing.ready
-    } else {
-        ctx.timing.pending
-    };
-    Ok((Action::requeue(requeue), "applied"))
+    Ok(Report::new(ready, desired_pods, status))
 }
 
 /// The member Patroni made primary, from its leader Endpoints (named after the cluster).

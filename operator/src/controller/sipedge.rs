@@ -7,17 +7,15 @@ use std::sync::Arc;
 
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use serde_json::Value;
-use sipstack_crds::{MediaPool, PgCluster, SipEdge};
+use sipstack_crds::{MediaPool, PgCluster, SipEdge, SipEdgeStatus};
 
-use crate::controller::apply::{self, ChildKind, Owner};
+use crate::controller::apply::{ChildKind, Synced};
 use crate::controller::context::Context;
 use crate::controller::error::{namespace_of, ReconcileError};
 use crate::controller::report::{self, ready_of, Report};
 use crate::meta::CONFIG_HASH_ANNOTATION;
 use crate::object::Object;
 use crate::sipedge;
-use crate::status::Observation;
 
 /// The kinds of children an edge may have.
 pub const CHILD_KINDS: &[ChildKind] = &[
@@ -67,25 +65,26 @@ async fn reconcile_inner(
     }
     let pool_refs: Vec<&MediaPool> = pools.iter().collect();
 
-    let desired = match sipedge::build(edge, &namespace, &pool_refs, cluster.as_ref()) {
-        Ok(objects) => objects,
-        Err(error) => {
-            tracing::warn!(%error, "the spec cannot be applied");
-            return report::degrade(ctx, edge, Observation::from(&error)).await;
-        }
-    };
-    let config_hash = desired.iter().find_map(pod_config_hash);
-    let owner = Owner::of(edge, &namespace);
-    let synced = match apply::sync_children(ctx, &owner, CHILD_KINDS, desired).await {
-        Ok(synced) => synced,
-        Err(ReconcileError::Rejected { object, message }) => {
-            let observation = rejected_observation(&owner.reference, &object, &message);
-            return report::degrade(ctx, edge, observation).await;
-        }
-        Err(e) => return Err(e),
-    };
+    let desired = sipedge::build(edge, &namespace, &pool_refs, cluster.as_ref());
+    let config_hash = desired
+        .as_ref()
+        .ok()
+        .and_then(|objects| objects.iter().find_map(pod_config_hash));
+    report::sync_and_report(
+        ctx,
+        edge,
+        &namespace,
+        CHILD_KINDS,
+        desired,
+        |synced| async move { Ok(edge_report(&synced, config_hash)) },
+    )
+    .await
+}
 
-    let (ready, desired_pods) = match synced
+/// The edge's status after its children are synced: the pods of its workload (a
+/// Deployment or a DaemonSet) and the configuration they run.
+fn edge_report(synced: &Synced, config_hash: Option<String>) -> Report<SipEdgeStatus> {
+    let (ready, desired) = match synced
         .find(ChildKind::Deployment)
         .or_else(|| synced.find(ChildKind::DaemonSet))
     {
@@ -120,26 +119,12 @@ async fn reconcile_inner(
         }
         _ => (0, 1),
     };
-    let report = Report {
-        observation: Observation::Applied {
-            ready,
-            desired: desired_pods,
-        },
-        fields: vec![
-            ("readyReplicas", Value::from(ready)),
-            (
-                "configHash",
-                config_hash.map(Value::from).unwrap_or(Value::Null),
-            ),
-        ],
+    let status = SipEdgeStatus {
+        ready_replicas: Some(ready),
+        config_hash,
+        ..Default::default()
     };
-    report::publish(ctx, edge, &report).await?;
-    let requeue = if ready >= desired_pods {
-        ctx.timing.ready
-    } else {
-        ctx.timing.pending
-    };
-    Ok((Action::requeue(requeue), "applied"))
+    Report::new(ready, desired, status)
 }
 
 /// The configuration hash on the pod template of a workload.
@@ -157,28 +142,4 @@ fn pod_config_hash(object: &Object) -> Option<String> {
         .as_ref()?
         .get(CONFIG_HASH_ANNOTATION)
         .cloned()
-}
-
-/// The `Degraded` report of a child the API server refused, with the way out.
-pub fn rejected_observation(owner: &str, child: &str, message: &str) -> Observation {
-    let immutable = message.contains("Forbidden") || message.contains("immutable");
-    let (reason, fix) = if immutable {
-        (
-            "ImmutableField",
-            format!(
-                "the change of {owner}'s spec needs a field of {child} that cannot be changed in place; \
-                 revert the change, or delete {child} (kubectl delete {} --cascade=orphan keeps the pods) so that the operator creates it anew",
-                child.to_lowercase().replacen('/', " ", 1)
-            ),
-        )
-    } else {
-        (
-            "InvalidSpec",
-            format!("correct the field of {owner}'s spec that the message names"),
-        )
-    };
-    Observation::Invalid {
-        reason: reason.into(),
-        message: format!("the API server refused {child}: {message}; {fix}"),
-    }
 }
