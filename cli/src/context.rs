@@ -14,6 +14,7 @@
 //!       - name: edge
 //!         rpc: http://127.0.0.1:5071/RPC
 //!     rpcTokenFile: /var/lib/sipstack/local/secrets/rpc-token   # SIPSTACK_RPC_TOKEN overrides
+//!     trunkKeyFile: /var/lib/sipstack/local/secrets/trunk-key   # SIPSTACK_TRUNK_KEY overrides
 //! ```
 
 use std::fs;
@@ -44,6 +45,10 @@ pub struct NamedContext {
     /// A file holding the token the edges' RPC requires; `SIPSTACK_RPC_TOKEN` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc_token_file: Option<PathBuf>,
+    /// A file holding the edges' trunk key (base64 of 32 bytes), which trunk
+    /// passwords are encrypted with; `SIPSTACK_TRUNK_KEY` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk_key_file: Option<PathBuf>,
     /// FreeSWITCH nodes whose event socket sipctl may use (drain pauses them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub media_nodes: Vec<MediaNodeConfig>,
@@ -158,6 +163,8 @@ pub struct Target {
     pub patroni_password: Option<String>,
     /// Media nodes reachable over their event socket.
     pub media_nodes: Vec<MediaNodeConfig>,
+    /// The context's trunk key file; read only by the commands that encrypt.
+    pub trunk_key_file: Option<PathBuf>,
 }
 
 /// Overrides given on the command line (or in the environment).
@@ -292,8 +299,39 @@ impl Target {
             rpc_token,
             patroni,
             patroni_password,
+            trunk_key_file: context.as_ref().and_then(|c| c.trunk_key_file.clone()),
             media_nodes: context.map(|c| c.media_nodes).unwrap_or_default(),
         })
+    }
+
+    /// The edges' trunk key: `SIPSTACK_TRUNK_KEY`, else the context's
+    /// trunkKeyFile, or an error that says how to give one.
+    pub fn trunk_key(&self) -> anyhow::Result<sipstack_db::trunk::TrunkKey> {
+        use sipstack_db::trunk::{TrunkKey, TRUNK_KEY_ENV};
+        if let Ok(text) = std::env::var(TRUNK_KEY_ENV) {
+            if !text.trim().is_empty() {
+                return TrunkKey::from_base64(&text).context(TRUNK_KEY_ENV);
+            }
+        }
+        match &self.trunk_key_file {
+            Some(file) => {
+                let text = fs::read_to_string(file).with_context(|| {
+                    format!(
+                        "cannot read the trunk key file {} of the context",
+                        file.display()
+                    )
+                })?;
+                TrunkKey::from_base64(&text)
+                    .with_context(|| format!("the trunk key file {}", file.display()))
+            }
+            None => Err(crate::commands::CliError::Invalid(format!(
+                "no trunk key: a trunk's password is stored encrypted with the edges' trunk key; set \
+                 {TRUNK_KEY_ENV} to it (base64), or give the context a trunkKeyFile \
+                 (`sipctl config set-context NAME --trunk-key-file FILE`; `sipctl local up` keeps the \
+                 local platform's in <state>/secrets/trunk-key)"
+            ))
+            .into()),
+        }
     }
 
     /// The database URL, or an error that says how to give one.
@@ -363,6 +401,7 @@ mod tests {
                 rpc: "http://127.0.0.1:5071/RPC".into(),
             }],
             rpc_token_file: Some("/x/rpc-token".into()),
+            trunk_key_file: Some("/x/trunk-key".into()),
             media_nodes: vec![],
         });
         file.current_context = Some("local".into());
@@ -371,6 +410,7 @@ mod tests {
             database: DatabaseConfig::default(),
             edges: vec![],
             rpc_token_file: None,
+            trunk_key_file: None,
             media_nodes: vec![],
         });
         assert_eq!(file.contexts.len(), 1);

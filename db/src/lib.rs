@@ -1,9 +1,10 @@
 //! The platform database: schema migrations and the tables Kamailio, sipctl and
 //! the operator share.
 //!
-//! Kamailio reads `subscriber`, `location`, `dispatcher` and the
-//! `sipstack_dialplan` view directly; everything written here must stay in the
-//! shape its modules expect (see the migrations).
+//! Kamailio reads `subscriber`, `location`, `dispatcher` and the views
+//! `sipstack_dialplan`, `sipstack_trunk_address_view` and `sipstack_trunk_htable`
+//! directly; everything written here must stay in the shape its modules expect
+//! (see the migrations).
 
 pub mod bootstrap;
 pub mod cdr;
@@ -11,8 +12,10 @@ pub mod dispatcher;
 mod error;
 pub mod media_pool;
 mod migrate;
+pub mod number;
 pub mod route;
 pub mod subscriber;
+pub mod trunk;
 pub mod validate;
 
 use std::time::Duration;

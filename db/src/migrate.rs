@@ -48,6 +48,11 @@ static MIGRATIONS: &[Migration] = &[
         name: "route_service",
         sql: include_str!("../migrations/0005_route_service.sql"),
     },
+    Migration {
+        version: 6,
+        name: "trunks",
+        sql: include_str!("../migrations/0006_trunks.sql"),
+    },
 ];
 
 /// Every migration this binary carries, oldest first.

@@ -66,6 +66,8 @@ pub enum Target {
     Uri(String),
     /// Answer with an error.
     Reject { code: u16, reason: String },
+    /// Out through a trunk (its gateways in order, or a PBX's contact).
+    Trunk(String),
 }
 
 impl Target {
@@ -75,6 +77,65 @@ impl Target {
             Target::User => "user",
             Target::Uri(_) => "uri",
             Target::Reject { .. } => "reject",
+            Target::Trunk(_) => "trunk",
+        }
+    }
+}
+
+/// Which calls a route applies to: the edge keeps routes for calls from
+/// subscribers and for calls from trunks in separate rule sets, so a call from a
+/// carrier never takes a subscriber's route out to another carrier (transit)
+/// unless a route says so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RouteSource {
+    /// Calls from the platform's subscribers.
+    #[default]
+    Subscriber,
+    /// Calls from trunks (transit).
+    Trunk,
+    /// Both.
+    Any,
+}
+
+impl RouteSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteSource::Subscriber => "subscriber",
+            RouteSource::Trunk => "trunk",
+            RouteSource::Any => "any",
+        }
+    }
+
+    /// Whether calls from subscribers take routes of this source.
+    pub fn for_subscribers(self) -> bool {
+        matches!(self, RouteSource::Subscriber | RouteSource::Any)
+    }
+
+    /// Whether calls from trunks take routes of this source.
+    pub fn for_trunks(self) -> bool {
+        matches!(self, RouteSource::Trunk | RouteSource::Any)
+    }
+}
+
+impl fmt::Display for RouteSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RouteSource {
+    type Err = DbError;
+
+    fn from_str(s: &str) -> Result<Self, DbError> {
+        match s {
+            "subscriber" => Ok(RouteSource::Subscriber),
+            "trunk" => Ok(RouteSource::Trunk),
+            "any" => Ok(RouteSource::Any),
+            _ => Err(invalid(
+                "source",
+                format!("{} is not a route source", shown(s)),
+                "use subscriber, trunk or any",
+            )),
         }
     }
 }
@@ -89,6 +150,8 @@ pub struct NewRoute {
     pub match_value: String,
     /// Only for callers of this domain; `None`: for every caller.
     pub source_domain: Option<String>,
+    /// Which calls the route applies to (a caller domain only with [`RouteSource::Subscriber`]).
+    pub source: RouteSource,
     pub target: Target,
     /// With a pool target: the service the media node runs for the call
     /// (one of [`SERVICES`]); `None`: the pool's default (answer, tone, echo).
@@ -122,6 +185,8 @@ pub struct Route {
     pub match_kind: MatchKind,
     pub match_value: String,
     pub source_domain: Option<String>,
+    /// Which calls the route applies to.
+    pub source: RouteSource,
     pub target: Target,
     pub service: Option<String>,
     pub description: String,
@@ -145,6 +210,10 @@ pub struct DialplanRule {
 pub const DOMAIN_MAP_DPID: i32 = 1;
 /// Dialplan id of the routes for callers whose domain has no routes of its own.
 pub const DEFAULT_DPID: i32 = 2;
+/// Dialplan id of the platform's numbers, looked up before any route.
+pub const NUMBERS_DPID: i32 = 3;
+/// Dialplan id of the routes for calls from trunks (source trunk or any).
+pub const TRUNK_DPID: i32 = 4;
 
 /// The PCRE `sipstack_dialplan` uses for a prefix route: `^` and the prefix with
 /// the metacharacters among its allowed characters (`+ * .`) escaped. `#` needs
@@ -164,6 +233,7 @@ pub fn prefix_match_exp(prefix: &str) -> String {
 /// Checks a route the way the table's CHECK constraints do, with errors that name
 /// the field and the fix. Returns it normalised (source domain lower-cased).
 pub fn validate(route: &NewRoute) -> Result<NewRoute, DbError> {
+    let source = route.source;
     validate::name("name", &route.name)?;
     if !(0..=9999).contains(&route.priority) {
         return Err(invalid(
@@ -177,6 +247,20 @@ pub fn validate(route: &NewRoute) -> Result<NewRoute, DbError> {
         Some(d) => Some(validate::domain("source_domain", d)?),
         None => None,
     };
+    if source_domain.is_some() && source != RouteSource::Subscriber {
+        return Err(invalid(
+            "source_domain",
+            format!(
+                "a route for calls from {} has no caller domain: calls from trunks have none",
+                if source == RouteSource::Trunk {
+                    "trunks"
+                } else {
+                    "subscribers and trunks"
+                }
+            ),
+            "leave out the caller domain, or make the route for calls from subscribers only",
+        ));
+    }
     validate_target(&route.target)?;
     if let Some(service) = &route.service {
         if !matches!(route.target, Target::Pool(_)) {
@@ -265,6 +349,7 @@ fn validate_match(kind: MatchKind, value: &str) -> Result<(), DbError> {
 fn validate_target(target: &Target) -> Result<(), DbError> {
     match target {
         Target::Pool(pool) => validate::name("target_pool", pool),
+        Target::Trunk(trunk) => validate::name("target_trunk", trunk),
         Target::User => Ok(()),
         Target::Uri(uri) => {
             if uri.len() > MAX_TARGET_URI_LEN || !validate::TARGET_URI.is_match(uri) {
@@ -301,7 +386,8 @@ fn validate_target(target: &Target) -> Result<(), DbError> {
 
 const ROUTE_COLUMNS: &str =
     "r.id, r.name, r.priority, r.match_kind, r.match_value, r.source_domain, r.target_kind, \
-     r.target_pool, r.target_uri, r.reject_code, r.reject_reason, r.description, r.created_at, r.service";
+     r.target_pool, r.target_uri, r.reject_code, r.reject_reason, r.description, r.created_at, r.service, \
+     r.target_trunk::text, r.source::text";
 
 fn route_from_row(row: &Row) -> Result<Route, DbError> {
     let target_kind: &str = row.get(6);
@@ -309,6 +395,7 @@ fn route_from_row(row: &Row) -> Result<Route, DbError> {
         "pool" => Target::Pool(row.get::<_, Option<String>>(7).unwrap_or_default()),
         "user" => Target::User,
         "uri" => Target::Uri(row.get::<_, Option<String>>(8).unwrap_or_default()),
+        "trunk" => Target::Trunk(row.get::<_, Option<String>>(14).unwrap_or_default()),
         _ => Target::Reject {
             code: row
                 .get::<_, Option<i32>>(9)
@@ -324,6 +411,7 @@ fn route_from_row(row: &Row) -> Result<Route, DbError> {
         match_kind: row.get::<_, &str>(3).parse()?,
         match_value: row.get(4),
         source_domain: row.get(5),
+        source: row.get::<_, &str>(15).parse()?,
         target,
         service: row.get(13),
         description: row.get(11),
@@ -514,18 +602,29 @@ pub async fn add(client: &impl GenericClient, route: &NewRoute) -> Result<Route,
             return Err(unknown_pool(pool, &known));
         }
     }
-    let (pool, uri, code, reason) = match &r.target {
-        Target::Pool(p) => (Some(p.as_str()), None, None, None),
-        Target::User => (None, None, None, None),
-        Target::Uri(u) => (None, Some(u.as_str()), None, None),
-        Target::Reject { code, reason } => {
-            (None, None, Some(i32::from(*code)), Some(reason.as_str()))
+    if let Target::Trunk(trunk) = &r.target {
+        let known = crate::trunk::names(client).await?;
+        if !known.iter().any(|k| k == trunk) {
+            return Err(crate::trunk::unknown_trunk("target_trunk", trunk, &known));
         }
+    }
+    let (pool, uri, code, reason, trunk) = match &r.target {
+        Target::Pool(p) => (Some(p.as_str()), None, None, None, None),
+        Target::User => (None, None, None, None, None),
+        Target::Uri(u) => (None, Some(u.as_str()), None, None, None),
+        Target::Reject { code, reason } => (
+            None,
+            None,
+            Some(i32::from(*code)),
+            Some(reason.as_str()),
+            None,
+        ),
+        Target::Trunk(t) => (None, None, None, None, Some(t.as_str())),
     };
     let sql = format!(
         "INSERT INTO sipstack_route AS r (name, priority, match_kind, match_value, source_domain, target_kind,
-             target_pool, target_uri, reject_code, reject_reason, description, service)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             target_pool, target_uri, reject_code, reject_reason, description, service, target_trunk, source)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          RETURNING {ROUTE_COLUMNS}"
     );
     let result = client
@@ -544,6 +643,8 @@ pub async fn add(client: &impl GenericClient, route: &NewRoute) -> Result<Route,
                 &reason,
                 &r.description,
                 &r.service,
+                &trunk,
+                &r.source.as_str(),
             ],
         )
         .await;
@@ -553,7 +654,18 @@ pub async fn add(client: &impl GenericClient, route: &NewRoute) -> Result<Route,
             kind: "route",
             name: r.name.clone(),
         }),
-        // the pool was deleted between the check above and the insert
+        // the trunk or pool was deleted between the check above and the insert
+        Err(e)
+            if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION)
+                && e.as_db_error().and_then(|d| d.constraint())
+                    == Some("sipstack_route_target_trunk_fkey") =>
+        {
+            Err(crate::trunk::unknown_trunk(
+                "target_trunk",
+                trunk.unwrap_or_default(),
+                &[],
+            ))
+        }
         Err(e) if e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => Err(invalid(
             "target_pool",
             format!(
@@ -672,9 +784,27 @@ pub async fn delete_all(
 
 /// The route id a dialplan rule was made from (`id=N` in its attrs).
 pub fn rule_route_id(attrs: &str) -> Option<i32> {
+    rule_attr(attrs, "id")
+}
+
+/// The number id a rule of dialplan 3 was made from (`n=N` in its attrs).
+pub fn rule_number_id(attrs: &str) -> Option<i32> {
+    rule_attr(attrs, "n")
+}
+
+/// The trunk id a rule sends calls to (`k=N` in its attrs).
+pub fn rule_trunk_id(attrs: &str) -> Option<i32> {
+    rule_attr(attrs, "k")
+}
+
+fn rule_attr(attrs: &str, key: &str) -> Option<i32> {
     attrs
         .split(';')
-        .find_map(|kv| kv.strip_prefix("id="))
+        .find_map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| v)
+        })
         .and_then(|v| v.parse().ok())
 }
 
@@ -703,18 +833,30 @@ pub struct RuleVerdict {
 /// in the database with the dialplan module's semantics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evaluation {
-    /// The rule set (dpid) for the caller's domain: [`DEFAULT_DPID`] or that domain's own.
+    /// The route rule set (dpid) for the caller: [`DEFAULT_DPID`] or its domain's
+    /// own, or [`TRUNK_DPID`] for a call from a trunk.
     pub dpid: i32,
     /// Whether the caller's domain has routes of its own (so `dpid` is its set).
     pub domain_rule_set: bool,
-    /// The rules of that set in the order dialplan tries them.
+    /// The platform's numbers ([`NUMBERS_DPID`]) in the order dialplan tries
+    /// them: one that matches decides, and no route is tried.
+    pub numbers: Vec<RuleVerdict>,
+    /// The rules of the route set in the order dialplan tries them.
     pub verdicts: Vec<RuleVerdict>,
 }
 
 impl Evaluation {
-    /// The rule that decides the call, if any matched.
+    /// The route rule that decides the call, if a route does.
     pub fn matched(&self) -> Option<&DialplanRule> {
         self.verdicts
+            .iter()
+            .find(|v| v.outcome == RuleOutcome::Matched)
+            .map(|v| &v.rule)
+    }
+
+    /// The number rule that decides the call, if a number does.
+    pub fn matched_number(&self) -> Option<&DialplanRule> {
+        self.numbers
             .iter()
             .find(|v| v.outcome == RuleOutcome::Matched)
             .map(|v| &v.rule)
@@ -788,11 +930,43 @@ fn translate<'a>(rules: &'a [DialplanRule], dpid: i32, input: &str) -> Option<&'
     rules.iter().find(|r| **r == hit.0)
 }
 
-/// What the edge's ROUTING block does with `number` dialled by a caller of
-/// `from_domain` (`None`: a domain without routes of its own): dialplan 1 maps the
-/// lower-cased domain to its rule set, otherwise set 2; then the first rule of that
-/// set that matches decides.
+/// The rules of `dpid` tried on `input` in dialplan's order, and whether one
+/// matched. With `decided` (an earlier lookup took the call) none is tried.
+fn run_rules(
+    rules: &[DialplanRule],
+    dpid: i32,
+    input: &str,
+    decided: bool,
+) -> (Vec<RuleVerdict>, bool) {
+    let mut verdicts = Vec::new();
+    let mut decided_here = false;
+    for (rule, tried) in ordered_rules(rules, dpid, input.len()) {
+        let outcome = if !tried {
+            RuleOutcome::OtherLength
+        } else if decided || decided_here {
+            RuleOutcome::NotTried
+        } else {
+            match rule_matches(&rule, input) {
+                Ok(true) => {
+                    decided_here = true;
+                    RuleOutcome::Matched
+                }
+                Ok(false) => RuleOutcome::NoMatch,
+                Err(e) => RuleOutcome::Unevaluable(e),
+            }
+        };
+        verdicts.push(RuleVerdict { rule, outcome });
+    }
+    (verdicts, decided_here)
+}
+
+/// What the edge does with `number` dialled by a subscriber of `from_domain`
+/// (`None`: a domain without routes of its own): the numbers (dialplan 3) first;
+/// when none matches, the ROUTING block: dialplan 1 maps the lower-cased domain to
+/// its rule set, otherwise set 2, and the first rule of that set that matches
+/// decides.
 pub fn evaluate(rules: &[DialplanRule], number: &str, from_domain: Option<&str>) -> Evaluation {
+    let (numbers, by_number) = run_rules(rules, NUMBERS_DPID, number, false);
     let mut dpid = DEFAULT_DPID;
     let mut domain_rule_set = false;
     if let Some(domain) = from_domain {
@@ -804,28 +978,25 @@ pub fn evaluate(rules: &[DialplanRule], number: &str, from_domain: Option<&str>)
             }
         }
     }
-    let mut verdicts = Vec::new();
-    let mut decided = false;
-    for (rule, tried) in ordered_rules(rules, dpid, number.len()) {
-        let outcome = if !tried {
-            RuleOutcome::OtherLength
-        } else if decided {
-            RuleOutcome::NotTried
-        } else {
-            match rule_matches(&rule, number) {
-                Ok(true) => {
-                    decided = true;
-                    RuleOutcome::Matched
-                }
-                Ok(false) => RuleOutcome::NoMatch,
-                Err(e) => RuleOutcome::Unevaluable(e),
-            }
-        };
-        verdicts.push(RuleVerdict { rule, outcome });
-    }
+    let (verdicts, _) = run_rules(rules, dpid, number, by_number);
     Evaluation {
         dpid,
         domain_rule_set,
+        numbers,
+        verdicts,
+    }
+}
+
+/// What the edge does with `number` dialled from a trunk: the numbers (dialplan
+/// 3) first, then the routes for calls from trunks (dialplan 4). A call neither
+/// takes is transit, which the edge refuses.
+pub fn evaluate_from_trunk(rules: &[DialplanRule], number: &str) -> Evaluation {
+    let (numbers, by_number) = run_rules(rules, NUMBERS_DPID, number, false);
+    let (verdicts, _) = run_rules(rules, TRUNK_DPID, number, by_number);
+    Evaluation {
+        dpid: TRUNK_DPID,
+        domain_rule_set: false,
+        numbers,
         verdicts,
     }
 }
@@ -893,6 +1064,7 @@ mod tests {
             match_kind: kind,
             match_value: value.into(),
             source_domain: None,
+            source: RouteSource::Subscriber,
             target,
             service: None,
             description: String::new(),
@@ -1180,6 +1352,85 @@ mod tests {
         // a search, not anchored unless the expression says so
         assert_eq!(regex_matches("abc", "xxabcxx"), Ok(true));
         assert_eq!(regex_matches("abc", "xxABCxx"), Ok(false));
+    }
+
+    #[test]
+    fn numbers_decide_before_routes() {
+        let rules = vec![
+            rule(2, 1, 1, r"^\+44", 0, "id=1;t=uri"),
+            rule(3, 1, 0, "+442071234567", 0, "n=7;t=user"),
+            rule(3, 2, 1, r"^\+4420", 0, "n=8;t=trunk;k=2"),
+            rule(4, 1, 1, r"^\+1", 0, "id=2;t=trunk;k=3"),
+        ];
+        // an exact number first, whatever the routes say
+        let e = evaluate(&rules, "+442071234567", None);
+        assert_eq!(
+            e.matched_number().and_then(|r| rule_number_id(&r.attrs)),
+            Some(7)
+        );
+        assert!(e.matched().is_none());
+        assert_eq!(e.verdicts[0].outcome, RuleOutcome::NotTried);
+        assert_eq!(e.numbers[1].outcome, RuleOutcome::NotTried);
+        // a block's prefix
+        let e = evaluate(&rules, "+442079999999", None);
+        let n = e.matched_number().unwrap();
+        assert_eq!(
+            (rule_number_id(&n.attrs), rule_trunk_id(&n.attrs)),
+            (Some(8), Some(2))
+        );
+        // not a number of the platform: the routes
+        let e = evaluate(&rules, "+4413", None);
+        assert!(e.matched_number().is_none());
+        assert_eq!(e.matched().and_then(|r| rule_route_id(&r.attrs)), Some(1));
+        assert_eq!(rule_number_id("id=1;t=uri"), None);
+        assert_eq!(rule_route_id("n=7;t=user"), None);
+
+        // from a trunk: numbers, then dpid 4 only; the subscribers' route is not taken
+        let e = evaluate_from_trunk(&rules, "+4413");
+        assert_eq!(e.dpid, TRUNK_DPID);
+        assert!(e.matched().is_none() && e.matched_number().is_none());
+        let e = evaluate_from_trunk(&rules, "+15551234");
+        assert_eq!(e.matched().and_then(|r| rule_route_id(&r.attrs)), Some(2));
+        let e = evaluate_from_trunk(&rules, "+442071234567");
+        assert_eq!(
+            e.matched_number().and_then(|r| rule_number_id(&r.attrs)),
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn sources() {
+        for s in [
+            RouteSource::Subscriber,
+            RouteSource::Trunk,
+            RouteSource::Any,
+        ] {
+            assert_eq!(s.as_str().parse::<RouteSource>().unwrap(), s);
+        }
+        assert!("carrier".parse::<RouteSource>().is_err());
+        assert!(RouteSource::Any.for_trunks() && RouteSource::Any.for_subscribers());
+        assert!(!RouteSource::Trunk.for_subscribers() && !RouteSource::Subscriber.for_trunks());
+        let mut r = route(MatchKind::Prefix, "+1", Target::Trunk("carrier-a".into()));
+        r.source = RouteSource::Trunk;
+        assert!(validate(&r).is_ok());
+        r.source_domain = Some("example.com".into());
+        for source in [RouteSource::Trunk, RouteSource::Any] {
+            r.source = source;
+            assert_eq!(field_of(validate(&r).unwrap_err()), "source_domain");
+        }
+        r.source = RouteSource::Subscriber;
+        assert!(validate(&r).is_ok());
+        for bad in ["Carrier", "a b", "x'); DROP TABLE sipstack_route; --", ""] {
+            let r = route(MatchKind::Prefix, "+1", Target::Trunk(bad.into()));
+            assert_eq!(
+                field_of(validate(&r).unwrap_err()),
+                "target_trunk",
+                "{bad:?}"
+            );
+        }
+        let mut r = route(MatchKind::Prefix, "+1", Target::Trunk("carrier-a".into()));
+        r.service = Some("echo".into());
+        assert_eq!(field_of(validate(&r).unwrap_err()), "service");
     }
 
     #[test]

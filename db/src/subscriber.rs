@@ -211,6 +211,30 @@ pub async fn upsert(
     Ok(row.get(0))
 }
 
+/// A subscriber that a number or a trunk still names cannot be removed: the
+/// database refuses (RESTRICT), and this says what holds it and what to do.
+fn still_used(e: &tokio_postgres::Error, who: &str) -> Option<DbError> {
+    let db = e.as_db_error()?;
+    if db.code() != &tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION {
+        return None;
+    }
+    let (what, fix) = match db.constraint() {
+        Some("sipstack_number_user_fk") => (
+            "a number goes to it",
+            "delete or change that number first (sipctl get numbers, sipctl delete number)",
+        ),
+        Some("sipstack_trunk_account_fk") => (
+            "it is the account of a registration-based PBX trunk",
+            "delete that trunk first (sipctl get trunks, sipctl delete trunk)",
+        ),
+        _ => return None,
+    };
+    Some(DbError::Conflict {
+        problem: format!("{who} cannot be removed: {what}"),
+        fix: fix.to_string(),
+    })
+}
+
 /// Removes a subscriber.
 pub async fn remove(
     client: &impl GenericClient,
@@ -225,9 +249,11 @@ pub async fn remove(
             &[&username, &domain],
         )
         .await
-        .map_err(DbError::query(format!(
-            "cannot remove subscriber {username}@{domain}"
-        )))?;
+        .map_err(|e| {
+            still_used(&e, &format!("{username}@{domain}")).unwrap_or_else(|| {
+                DbError::query(format!("cannot remove subscriber {username}@{domain}"))(e)
+            })
+        })?;
     if deleted == 0 {
         return Err(DbError::NotFound {
             kind: "subscriber",
@@ -447,7 +473,10 @@ pub async fn remove_all(
             &[&usernames, &domains],
         )
         .await
-        .map_err(DbError::query("cannot remove subscribers"))?;
+        .map_err(|e| {
+            still_used(&e, "a subscriber")
+                .unwrap_or_else(|| DbError::query("cannot remove subscribers")(e))
+        })?;
     let removed: HashSet<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let missing: Vec<String> = wanted
         .iter()

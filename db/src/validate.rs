@@ -24,6 +24,19 @@ pub const REJECT_REASON_PATTERN: &str = r"^[A-Za-z0-9 ]{1,64}$";
 pub const DESTINATION_PATTERN: &str =
     r"^sip:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(;transport=(udp|tcp|tls))?$";
 
+/// A trunk's digest username towards its carrier (it goes into an Authorization header).
+pub const AUTH_USERNAME_PATTERN: &str = r"^[A-Za-z0-9._+-]{1,64}$";
+/// A trunk's encrypted password: base64 of IV and ciphertext.
+pub const ENCRYPTED_PASSWORD_PATTERN: &str = r"^[A-Za-z0-9+/]{40,}={0,2}$";
+/// What a trunk puts in front of the dialled number.
+pub const TRUNK_PREFIX_PATTERN: &str = r"^[0-9+*#]*$";
+/// A trunk gateway: a SIP URI without a user part (the dialled number becomes it).
+pub const GATEWAY_URI_PATTERN: &str = r"^sips?:[A-Za-z0-9.:\[\]-]+(;transport=(udp|tcp|tls))?$";
+/// A number (DID) of the platform, or a block's prefix.
+pub const NUMBER_PATTERN: &str = r"^\+?[0-9]{1,31}$";
+/// A media service name, as routes and numbers name it.
+pub const SERVICE_PATTERN: &str = r"^[a-z][a-z0-9-]{0,31}$";
+
 /// Dialplan copies a route's replacement into a 128-byte buffer without a bounds check.
 pub const MAX_TARGET_URI_LEN: usize = 127;
 
@@ -39,6 +52,13 @@ pub(crate) static DIAL_STRING: LazyLock<Regex> = LazyLock::new(|| builtin(DIAL_S
 pub(crate) static TARGET_URI: LazyLock<Regex> = LazyLock::new(|| builtin(TARGET_URI_PATTERN));
 pub(crate) static REJECT_REASON: LazyLock<Regex> = LazyLock::new(|| builtin(REJECT_REASON_PATTERN));
 pub(crate) static DESTINATION: LazyLock<Regex> = LazyLock::new(|| builtin(DESTINATION_PATTERN));
+pub(crate) static AUTH_USERNAME: LazyLock<Regex> = LazyLock::new(|| builtin(AUTH_USERNAME_PATTERN));
+pub(crate) static ENCRYPTED_PASSWORD: LazyLock<Regex> =
+    LazyLock::new(|| builtin(ENCRYPTED_PASSWORD_PATTERN));
+pub(crate) static TRUNK_PREFIX: LazyLock<Regex> = LazyLock::new(|| builtin(TRUNK_PREFIX_PATTERN));
+pub(crate) static GATEWAY_URI: LazyLock<Regex> = LazyLock::new(|| builtin(GATEWAY_URI_PATTERN));
+pub(crate) static NUMBER: LazyLock<Regex> = LazyLock::new(|| builtin(NUMBER_PATTERN));
+pub(crate) static SERVICE: LazyLock<Regex> = LazyLock::new(|| builtin(SERVICE_PATTERN));
 
 /// Shows a value so that what is wrong with it is visible: quoted, control
 /// characters escaped, long values cut.
@@ -108,6 +128,32 @@ pub fn domain(field: &str, value: &str) -> Result<String, DbError> {
     Ok(value.to_ascii_lowercase())
 }
 
+/// `user@domain` (a leading `sip:` is allowed) of a subscriber account, with the
+/// errors naming `field`. Returns the user name and the lower-cased domain.
+pub fn aor(field: &str, value: &str) -> Result<(String, String), DbError> {
+    let bare = value.strip_prefix("sip:").unwrap_or(value);
+    let fix = "write it as user@domain of a subscriber: 1 to 64 letters, digits and . _ ~ + - before the @, e.g. pbx1@example.com";
+    let Some((username, domain)) = bare.split_once('@') else {
+        return Err(invalid(
+            field,
+            format!("{} is not user@domain", shown(value)),
+            fix,
+        ));
+    };
+    if !USERNAME.is_match(username) {
+        return Err(invalid(
+            field,
+            format!(
+                "{} is not a SIP user name sipstack accepts",
+                shown(username)
+            ),
+            fix,
+        ));
+    }
+    let domain = self::domain(field, domain)?;
+    Ok((username.to_string(), domain))
+}
+
 /// Free text of at most `max` characters on one line.
 pub fn one_line_text(field: &str, value: &str, max: usize) -> Result<(), DbError> {
     if value.chars().count() > max {
@@ -141,6 +187,12 @@ mod tests {
             &TARGET_URI,
             &REJECT_REASON,
             &DESTINATION,
+            &AUTH_USERNAME,
+            &ENCRYPTED_PASSWORD,
+            &TRUNK_PREFIX,
+            &GATEWAY_URI,
+            &NUMBER,
+            &SERVICE,
         ] {
             assert!(!re.as_str().is_empty());
         }
@@ -168,6 +220,25 @@ mod tests {
             &format!("{}.com", "a".repeat(64)),
         ] {
             assert!(domain("d", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn aors_name_the_field() {
+        assert_eq!(
+            aor("--user", "sip:Bob@Example.COM").unwrap(),
+            ("Bob".to_string(), "example.com".to_string())
+        );
+        for bad in [
+            "bob",
+            "@example.com",
+            "b b@example.com",
+            "bob@",
+            "bob@a;b",
+            "b'ob@x.com",
+        ] {
+            let err = aor("--user", bad).unwrap_err().to_string();
+            assert!(err.starts_with("--user: "), "{bad:?}: {err}");
         }
     }
 

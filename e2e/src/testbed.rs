@@ -355,6 +355,21 @@ impl Testbed {
             .await?)
     }
 
+    /// Reloads the trunks (addresses, gateways, credentials) and the numbers.
+    pub async fn reload_trunks(&self) -> Result<()> {
+        Ok(self
+            .rpc
+            .reload(Reload::Trunks, Duration::from_secs(10))
+            .await?)
+    }
+
+    /// The key the platform encrypts trunk passwords with.
+    pub fn trunk_key(&self) -> Result<sipstack_db::trunk::TrunkKey> {
+        let path = sipstack_local::state::trunk_key_file(&self.state_dir());
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        Ok(sipstack_db::trunk::TrunkKey::from_base64(text.trim())?)
+    }
+
     pub async fn reload_dispatcher(&self) -> Result<()> {
         Ok(self
             .rpc

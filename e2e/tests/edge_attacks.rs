@@ -524,6 +524,40 @@ async fn the_control_plane_answers_only_the_platforms_own_methods() {
         );
     }
 
+    // htable.reload is allowed for the trunk table only: reloading the credential
+    // cache would empty it (it has no table), and so would the cache's protection
+    // through a database outage
+    for params in [
+        r#"["authcache"]"#,
+        r#"[ "authcache" ]"#,
+        r#"["trunk","authcache"]"#,
+        r#"{"name":"authcache"}"#,
+    ] {
+        let body =
+            format!(r#"{{"jsonrpc":"2.0","method":"htable.reload","params":{params},"id":1}}"#);
+        let answer = http
+            .post(&url)
+            .bearer_auth(&token)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 403, "{body}");
+    }
+    let answer = http
+        .post(&url)
+        .bearer_auth(&token)
+        .body(r#"{"jsonrpc":"2.0","method":"htable.reload","params":["trunk"],"id":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        200,
+        "{}",
+        answer.text().await.unwrap()
+    );
+
     // near-misses of the token are refused: another token, the token with more
     // after it, another scheme, the token in another header
     let version = r#"{"jsonrpc":"2.0","method":"core.version","id":1}"#;

@@ -1667,6 +1667,7 @@ fn route(name: &str, number: &str, target: Target) -> NewRoute {
         match_kind: MatchKind::Exact,
         match_value: number.into(),
         source_domain: None,
+        source: Default::default(),
         target,
         service: None,
         description: String::new(),

@@ -25,6 +25,7 @@ fn route(name: &str, priority: i32, kind: MatchKind, value: &str, target: Target
         match_kind: kind,
         match_value: value.into(),
         source_domain: None,
+        source: Default::default(),
         target,
         service: None,
         description: String::new(),

@@ -63,15 +63,34 @@ impl RpcError {
 pub enum Reload {
     /// `dispatcher.reload`: media pool members and their flags.
     Dispatcher,
-    /// `dialplan.reload`: the routing rules.
+    /// `dialplan.reload`: the routing rules and the numbers.
     Routes,
+    /// The trunks: `permissions.addressReload` (inbound addresses), `htable.reload
+    /// trunk` (gateways, credentials, number handling) and `dialplan.reload` (the
+    /// routes and numbers that name trunks).
+    Trunks,
 }
 
 impl Reload {
+    /// The method names, for logs.
     pub fn method(self) -> &'static str {
         match self {
             Reload::Dispatcher => "dispatcher.reload",
             Reload::Routes => "dialplan.reload",
+            Reload::Trunks => "permissions.addressReload, htable.reload, dialplan.reload",
+        }
+    }
+
+    /// The RPC calls, in order, each with its parameters.
+    pub fn calls(self) -> &'static [(&'static str, &'static [&'static str])] {
+        match self {
+            Reload::Dispatcher => &[("dispatcher.reload", &[])],
+            Reload::Routes => &[("dialplan.reload", &[])],
+            Reload::Trunks => &[
+                ("permissions.addressReload", &[]),
+                ("htable.reload", &["trunk"]),
+                ("dialplan.reload", &[]),
+            ],
         }
     }
 }
@@ -230,19 +249,20 @@ impl EdgeRpc {
     /// Reloads a table, waiting out Kamailio's reload rate limit (at most `patience`).
     pub async fn reload(&self, what: Reload, patience: Duration) -> Result<(), RpcError> {
         let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            match self.call(what.method(), &[]).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_ongoing_reload() && tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(
-                        method = what.method(),
-                        "reload refused inside reload_delta; retrying"
-                    );
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+        for (method, params) in what.calls() {
+            let params: Vec<Value> = params.iter().map(|p| Value::from(*p)).collect();
+            loop {
+                match self.call(method, &params).await {
+                    Ok(_) => break,
+                    Err(e) if e.is_ongoing_reload() && tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(method, "reload refused inside reload_delta; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
 
     /// Kamailio's version string; a cheap liveness check.

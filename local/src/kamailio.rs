@@ -29,6 +29,8 @@ pub struct EdgeSecrets {
     pub auth_secret: String,
     /// The token every RPC request must carry.
     pub rpc_token: String,
+    /// The key of the trunks' encrypted passwords (base64 of 32 bytes).
+    pub trunk_key: String,
 }
 
 /// What a Kamailio runs with: the rendered config and the memory sizes of its command line.
@@ -353,6 +355,7 @@ fn environment(secrets: &EdgeSecrets) -> BTreeMap<&'static str, &str> {
         ("SIPSTACK_DB_URL", secrets.db_url.as_str()),
         ("SIPSTACK_AUTH_SECRET", secrets.auth_secret.as_str()),
         (sipstack_edgerpc::TOKEN_ENV, secrets.rpc_token.as_str()),
+        ("SIPSTACK_TRUNK_KEY", secrets.trunk_key.as_str()),
     ])
 }
 

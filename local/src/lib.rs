@@ -192,6 +192,7 @@ pub async fn up(
     let secrets_dir = state_dir.join("secrets");
     // one token for the RPC of every edge this state directory runs
     let rpc_token = state::secret(&secrets_dir, state::RPC_TOKEN_SECRET)?;
+    let trunk_key = state::trunk_key(&state_dir)?;
     let running_edges: Vec<EdgeRpc> = platform
         .sip_edges
         .iter()
@@ -321,6 +322,7 @@ pub async fn up(
             db_url: &edge_db_url,
             secrets_dir: &secrets_dir,
             rpc_token: &rpc_token,
+            trunk_key: &trunk_key,
         },
         &mut report,
     )
@@ -382,6 +384,7 @@ struct EdgeSecretsSource<'a> {
     db_url: &'a str,
     secrets_dir: &'a Path,
     rpc_token: &'a str,
+    trunk_key: &'a str,
 }
 
 /// The step of `up` that renders and runs every SipEdge's Kamailio (restarting
@@ -409,6 +412,7 @@ async fn up_edges(
                 &format!("edge-{}-auth-secret", edge.name_any()),
             )?,
             rpc_token: secrets.rpc_token.to_string(),
+            trunk_key: secrets.trunk_key.to_string(),
         };
         let settings = RunSettings {
             config: rendered.text,

@@ -102,6 +102,38 @@ pub fn rpc_token_file(state_dir: &Path) -> PathBuf {
     state_dir.join("secrets").join(RPC_TOKEN_SECRET)
 }
 
+/// Name of the secret holding the trunk key: the key (base64 of 32 bytes) the
+/// trunks' outbound passwords are encrypted with in the database. Every edge and
+/// sipctl use the one key of the state directory.
+pub const TRUNK_KEY_SECRET: &str = "trunk-key";
+
+/// The file of the trunk key in a state directory.
+pub fn trunk_key_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("secrets").join(TRUNK_KEY_SECRET)
+}
+
+/// The trunk key of a state directory, made on first use. A key file that is
+/// there but not a key is an error, not replaced: the passwords encrypted with
+/// it would be lost.
+pub fn trunk_key(state_dir: &Path) -> Result<String, LocalError> {
+    let path = trunk_key_file(state_dir);
+    match fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => {
+            let key = sipstack_db::trunk::TrunkKey::from_base64(text.trim())?;
+            Ok(key.to_base64())
+        }
+        Ok(_) => new_trunk_key(&path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_trunk_key(&path),
+        Err(e) => Err(LocalError::io(&path, e)),
+    }
+}
+
+fn new_trunk_key(path: &Path) -> Result<String, LocalError> {
+    let key = sipstack_db::trunk::TrunkKey::generate().to_base64();
+    write_secret(path, &key)?;
+    Ok(key)
+}
+
 impl EdgeState {
     /// A client for this edge's RPC, with its token.
     pub fn rpc(&self) -> Result<sipstack_edgerpc::EdgeRpc, LocalError> {

@@ -129,7 +129,8 @@ mod tests {
                 assert!(
                     values
                         .iter()
-                        .any(|(_, v)| v == crate::meta::GENERATED_PLACEHOLDER),
+                        .any(|(_, v)| v == crate::meta::GENERATED_PLACEHOLDER
+                            || v == crate::meta::GENERATED_KEY_PLACEHOLDER),
                     "{}",
                     object.reference()
                 );

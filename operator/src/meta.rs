@@ -18,6 +18,9 @@ pub const GENERATED_SECRET_ANNOTATION: &str = "sipstack.io/generated";
 /// Stands for a value the operator generates in the cluster. `manifests` prints it;
 /// the controllers replace it with random characters when they create the Secret.
 pub const GENERATED_PLACEHOLDER: &str = "GENERATED-IN-CLUSTER-BY-SIPSTACK-OPERATOR";
+/// Stands for a 256-bit key the operator generates in the cluster, written as base64
+/// (the trunk key: Kamailio's crypto module takes its AES key that way).
+pub const GENERATED_KEY_PLACEHOLDER: &str = "GENERATED-256-BIT-KEY-IN-CLUSTER-BY-SIPSTACK-OPERATOR";
 
 /// `app.kubernetes.io/part-of` of every object.
 pub const PART_OF: &str = "sipstack";

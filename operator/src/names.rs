@@ -117,6 +117,11 @@ pub fn pg_pooler(pg: &str) -> String {
 pub fn pg_pooler_config(pg: &str) -> String {
     format!("{pg}-pooler-config")
 }
+/// The key (`key`, base64 of 32 bytes) the trunks' passwords in this cluster's
+/// database are encrypted with: every edge on the database and sipctl use it.
+pub fn pg_trunk_key_secret(pg: &str) -> String {
+    format!("{pg}-trunk-key")
+}
 /// The NetworkPolicy of the members (PostgreSQL and Patroni's REST API).
 pub fn pg_network_policy(pg: &str) -> String {
     format!("{pg}-postgres")

@@ -36,8 +36,8 @@ use crate::names;
 use crate::network_policy::{ingress_policy, port, rule, Source};
 use crate::object::Object;
 use crate::pod::{
-    config_map_of_files, config_volume, env, env_from_field, env_from_secret, generated_secret,
-    one_at_a_time, service_port, shell, spread_over_nodes,
+    config_map_of_files, config_volume, env, env_from_field, env_from_secret, generated_key_secret,
+    generated_secret, one_at_a_time, service_port, shell, spread_over_nodes,
 };
 
 /// Image of the Patroni pods when `spec.image` is unset, by PostgreSQL version (Spilo:
@@ -142,6 +142,16 @@ pub fn build(
             PATRONI,
             &[("username", &spec.database.owner)],
             &["password"],
+        )
+        .into(),
+    );
+    objects.push(
+        generated_key_secret(
+            cluster,
+            namespace,
+            &names::pg_trunk_key_secret(&name),
+            PATRONI,
+            "key",
         )
         .into(),
     );

@@ -11,7 +11,10 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::meta::{object_meta, Component, GENERATED_PLACEHOLDER, GENERATED_SECRET_ANNOTATION};
+use crate::meta::{
+    object_meta, Component, GENERATED_KEY_PLACEHOLDER, GENERATED_PLACEHOLDER,
+    GENERATED_SECRET_ANNOTATION,
+};
 
 /// An environment variable with a literal value (may reference earlier variables as `$(NAME)`).
 pub fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -94,6 +97,22 @@ pub fn generated_secret<K: Resource<DynamicType = ()>>(
         string_data: Some(data),
         ..Default::default()
     }
+}
+
+/// A Secret holding one 256-bit key (base64) under `field`, generated when the
+/// operator creates the Secret and never changed later.
+pub fn generated_key_secret<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    namespace: &str,
+    name: &str,
+    component: Component,
+    field: &str,
+) -> Secret {
+    let mut secret = generated_secret(owner, namespace, name, component, &[], &[field]);
+    if let Some(data) = secret.string_data.as_mut() {
+        data.insert(field.to_string(), GENERATED_KEY_PLACEHOLDER.to_string());
+    }
+    secret
 }
 
 /// A ConfigMap holding rendered files. ConfigMap keys cannot hold '/', so a file in a

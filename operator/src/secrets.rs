@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::meta::GENERATED_PLACEHOLDER;
+use crate::meta::{GENERATED_KEY_PLACEHOLDER, GENERATED_PLACEHOLDER};
 
 /// Characters of generated values: letters and digits only, so a value can go into a
 /// URL, a libpq connection string or FreeSWITCH's XML without quoting.
@@ -34,7 +34,7 @@ pub fn random_value() -> Result<String, RandomError> {
 }
 
 /// Replaces every placeholder value of a Secret built by the builders with a value of
-/// `generate`, for creating it.
+/// `generate`, and every key placeholder with a fresh 256-bit key, for creating it.
 pub fn fill_generated(
     secret: &mut Secret,
     mut generate: impl FnMut() -> Result<String, RandomError>,
@@ -43,6 +43,8 @@ pub fn fill_generated(
         for value in values.values_mut() {
             if value == GENERATED_PLACEHOLDER {
                 *value = generate()?;
+            } else if value == GENERATED_KEY_PLACEHOLDER {
+                *value = sipstack_db::trunk::TrunkKey::generate().to_base64();
             }
         }
     }

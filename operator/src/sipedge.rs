@@ -6,7 +6,8 @@
 //! in the pod from the PgCluster's app Secret (`$(SIPSTACK_DB_PASSWORD)`), so the
 //! password is never written into an object the operator owns. The RPC token
 //! (`SIPSTACK_RPC_TOKEN`) comes from the generated Secret `NAME-rpc-token`, which
-//! the operator reads to call the edge.
+//! the operator reads to call the edge. The trunk key (`SIPSTACK_TRUNK_KEY`) is
+//! the database's: the PgCluster's generated Secret `NAME-trunk-key`.
 
 use std::collections::BTreeSet;
 
@@ -41,6 +42,8 @@ pub const TLS_DIR: &str = "/etc/sipstack/tls";
 pub const DB_URL_ENV: &str = "SIPSTACK_DB_URL";
 pub const AUTH_SECRET_ENV: &str = "SIPSTACK_AUTH_SECRET";
 pub const DB_PASSWORD_ENV: &str = "SIPSTACK_DB_PASSWORD";
+/// The key of the trunks' encrypted passwords, from the PgCluster's `NAME-trunk-key`.
+pub const TRUNK_KEY_ENV: &str = "SIPSTACK_TRUNK_KEY";
 
 /// Builds the objects of `edge` in apply order. `pools` must hold the MediaPools the
 /// edge names, `cluster` the PgCluster of `spec.database` (looked up by the caller).
@@ -339,6 +342,11 @@ fn pod_template(
                 sipstack_edgerpc::TOKEN_ENV,
                 &names::edge_rpc_token_secret(&name),
                 "token",
+            ),
+            env_from_secret(
+                TRUNK_KEY_ENV,
+                &names::pg_trunk_key_secret(&cluster_name),
+                "key",
             ),
         ]),
         ports: Some(ports),

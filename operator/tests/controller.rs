@@ -487,7 +487,7 @@ async fn existing_generated_secrets_are_kept() {
                 .to_string()
         })
         .collect();
-    assert_eq!(created, ["pg-replication", "pg-rest-api"]);
+    assert_eq!(created, ["pg-replication", "pg-rest-api", "pg-trunk-key"]);
     assert!(
         !calls
             .iter()
@@ -503,6 +503,10 @@ async fn existing_generated_secrets_are_kept() {
     let generated = password("pg-replication");
     assert_eq!(generated.len(), 32);
     assert!(generated.chars().all(|c| c.is_ascii_alphanumeric()));
+    // the trunk key is a 256-bit key in base64, as the edges' crypto module takes it
+    let trunk_key: Secret = fake.get("Secret", NAMESPACE, "pg-trunk-key").unwrap();
+    let key = String::from_utf8(trunk_key.data.unwrap()["key"].0.clone()).unwrap();
+    sipstack_db::trunk::TrunkKey::from_base64(&key).unwrap();
 }
 
 // ----- orphans -----

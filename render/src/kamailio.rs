@@ -37,6 +37,10 @@ impl Default for KamailioRenderOptions {
 }
 
 /// User-Agent fragments of well-known SIP scanners.
+/// How long a trunk's gateway has to send any reply before the call moves on to
+/// the next gateway (carriers answer within a second; a dead one never does).
+pub const TRUNK_GATEWAY_TIMEOUT_MS: u32 = 3000;
+
 const SCANNER_USER_AGENTS: &[&str] = &[
     "friendly-scanner",
     "sipvicious",
@@ -70,6 +74,7 @@ struct KamailioCfg {
     metrics: bool,
     registrar: RegistrarModel,
     auth_cache_seconds: u32,
+    trunk_gateway_timeout_ms: u32,
     dispatcher: DispatcherModel,
     pools: Vec<PoolModel>,
     default_pool_set: Option<i32>,
@@ -371,6 +376,7 @@ pub fn render_kamailio(
             flush_interval_seconds: spec.registrar.flush_interval_seconds,
         },
         auth_cache_seconds: spec.auth.cache_seconds,
+        trunk_gateway_timeout_ms: TRUNK_GATEWAY_TIMEOUT_MS,
         dispatcher: DispatcherModel {
             ping_interval: spec.dispatcher.probing.interval_seconds,
             failed_probes_to_inactive: spec.dispatcher.probing.inactive_threshold,

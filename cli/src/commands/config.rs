@@ -43,6 +43,10 @@ pub struct SetContextArgs {
     /// `token` key of the SipEdge's Secret NAME-rpc-token).
     #[arg(long)]
     pub rpc_token_file: Option<std::path::PathBuf>,
+    /// File holding the edges' trunk key (base64 of 32 bytes), which sipctl
+    /// encrypts trunk passwords with (on Kubernetes, the key the SipEdges get).
+    #[arg(long)]
+    pub trunk_key_file: Option<std::path::PathBuf>,
     /// Make it the current context too.
     #[arg(long = "use")]
     pub make_current: bool,
@@ -160,11 +164,16 @@ pub fn run(cmd: ConfigCommand, output: Output) -> anyhow::Result<()> {
                 file.context(&args.name)
                     .and_then(|c| c.rpc_token_file.clone())
             });
+            let trunk_key_file = args.trunk_key_file.or_else(|| {
+                file.context(&args.name)
+                    .and_then(|c| c.trunk_key_file.clone())
+            });
             file.upsert(NamedContext {
                 name: args.name.clone(),
                 database,
                 edges,
                 rpc_token_file,
+                trunk_key_file,
                 media_nodes,
             });
             if args.make_current || file.current_context.is_none() {

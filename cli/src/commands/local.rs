@@ -207,6 +207,9 @@ fn write_context(state: &sipstack_local::state::LocalState) -> anyhow::Result<St
             })
             .collect(),
         rpc_token_file: state.edges.iter().find_map(|e| e.rpc_token_file.clone()),
+        // the key `local up` keeps for the edges, once it is there
+        trunk_key_file: Some(sipstack_local::state::trunk_key_file(&state.state_dir))
+            .filter(|f| f.exists()),
         media_nodes: state
             .media_nodes
             .iter()

@@ -7,11 +7,13 @@ mod config;
 mod db;
 mod dispatcher;
 mod local;
+mod number;
 mod registration;
 mod render;
 mod route;
 mod status;
 mod subscriber;
+mod trunk;
 
 use std::time::Duration;
 
@@ -21,8 +23,9 @@ use sipstack_edgerpc::{EdgeRpc, Reload};
 use crate::context::{Overrides, Target};
 use crate::output::{Format, Output};
 
-/// sipctl: the sipstack command line. Subscribers, routes, media pool members,
-/// registrations and CDRs of a running platform; the platform itself on this host.
+/// sipctl: the sipstack command line. Subscribers, routes, trunks, numbers, media
+/// pool members, registrations and CDRs of a running platform; the platform
+/// itself on this host.
 #[derive(Debug, Parser)]
 #[command(name = "sipctl", version, about, propagate_version = true)]
 pub struct Cli {
@@ -78,19 +81,19 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Add a subscriber or a route.
+    /// Add a subscriber, a route, a trunk or a number.
     #[command(subcommand)]
     Add(AddCommand),
-    /// List subscribers, routes, dispatchers, registrations or CDRs.
+    /// List subscribers, routes, trunks, numbers, dispatchers, registrations or CDRs.
     #[command(subcommand)]
     Get(GetCommand),
-    /// Delete subscribers or routes.
+    /// Delete subscribers, routes, trunks or numbers.
     #[command(subcommand)]
     Delete(DeleteCommand),
     /// Change a subscriber's password.
     #[command(subcommand)]
     Set(SetCommand),
-    /// Import subscribers from CSV.
+    /// Import subscribers or numbers from CSV.
     #[command(subcommand)]
     Import(ImportCommand),
     /// Export subscribers as CSV (ha1/ha1b, no passwords).
@@ -108,7 +111,7 @@ pub enum Command {
     /// Change how many FreeSWITCH nodes a media pool of the local platform runs.
     #[command(subcommand)]
     Scale(ScaleCommand),
-    /// Tell the edges to reload routes or dispatcher members from the database.
+    /// Tell the edges to reload routes, trunks or dispatcher members from the database.
     #[command(subcommand)]
     Reload(ReloadCommand),
     /// Database, edges and media pools at a glance.
@@ -137,6 +140,11 @@ pub enum AddCommand {
     Subscriber(subscriber::AddArgs),
     #[command(visible_alias = "rt")]
     Route(Box<route::AddArgs>),
+    Trunk(Box<trunk::AddArgs>),
+    #[command(visible_alias = "num")]
+    Number(number::AddArgs),
+    TrunkAddress(trunk::AddAddressArgs),
+    TrunkGateway(trunk::AddGatewayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +153,10 @@ pub enum GetCommand {
     Subscribers(subscriber::GetArgs),
     #[command(visible_aliases = ["route", "rt"])]
     Routes(route::GetArgs),
+    #[command(visible_alias = "trunk")]
+    Trunks(trunk::GetArgs),
+    #[command(visible_aliases = ["number", "num"])]
+    Numbers(number::GetArgs),
     #[command(visible_aliases = ["dispatcher", "ds"])]
     Dispatchers(dispatcher::GetArgs),
     #[command(visible_aliases = ["registration", "reg"])]
@@ -159,6 +171,11 @@ pub enum DeleteCommand {
     Subscriber(subscriber::DeleteArgs),
     #[command(visible_aliases = ["routes", "rt"])]
     Route(route::DeleteArgs),
+    Trunk(trunk::DeleteArgs),
+    #[command(visible_alias = "num")]
+    Number(number::DeleteArgs),
+    TrunkAddress(trunk::DeleteAddressArgs),
+    TrunkGateway(trunk::DeleteGatewayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +187,8 @@ pub enum SetCommand {
 pub enum ImportCommand {
     #[command(visible_aliases = ["subscriber", "sub"])]
     Subscribers(subscriber::ImportArgs),
+    #[command(visible_alias = "number")]
+    Numbers(number::ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +229,9 @@ pub enum ReloadCommand {
     /// `dispatcher.reload` on every edge.
     #[command(visible_alias = "dispatcher")]
     Dispatchers,
+    /// `permissions.addressReload`, `htable.reload trunk` and `dialplan.reload` on every edge.
+    #[command(visible_alias = "trunk")]
+    Trunks,
 }
 
 /// What every command needs: where to connect, how to print.
@@ -277,6 +299,7 @@ fn reload_noun(what: Reload) -> &'static str {
     match what {
         Reload::Routes => "routes",
         Reload::Dispatcher => "dispatchers",
+        Reload::Trunks => "trunks",
     }
 }
 
@@ -311,15 +334,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Add(AddCommand::Subscriber(a)) => subscriber::add(&ctx, a).await,
         Command::Add(AddCommand::Route(a)) => route::add(&ctx, *a).await,
+        Command::Add(AddCommand::Trunk(a)) => trunk::add(&ctx, *a).await,
+        Command::Add(AddCommand::Number(a)) => number::add(&ctx, a).await,
+        Command::Add(AddCommand::TrunkAddress(a)) => trunk::add_address(&ctx, a).await,
+        Command::Add(AddCommand::TrunkGateway(a)) => trunk::add_gateway(&ctx, a).await,
         Command::Get(GetCommand::Subscribers(a)) => subscriber::get(&ctx, a).await,
         Command::Get(GetCommand::Routes(a)) => route::get(&ctx, a).await,
+        Command::Get(GetCommand::Trunks(a)) => trunk::get(&ctx, a).await,
+        Command::Get(GetCommand::Numbers(a)) => number::get(&ctx, a).await,
         Command::Get(GetCommand::Dispatchers(a)) => dispatcher::get(&ctx, a).await,
         Command::Get(GetCommand::Registrations(a)) => registration::get(&ctx, a).await,
         Command::Get(GetCommand::Cdrs(a)) => cdr::get(&ctx, a).await,
         Command::Delete(DeleteCommand::Subscriber(a)) => subscriber::delete(&ctx, a).await,
         Command::Delete(DeleteCommand::Route(a)) => route::delete(&ctx, a).await,
+        Command::Delete(DeleteCommand::Trunk(a)) => trunk::delete(&ctx, a).await,
+        Command::Delete(DeleteCommand::Number(a)) => number::delete(&ctx, a).await,
+        Command::Delete(DeleteCommand::TrunkAddress(a)) => trunk::delete_address(&ctx, a).await,
+        Command::Delete(DeleteCommand::TrunkGateway(a)) => trunk::delete_gateway(&ctx, a).await,
         Command::Set(SetCommand::Password(a)) => subscriber::set_password(&ctx, a).await,
         Command::Import(ImportCommand::Subscribers(a)) => subscriber::import(&ctx, a).await,
+        Command::Import(ImportCommand::Numbers(a)) => number::import(&ctx, a).await,
         Command::Export(ExportCommand::Subscribers(a)) => subscriber::export(&ctx, a).await,
         Command::Test(TestCommand::Route(a)) => route::test(&ctx, a).await,
         Command::Drain(DrainCommand::Dispatcher(a)) => dispatcher::drain(&ctx, a).await,
@@ -330,6 +364,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Reload(ReloadCommand::Dispatchers) => {
             ctx.push_reload(Reload::Dispatcher).await;
+            Ok(())
+        }
+        Command::Reload(ReloadCommand::Trunks) => {
+            ctx.push_reload(Reload::Trunks).await;
             Ok(())
         }
         Command::Status(a) => status::run(&ctx, a).await,
@@ -482,6 +520,7 @@ mod tests {
             let exempt = [
                 "sipctl reload routes",
                 "sipctl reload dispatchers",
+                "sipctl reload trunks",
                 "sipctl db version",
                 "sipctl config current-context",
                 "sipctl config delete-context",

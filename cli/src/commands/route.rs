@@ -1,10 +1,11 @@
 //! Routes: `add`, `get`, `delete`, and `test route NUMBER`.
 //!
 //! Routes live in `sipstack_route`; the edges load them through the view
-//! `sipstack_dialplan` (migration 0002) with Kamailio's dialplan module. A change
-//! is committed first and then pushed to every edge with `dialplan.reload`.
+//! `sipstack_dialplan` (migrations 0002, 0006) with Kamailio's dialplan module. A
+//! change is committed first and then pushed to every edge with `dialplan.reload`.
 //! `test route` evaluates the rules of that view with the dialplan module's
-//! semantics and, where an edge answers, asks it the same question.
+//! semantics (the platform's numbers first, then the caller's routes) and, where
+//! an edge answers, asks it the same question.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,14 +13,18 @@ use std::io::Write;
 use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
+use sipstack_db::number::{self as numbers, Number, NumberMatch, NumberTarget};
 use sipstack_db::route::{
     self, DialplanRule, MatchKind, NewRoute, Route, RuleOutcome, Target, DEFAULT_DPID,
-    DOMAIN_MAP_DPID,
+    DOMAIN_MAP_DPID, NUMBERS_DPID, TRUNK_DPID,
 };
+use sipstack_db::trunk::{self as trunks, Trunk};
 use sipstack_db::{media_pool, validate, DbError};
 use sipstack_edgerpc::{DialplanEntry, EdgeRpc, Reload};
 use tokio_postgres::IsolationLevel;
 
+use super::number::{number_text, NumberView};
+use super::trunk::{gateway_views, GatewayView};
 use super::{CliError, Ctx};
 use crate::output::{write_table, Columns, Format};
 
@@ -55,6 +60,9 @@ pub struct TargetArgs {
     /// Reject with this SIP code (400-699).
     #[arg(long, allow_negative_numbers = true, value_name = "CODE")]
     pub reject: Option<i64>,
+    /// Out through a trunk (its gateways in order, or a PBX's contact).
+    #[arg(long, visible_alias = "trunk", value_name = "NAME")]
+    pub to_trunk: Option<String>,
 }
 
 /// Add a routing rule; the edges reload their rules.
@@ -62,7 +70,9 @@ pub struct TargetArgs {
 #[command(
     after_help = "Routes are tried in the order of their priority (lower first; equal priorities in the order \
 they were added); the first that matches decides. A route with --from-domain applies only to callers of that \
-domain, together with the routes for every domain.\n\nExamples:\n  sipctl add route uk --prefix +44 --to-uri sip:carrier@203.0.113.5\n  sipctl add route premium-block --prefix 0900 --reject 403 --reason 'Premium Blocked' --priority 10\n  sipctl add route desks --regex '^7[0-9]{3}$' --to-user\n  sipctl add route ivr --exact 5000 --to-pool media --from-domain example.com\n  sipctl add route rooms --regex '^3[0-9]{3}$' --to-pool media --service conference"
+domain, together with the routes for every domain.\n\nExamples:\n  sipctl add route uk --prefix +44 --to-uri sip:carrier@203.0.113.5\n  sipctl add route premium-block --prefix 0900 --reject 403 --reason 'Premium Blocked' --priority 10\n  sipctl add route desks --regex '^7[0-9]{3}$' --to-user\n  sipctl add route ivr --exact 5000 --to-pool media --from-domain example.com\n  sipctl add route rooms --regex '^3[0-9]{3}$' --to-pool media --service conference\n  sipctl add route us --prefix +1 --trunk carrier-a\n  sipctl add route transit-us --prefix +1 --trunk carrier-a --source trunk\n\nA route applies to calls from subscribers unless --source says otherwise: calls from trunks take only \
+routes with --source trunk or any (numbers of the platform come first for every caller), and a call from a trunk \
+that none takes is refused as transit."
 )]
 pub struct AddArgs {
     /// Name of the route (lower-case letters, digits, '-').
@@ -77,6 +87,9 @@ pub struct AddArgs {
     /// Only for callers of this domain.
     #[arg(long)]
     pub from_domain: Option<String>,
+    /// Which calls the route applies to: from subscribers, from trunks (transit), or any.
+    #[arg(long, default_value = "subscriber", value_parser = ["subscriber", "trunk", "any"])]
+    pub source: String,
     /// Reason phrase of a rejection (letters, digits, spaces; default: the code's usual phrase).
     #[arg(long, requires = "reject")]
     pub reason: Option<String>,
@@ -113,7 +126,9 @@ pub struct DeleteArgs {
 #[command(
     after_help = "The rules are evaluated from the database as the edge's dialplan module does; every edge \
 that answers is asked too (`dialplan.translate`), and the answer says whether it agrees. `-o wide` lists every \
-route and why it did or did not match.\n\nExamples:\n  sipctl test route +442071234567\n  sipctl test route 5000 --from-domain example.com -o wide"
+route and why it did or did not match.\n\nExamples:\n  sipctl test route +442071234567\n  sipctl test route 5000 --from-domain example.com -o wide\n  sipctl test route +442071234567 --from-trunk carrier-a\n\nThe platform's numbers are looked up first, for every caller; only a number that is none of them takes \
+the routes: a subscriber's (of its domain) or, with --from-trunk, those for calls from trunks. For a trunk target \
+the answer lists the trunk's gateways in the order they are tried."
 )]
 pub struct TestArgs {
     /// The dialled number (the Request-URI's user part).
@@ -121,6 +136,9 @@ pub struct TestArgs {
     /// The caller's domain (routes of that domain apply too).
     #[arg(long)]
     pub from_domain: Option<String>,
+    /// The call comes from this trunk (a carrier's address or a PBX's account).
+    #[arg(long, conflicts_with = "from_domain", value_name = "NAME")]
+    pub from_trunk: Option<String>,
 }
 
 /// A route as sipctl prints it; the JSON/YAML field names are stable.
@@ -135,7 +153,9 @@ struct RouteView {
     match_value: String,
     /// null: callers of every domain
     from_domain: Option<String>,
-    /// pool, user, uri or reject
+    /// Which calls it applies to: subscriber, trunk or any
+    source: &'static str,
+    /// pool, user, uri, reject or trunk
     target_kind: &'static str,
     target_pool: Option<String>,
     /// The dispatcher set of the target pool.
@@ -145,6 +165,7 @@ struct RouteView {
     target_uri: Option<String>,
     reject_code: Option<u16>,
     reject_reason: Option<String>,
+    target_trunk: Option<String>,
     description: String,
     created_at: Option<String>,
 }
@@ -153,9 +174,13 @@ impl RouteView {
     fn new(r: &Route, sets: &BTreeMap<String, i32>) -> Self {
         let (pool, uri, code, reason) = match &r.target {
             Target::Pool(p) => (Some(p.clone()), None, None, None),
-            Target::User => (None, None, None, None),
+            Target::User | Target::Trunk(_) => (None, None, None, None),
             Target::Uri(u) => (None, Some(u.clone()), None, None),
             Target::Reject { code, reason } => (None, None, Some(*code), Some(reason.clone())),
+        };
+        let target_trunk = match &r.target {
+            Target::Trunk(t) => Some(t.clone()),
+            _ => None,
         };
         Self {
             id: r.id,
@@ -164,6 +189,7 @@ impl RouteView {
             match_kind: r.match_kind.as_str(),
             match_value: r.match_value.clone(),
             from_domain: r.source_domain.clone(),
+            source: r.source.as_str(),
             target_kind: r.target.kind(),
             target_set_id: pool.as_ref().and_then(|p| sets.get(p).copied()),
             target_pool: pool,
@@ -171,6 +197,7 @@ impl RouteView {
             target_uri: uri,
             reject_code: code,
             reject_reason: reason,
+            target_trunk,
             description: r.description.clone(),
             created_at: r.created_at.map(super::cdr::rfc3339),
         }
@@ -203,7 +230,18 @@ impl RouteView {
                 self.reject_code.unwrap_or_default(),
                 self.reject_reason.as_deref().unwrap_or_default()
             ),
+            "trunk" => format!("trunk {}", self.target_trunk.as_deref().unwrap_or_default()),
             other => other.to_string(),
+        }
+    }
+
+    /// The callers it applies to, for the FROM-DOMAIN column.
+    fn callers_text(&self) -> String {
+        let domain = self.from_domain.clone().unwrap_or_else(|| "*".into());
+        match self.source {
+            "trunk" => "trunks".into(),
+            "any" => format!("{domain}, trunks"),
+            _ => domain,
         }
     }
 
@@ -253,6 +291,7 @@ const COLUMNS: Columns = Columns {
         "ID",
         "DESCRIPTION",
         "CREATED",
+        "SOURCE",
     ],
     narrow: 5,
 };
@@ -262,11 +301,12 @@ fn row(r: &RouteView) -> Vec<String> {
         r.name.clone(),
         r.priority.to_string(),
         r.match_text(),
-        r.from_domain.clone().unwrap_or_else(|| "*".into()),
+        r.callers_text(),
         r.target_text(),
         r.id.to_string(),
         r.description.clone(),
         r.created_at.clone().unwrap_or_default(),
+        r.source.to_string(),
     ]
 }
 
@@ -284,6 +324,8 @@ fn flag_of(field: &str, kind: Option<MatchKind>) -> String {
         "source_domain" => "--from-domain",
         "target_pool" => "--to-pool",
         "target_uri" => "--to-uri",
+        "target_trunk" => "--to-trunk",
+        "source" => "--source",
         "reject_code" => "--reject",
         "reject_reason" => "--reason",
         "service" => "--service",
@@ -384,6 +426,8 @@ fn new_route(args: &AddArgs) -> anyhow::Result<NewRoute> {
         Target::User
     } else if let Some(uri) = &t.to_uri {
         Target::Uri(uri.clone())
+    } else if let Some(trunk) = &t.to_trunk {
+        Target::Trunk(trunk.clone())
     } else if let Some(code) = t.reject {
         let code = u16::try_from(code)
             .ok()
@@ -400,7 +444,7 @@ fn new_route(args: &AddArgs) -> anyhow::Result<NewRoute> {
         Target::Reject { code, reason }
     } else {
         return Err(CliError::Invalid(
-            "give where calls go: --to-pool, --to-user, --to-uri or --reject".into(),
+            "give where calls go: --to-pool, --to-user, --to-uri, --to-trunk or --reject".into(),
         )
         .into());
     };
@@ -410,6 +454,7 @@ fn new_route(args: &AddArgs) -> anyhow::Result<NewRoute> {
         match_kind,
         match_value,
         source_domain: args.from_domain.clone(),
+        source: args.source.parse().map_err(|e| flag_error(e, None))?,
         target,
         service: args.service.clone(),
         description: args.description.clone(),
@@ -434,10 +479,12 @@ pub async fn add(ctx: &Ctx, args: AddArgs) -> anyhow::Result<()> {
             view.match_text(),
             view.target_text(),
             view.priority,
-            view.from_domain
-                .as_ref()
-                .map(|d| format!(", callers of {d} only"))
-                .unwrap_or_default()
+            match (view.source, &view.from_domain) {
+                ("trunk", _) => ", calls from trunks only".to_string(),
+                ("any", _) => ", calls from subscribers and trunks".to_string(),
+                (_, Some(d)) => format!(", callers of {d} only"),
+                (_, None) => String::new(),
+            }
         )
     })?;
     ctx.push_reload(Reload::Routes).await;
@@ -510,10 +557,24 @@ struct Candidate {
     #[serde(rename = "match")]
     matcher: String,
     from_domain: Option<String>,
-    /// matched, no-match, not-tried (an earlier route matched), other-domain (only
-    /// for callers of another domain), unevaluable (only the edge can tell)
+    /// matched, no-match, not-tried (a number or an earlier route matched),
+    /// other-domain (only for callers of another domain), other-source (only for
+    /// calls from subscribers, or only from trunks), unevaluable (only the edge can tell)
     outcome: &'static str,
     reason: String,
+}
+
+/// One of the platform's numbers and what it did with the dialled number.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NumberCandidate {
+    id: i32,
+    number: String,
+    #[serde(rename = "match")]
+    match_kind: &'static str,
+    target: String,
+    /// matched, no-match, not-tried (an earlier number matched)
+    outcome: &'static str,
 }
 
 /// What one edge answered.
@@ -522,16 +583,34 @@ struct Candidate {
 struct EdgeAnswer {
     edge: String,
     reachable: bool,
-    /// The rule set the edge picked for the caller's domain.
+    /// The rule set the edge picked for the caller.
     rule_set: Option<i32>,
-    /// The route the edge would take (null: none matches).
+    /// The number that decides there (null: none is the platform's).
+    number: Option<String>,
+    number_id: Option<i32>,
+    /// The route the edge would take (null: none matches, or a number decides).
     route: Option<String>,
     route_id: Option<i32>,
-    /// Whether it is the route computed from the database.
+    /// Whether it is the number and route computed from the database.
     agrees: Option<bool>,
     /// Whether the edge holds the rules the database has now.
     rules_current: Option<bool>,
     note: String,
+}
+
+/// The trunk a call goes out through, and how.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TrunkTargetView {
+    name: String,
+    id: i32,
+    /// A registration-based PBX's account: the call goes to its registered contact.
+    pbx_account: Option<String>,
+    /// In the order the edge tries them.
+    gateways: Vec<GatewayView>,
+    /// The number as the gateways get it (after strip and prefix).
+    dialled_as: String,
+    has_credentials: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -539,16 +618,27 @@ struct EdgeAnswer {
 struct TestView {
     number: String,
     from_domain: Option<String>,
-    /// The dialplan rule set (dpid) the caller's domain maps to.
+    /// The trunk the call comes from.
+    from_trunk: Option<String>,
+    /// The route rule set (dpid) for the caller: its domain's, 2, or 4 from a trunk.
     rule_set: i32,
     /// Whether the caller's domain has routes of its own.
     domain_rule_set: bool,
+    /// A number or a route decides.
     matched: bool,
+    /// number, route or none
+    decided_by: &'static str,
+    /// The platform's number that decides (looked up before any route).
+    matched_number: Option<NumberView>,
     route: Option<RouteView>,
-    /// Why that route (or none) decides.
+    /// Why that number or route (or none) decides.
     reason: String,
     /// What the edge does with the call.
     result: String,
+    /// With a trunk target: the trunk and its gateways in order.
+    trunk: Option<TrunkTargetView>,
+    /// Every number in the order they are tried.
+    number_candidates: Vec<NumberCandidate>,
     /// Every route in the order they are tried.
     candidates: Vec<Candidate>,
     edges: Vec<EdgeAnswer>,
@@ -576,6 +666,91 @@ fn validate_number(number: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The trunk a rule sends calls to: by the id in its attributes, else by name.
+fn trunk_of<'a>(
+    rule: Option<&DialplanRule>,
+    name: Option<&str>,
+    all: &'a [Trunk],
+) -> Option<&'a Trunk> {
+    let by_id = rule
+        .and_then(|r| route::rule_trunk_id(&r.attrs))
+        .and_then(|id| all.iter().find(|t| t.id == id));
+    by_id.or_else(|| name.and_then(|n| all.iter().find(|t| t.name == n)))
+}
+
+fn trunk_target(t: &Trunk, number: &str) -> TrunkTargetView {
+    TrunkTargetView {
+        name: t.name.clone(),
+        id: t.id,
+        pbx_account: t.account.as_ref().map(|(u, d)| format!("{u}@{d}")),
+        gateways: gateway_views(t),
+        dialled_as: t.outbound_number(number),
+        has_credentials: t.has_credentials,
+    }
+}
+
+/// What the edge does with a call to a trunk (TO_TRUNK of the edge's config).
+fn trunk_outcome(t: &TrunkTargetView, number: &str, from_trunk: Option<&str>) -> String {
+    if from_trunk == Some(t.name.as_str()) {
+        return format!(
+            "refused with 482 Loop Detected: the call came from trunk {} itself",
+            t.name
+        );
+    }
+    if let Some(account) = &t.pbx_account {
+        return format!(
+            "to trunk {}: the contact its PBX registered as {account}, with {number} as the user part \
+             (480 PBX Not Registered when it is not registered)",
+            t.name
+        );
+    }
+    if t.gateways.is_empty() {
+        return format!(
+            "refused with 503 Trunk Has No Gateway: trunk {} has no gateway",
+            t.name
+        );
+    }
+    let gateways: Vec<String> = t
+        .gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| format!("{}. {} (priority {})", i + 1, g.uri, g.priority))
+        .collect();
+    format!(
+        "out through trunk {} as {}: {}{}",
+        t.name,
+        t.dialled_as,
+        gateways.join(", "),
+        if t.gateways.len() > 1 {
+            " (the next on 5xx, 408 or no answer)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// What happens to a call a number sends somewhere.
+fn number_outcome(n: &Number, sets: &BTreeMap<String, i32>) -> String {
+    match &n.target {
+        NumberTarget::User { username, domain } => format!(
+            "to the registered contacts of {username}@{domain} (404 Not Found when not registered)"
+        ),
+        NumberTarget::Pool { pool, service } => {
+            let service = match service {
+                Some(s) => format!(", which runs its {s} service"),
+                None => String::new(),
+            };
+            match sets.get(pool) {
+                Some(set) => format!(
+                    "to media pool {pool} (dispatcher set {set}); its algorithm picks the node{service}"
+                ),
+                None => format!("to media pool {pool}{service}"),
+            }
+        }
+        NumberTarget::Trunk(t) => format!("to trunk {t}"),
+    }
+}
+
 pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
     validate_number(&args.number)?;
     let from_domain = args
@@ -583,8 +758,11 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|d| validate::domain("--from-domain", d))
         .transpose()?;
+    if let Some(t) = &args.from_trunk {
+        validate::name("--from-trunk", t)?;
+    }
 
-    // Routes, rules and pools from one snapshot.
+    // Routes, numbers, trunks, rules and pools from one snapshot.
     let mut db = ctx.db().await?;
     let tx = db
         .build_transaction()
@@ -594,11 +772,36 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
         .await
         .context("cannot read the routes")?;
     let routes = route::list(&tx).await?;
+    let number_list = numbers::list(&tx).await?;
+    let trunk_list = trunks::list(&tx).await?;
     let rules = route::dialplan_rules(&tx).await?;
     let sets = pool_sets(&tx).await?;
     tx.commit().await.context("cannot read the routes")?;
 
-    let evaluation = route::evaluate(&rules, &args.number, from_domain.as_deref());
+    if let Some(t) = &args.from_trunk {
+        if !trunk_list.iter().any(|k| k.name == *t) {
+            let known: Vec<&str> = trunk_list.iter().map(|k| k.name.as_str()).collect();
+            return Err(CliError::Invalid(format!(
+                "--from-trunk: trunk {} does not exist; {}",
+                validate::shown(t),
+                if known.is_empty() {
+                    "no trunk exists yet".to_string()
+                } else {
+                    format!("name one of the trunks: {}", known.join(", "))
+                }
+            ))
+            .into());
+        }
+    }
+    let from_trunk = args.from_trunk.as_deref();
+
+    let evaluation = match from_trunk {
+        Some(_) => route::evaluate_from_trunk(&rules, &args.number),
+        None => route::evaluate(&rules, &args.number, from_domain.as_deref()),
+    };
+    let number_rule = evaluation.matched_number();
+    let matched_number_id = number_rule.and_then(|r| route::rule_number_id(&r.attrs));
+    let matched_number = matched_number_id.and_then(|id| number_list.iter().find(|n| n.id == id));
     let outcome_of = |id: i32| {
         evaluation
             .verdicts
@@ -606,10 +809,29 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
             .find(|v| route::rule_route_id(&v.rule.attrs) == Some(id))
             .map(|v| &v.outcome)
     };
-    let matched_id = evaluation
-        .matched()
-        .and_then(|r| route::rule_route_id(&r.attrs));
+    let route_rule = evaluation.matched();
+    let matched_id = route_rule.and_then(|r| route::rule_route_id(&r.attrs));
     let matched_route = matched_id.and_then(|id| routes.iter().find(|r| r.id == id));
+
+    let number_candidates: Vec<NumberCandidate> = evaluation
+        .numbers
+        .iter()
+        .filter_map(|v| {
+            let id = route::rule_number_id(&v.rule.attrs)?;
+            let n = number_list.iter().find(|n| n.id == id)?;
+            Some(NumberCandidate {
+                id,
+                number: n.number.clone(),
+                match_kind: n.match_kind.as_str(),
+                target: n.target.to_string(),
+                outcome: match v.outcome {
+                    RuleOutcome::Matched => "matched",
+                    RuleOutcome::NoMatch => "no-match",
+                    _ => "not-tried",
+                },
+            })
+        })
+        .collect();
 
     let mut candidates = Vec::new();
     for r in &routes {
@@ -624,10 +846,16 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
             ),
             Some(RuleOutcome::NotTried) => (
                 "not-tried",
-                format!(
-                    "route {} matched first",
-                    matched_route.map(|m| m.name.as_str()).unwrap_or("?")
-                ),
+                match (matched_number, matched_route) {
+                    (Some(n), _) => format!(
+                        "the number {} decides before any route",
+                        number_text(n.match_kind, &n.number)
+                    ),
+                    (None, m) => format!(
+                        "route {} matched first",
+                        m.map(|m| m.name.as_str()).unwrap_or("?")
+                    ),
+                },
             ),
             Some(RuleOutcome::OtherLength) => (
                 "not-tried",
@@ -636,6 +864,15 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
             Some(RuleOutcome::Unevaluable(e)) => (
                 "unevaluable",
                 format!("cannot be evaluated here ({e}); the edge's answer decides"),
+            ),
+            None if from_trunk.is_some() && !r.source.for_trunks() => (
+                "other-source",
+                "only for calls from subscribers (add it with --source trunk or any for calls from trunks)"
+                    .to_string(),
+            ),
+            None if from_trunk.is_none() && !r.source.for_subscribers() => (
+                "other-source",
+                "only for calls from trunks".to_string(),
             ),
             None => (
                 "other-domain",
@@ -665,9 +902,27 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
         .filter(|c| c.outcome == "unevaluable")
         .count();
     let route_view = matched_route.map(|r| RouteView::new(r, &sets));
-    let mut reason = match matched_route {
-        Some(r) => format!(
-            "{} {} (priority {}); {}",
+    let numbers_note = match number_list.len() {
+        0 => String::new(),
+        n => format!(
+            "; none of the platform's {n} number{} matches",
+            if n == 1 { "" } else { "s" }
+        ),
+    };
+    let mut reason = match (matched_number, matched_route) {
+        (Some(n), _) => match n.match_kind {
+            NumberMatch::Exact => format!(
+                "{} is the platform's number {}; numbers are looked up before any route",
+                args.number, n.number
+            ),
+            NumberMatch::Prefix => format!(
+                "{} starts with the platform's number block {} (exact numbers first, then the longest \
+                 prefix); numbers are looked up before any route",
+                args.number, n.number
+            ),
+        },
+        (None, Some(r)) => format!(
+            "{} {} (priority {}); {}{numbers_note}",
             args.number,
             match_reason(r, true),
             r.priority,
@@ -677,23 +932,46 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
                 n => format!("{n} routes tried before it did not match"),
             }
         ),
-        None => match candidates
-            .iter()
-            .filter(|c| c.outcome == "no-match")
-            .count()
-        {
-            0 => "there are no routes for this caller".to_string(),
-            n => format!("none of the {n} routes for this caller matches"),
-        },
+        (None, None) => {
+            let tried = candidates
+                .iter()
+                .filter(|c| c.outcome == "no-match")
+                .count();
+            let caller = if from_trunk.is_some() {
+                "calls from trunks"
+            } else {
+                "this caller"
+            };
+            match tried {
+                0 => format!("there are no routes for {caller}{numbers_note}"),
+                n => format!("none of the {n} routes for {caller} matches{numbers_note}"),
+            }
+        }
     };
     if unevaluable > 0 {
         reason.push_str(&format!(
             "; {unevaluable} route(s) could not be evaluated here"
         ));
     }
-    let result = match &route_view {
-        Some(v) => v.outcome_text(&args.number),
-        None => "no route: the edge sends the call to its default media pool (SipEdge spec.routing.defaultMediaPool) \
+    let trunk = match (matched_number, &route_view) {
+        (Some(n), _) => match &n.target {
+            NumberTarget::Trunk(name) => trunk_of(number_rule, Some(name), &trunk_list),
+            _ => None,
+        },
+        (None, Some(r)) => trunk_of(route_rule, r.target_trunk.as_deref(), &trunk_list)
+            .filter(|_| r.target_kind == "trunk"),
+        (None, None) => None,
+    }
+    .map(|t| trunk_target(t, &args.number));
+    let result = match (&trunk, matched_number, &route_view) {
+        (Some(t), _, _) => trunk_outcome(t, &args.number, from_trunk),
+        (None, Some(n), _) => number_outcome(n, &sets),
+        (None, None, Some(v)) => v.outcome_text(&args.number),
+        (None, None, None) if from_trunk.is_some() => {
+            "no number or route: the edge refuses the call from a trunk as transit (403 Transit not allowed)"
+                .to_string()
+        }
+        (None, None, None) => "no route: the edge sends the call to its default media pool (SipEdge spec.routing.defaultMediaPool) \
                  or, without one, answers 404 No Route"
             .to_string(),
     };
@@ -701,10 +979,20 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
     let question = Question {
         number: &args.number,
         from_domain: from_domain.as_deref(),
+        from_trunk: from_trunk.is_some(),
         rules: &rules,
         dpid: evaluation.dpid,
-        matched_id,
+        matched_id: if matched_number.is_some() {
+            None
+        } else {
+            matched_id
+        },
+        matched_number_id,
         names: routes.iter().map(|r| (r.id, r.name.clone())).collect(),
+        number_names: number_list
+            .iter()
+            .map(|n| (n.id, number_text(n.match_kind, &n.number)))
+            .collect(),
     };
     let mut edges = Vec::new();
     for (name, rpc) in ctx.edges() {
@@ -714,12 +1002,25 @@ pub async fn test(ctx: &Ctx, args: TestArgs) -> anyhow::Result<()> {
     let view = TestView {
         number: args.number.clone(),
         from_domain: from_domain.clone(),
+        from_trunk: args.from_trunk.clone(),
         rule_set: evaluation.dpid,
         domain_rule_set: evaluation.domain_rule_set,
-        matched: route_view.is_some(),
-        route: route_view,
+        matched: matched_number.is_some() || route_view.is_some(),
+        decided_by: match (matched_number, &route_view) {
+            (Some(_), _) => "number",
+            (None, Some(_)) => "route",
+            (None, None) => "none",
+        },
+        matched_number: matched_number.map(NumberView::from),
+        route: if matched_number.is_some() {
+            None
+        } else {
+            route_view
+        },
         reason,
         result,
+        trunk,
+        number_candidates,
         candidates,
         edges,
     };
@@ -745,8 +1046,12 @@ fn human_test(
     other_domains: &[String],
     wide: bool,
 ) -> std::io::Result<()> {
-    let caller = match (&view.from_domain, view.domain_rule_set) {
-        (None, _) => {
+    let caller = match (&view.from_trunk, &view.from_domain, view.domain_rule_set) {
+        (Some(t), _, _) => format!(
+            "trunk {t}: the routes for calls from trunks (rule set {TRUNK_DPID}); a call no number or route \
+             takes is refused as transit"
+        ),
+        (None, None, _) => {
             let mut text = format!("a domain without routes of its own (rule set {DEFAULT_DPID})");
             if !other_domains.is_empty() {
                 text.push_str(&format!(
@@ -756,18 +1061,38 @@ fn human_test(
             }
             text
         }
-        (Some(d), true) => format!(
+        (None, Some(d), true) => format!(
             "{d}: its own routes and those for every domain (rule set {})",
             view.rule_set
         ),
-        (Some(d), false) => {
+        (None, Some(d), false) => {
             format!("{d}, which has no routes of its own: the routes for every domain (rule set {DEFAULT_DPID})")
         }
     };
     let mut lines: Vec<Vec<String>> = vec![
         vec!["number".into(), view.number.clone()],
         vec!["caller".into(), caller],
-        vec![
+    ];
+    if let Some(n) = &view.matched_number {
+        lines.push(vec![
+            "platform number".into(),
+            format!(
+                "{} ({}, id {}) → {}",
+                n.number,
+                n.match_kind,
+                n.id,
+                n.target_text()
+            ),
+        ]);
+        lines.push(vec![
+            "route".into(),
+            "not consulted: the number decides".into(),
+        ]);
+    } else {
+        if !view.number_candidates.is_empty() {
+            lines.push(vec!["platform number".into(), "none matches".into()]);
+        }
+        lines.push(vec![
             "route".into(),
             match &view.route {
                 Some(r) => format!(
@@ -779,10 +1104,32 @@ fn human_test(
                 ),
                 None => "none matches".into(),
             },
-        ],
-        vec!["why".into(), view.reason.clone()],
-        vec!["result".into(), view.result.clone()],
-    ];
+        ]);
+    }
+    lines.push(vec!["why".into(), view.reason.clone()]);
+    lines.push(vec!["result".into(), view.result.clone()]);
+    if let Some(t) = &view.trunk {
+        if t.pbx_account.is_none() {
+            for (i, g) in t.gateways.iter().enumerate() {
+                lines.push(vec![
+                    format!("gateway {}", i + 1),
+                    format!("{} (priority {})", g.uri, g.priority),
+                ]);
+            }
+            lines.push(vec![
+                "dialled as".into(),
+                format!(
+                    "{}{}",
+                    t.dialled_as,
+                    if t.has_credentials {
+                        "; the trunk's credentials answer a challenge"
+                    } else {
+                        ""
+                    }
+                ),
+            ]);
+        }
+    }
     if view.edges.is_empty() {
         lines.push(vec![
             "edges".into(),
@@ -794,6 +1141,28 @@ fn human_test(
     }
     write_table(out, None, &lines)?;
     if wide {
+        if !view.number_candidates.is_empty() {
+            writeln!(out)?;
+            let headers: Vec<String> = ["ORDER", "NUMBER", "MATCH", "TARGET", "OUTCOME"]
+                .iter()
+                .map(|h| h.to_string())
+                .collect();
+            let rows: Vec<Vec<String>> = view
+                .number_candidates
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    vec![
+                        (i + 1).to_string(),
+                        n.number.clone(),
+                        n.match_kind.to_string(),
+                        n.target.clone(),
+                        n.outcome.to_string(),
+                    ]
+                })
+                .collect();
+            write_table(out, Some(&headers), &rows)?;
+        }
         writeln!(out)?;
         let headers: Vec<String> = [
             "ORDER",
@@ -872,14 +1241,20 @@ fn same_rules(db: &[DialplanRule], dpid: i32, edge: &[DialplanEntry]) -> bool {
 struct Question<'a> {
     number: &'a str,
     from_domain: Option<&'a str>,
+    /// The call comes from a trunk (the routes of dialplan 4).
+    from_trunk: bool,
     /// The rules of the database's `sipstack_dialplan`.
     rules: &'a [DialplanRule],
-    /// The rule set the database maps the caller's domain to.
+    /// The rule set the database maps the caller to.
     dpid: i32,
-    /// The route the database's rules choose.
+    /// The route the database's rules choose (none when a number decides).
     matched_id: Option<i32>,
+    /// The number the database's rules choose.
+    matched_number_id: Option<i32>,
     /// Route names by id.
     names: BTreeMap<i32, String>,
+    /// Numbers by id, as shown.
+    number_names: BTreeMap<i32, String>,
 }
 
 /// Asks one edge what it does with the number, and whether it holds the
@@ -889,37 +1264,61 @@ async fn ask_edge(name: &str, rpc: &EdgeRpc, q: &Question<'_>) -> EdgeAnswer {
         edge: name.to_string(),
         reachable: false,
         rule_set: None,
+        number: None,
+        number_id: None,
         route: None,
         route_id: None,
         agrees: None,
         rules_current: None,
         note: String::new(),
     };
-    let asked: Result<(i32, Option<i32>, bool), sipstack_edgerpc::RpcError> = async {
-        let mut edge_dpid = DEFAULT_DPID;
-        if let Some(domain) = q.from_domain {
+    type Asked = (i32, Option<i32>, Option<i32>, bool);
+    let asked: Result<Asked, sipstack_edgerpc::RpcError> = async {
+        // the numbers first, for every caller, as the edge's NUMBERS block does
+        let number_id = rpc
+            .dialplan_translate(NUMBERS_DPID, q.number)
+            .await?
+            .and_then(|t| route::rule_number_id(&t.attrs));
+        let mut edge_dpid = if q.from_trunk {
+            TRUNK_DPID
+        } else {
+            DEFAULT_DPID
+        };
+        if let (Some(domain), false) = (q.from_domain, q.from_trunk) {
             if let Some(t) = rpc.dialplan_translate(DOMAIN_MAP_DPID, domain).await? {
                 if let Ok(set) = t.attrs.trim().parse::<i32>() {
                     edge_dpid = set;
                 }
             }
         }
-        let translation = rpc.dialplan_translate(edge_dpid, q.number).await?;
-        let route_id = translation
-            .as_ref()
-            .and_then(|t| route::rule_route_id(&t.attrs));
+        let route_id = match number_id {
+            Some(_) => None,
+            None => rpc
+                .dialplan_translate(edge_dpid, q.number)
+                .await?
+                .and_then(|t| route::rule_route_id(&t.attrs)),
+        };
         let map = rpc.dialplan_dump(DOMAIN_MAP_DPID).await?;
         let set = rpc.dialplan_dump(edge_dpid).await?;
+        let numbers = rpc.dialplan_dump(NUMBERS_DPID).await?;
         let current = edge_dpid == q.dpid
             && same_rules(q.rules, DOMAIN_MAP_DPID, &map)
-            && same_rules(q.rules, q.dpid, &set);
-        Ok((edge_dpid, route_id, current))
+            && same_rules(q.rules, q.dpid, &set)
+            && same_rules(q.rules, NUMBERS_DPID, &numbers);
+        Ok((edge_dpid, number_id, route_id, current))
     }
     .await;
     match asked {
-        Ok((edge_dpid, route_id, current)) => {
+        Ok((edge_dpid, number_id, route_id, current)) => {
             answer.reachable = true;
             answer.rule_set = Some(edge_dpid);
+            answer.number_id = number_id;
+            answer.number = number_id.map(|id| {
+                q.number_names
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("id {id}"))
+            });
             answer.route_id = route_id;
             answer.route = route_id.map(|id| {
                 q.names
@@ -927,12 +1326,13 @@ async fn ask_edge(name: &str, rpc: &EdgeRpc, q: &Question<'_>) -> EdgeAnswer {
                     .cloned()
                     .unwrap_or_else(|| format!("id {id}"))
             });
-            let agrees = route_id == q.matched_id;
+            let agrees = route_id == q.matched_id && number_id == q.matched_number_id;
             answer.agrees = Some(agrees);
             answer.rules_current = Some(current);
-            let what = match &answer.route {
-                Some(r) => format!("route {r}"),
-                None => "no route matches".to_string(),
+            let what = match (&answer.number, &answer.route) {
+                (Some(n), _) => format!("number {n}"),
+                (None, Some(r)) => format!("route {r}"),
+                (None, None) => "no route matches".to_string(),
             };
             answer.note = match (agrees, current) {
                 (true, true) => format!("agrees ({what})"),

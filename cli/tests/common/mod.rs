@@ -14,14 +14,27 @@ pub fn sipctl(tb: &Testbed, args: &[&str]) -> Output {
 }
 
 pub fn sipctl_with_stdin(tb: &Testbed, args: &[&str], stdin: Option<&str>) -> Output {
+    sipctl_with_env(tb, args, stdin, &[])
+}
+
+/// `sipctl ARGS` with more environment variables (e.g. SIPSTACK_TRUNK_KEY).
+pub fn sipctl_with_env(
+    tb: &Testbed,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> Output {
     let config = tb.state_dir().join("sipctl-config.yaml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sipctl"))
         .args(args)
+        // the key only where a test gives it
+        .env_remove("SIPSTACK_TRUNK_KEY")
         .env("SIPCTL_CONFIG", &config)
         .env("SIPCTL_DB_URL", &tb.db_url)
         .env("SIPCTL_EDGE", format!("127.0.0.1:{}", tb.ports.rpc))
         .env("SIPSTACK_RPC_TOKEN", tb.rpc_token().unwrap())
         .env_remove("SIPCTL_CONTEXT")
+        .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
