@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod pgha;
+pub mod ports;
 pub mod rawsip;
 pub mod sipp;
 pub mod testbed;

@@ -6,7 +6,7 @@
 //! benchmark prints come from the same code the tests check.
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,32 +87,7 @@ impl HaPorts {
     }
 }
 
-/// Listening ports are taken below the kernel's ephemeral range (32768 and up by
-/// default), where outgoing connections and the other tests' kernel-chosen ports
-/// cannot take them between the choice and the bind.
-const LISTEN_RANGE: std::ops::Range<u16> = 10_000..32_000;
-
-/// `n` consecutive TCP ports on 127.0.0.1 that are free now, from a random base in
-/// [`LISTEN_RANGE`].
-pub fn free_tcp_range(n: u16) -> Result<u16> {
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-        ^ (u64::from(std::process::id()) << 32);
-    for _ in 0..500 {
-        // xorshift: enough to spread parallel test processes apart
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let span = u64::from(LISTEN_RANGE.end - LISTEN_RANGE.start - n);
-        let base = LISTEN_RANGE.start + (seed % span) as u16;
-        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return Ok(base);
-        }
-    }
-    bail!("no {n} consecutive free TCP ports found")
-}
+pub use crate::ports::free_tcp_range;
 
 /// Brings up `spec`'s platform with a three-member PgCluster and waits until every
 /// member runs. Ports are chosen free, but another process may still take one before
@@ -133,7 +108,7 @@ pub async fn up_ha(
                     .await?;
                 return Ok((bed, cluster));
             }
-            Err(e) if format!("{e:#}").contains("address already in use") => {
+            Err(e) if crate::ports::is_port_taken(&e) => {
                 eprintln!("a port was taken between choosing and binding it; trying other ports");
                 last = Some(e);
             }

@@ -242,7 +242,7 @@ impl Testbed {
         loop {
             let ports = Ports::free()?;
             match Self::up_yaml(spec.yaml(ports), ports).await {
-                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                Err(e) if attempt < 3 && crate::ports::is_port_taken(&e) => {
                     tracing::warn!("testbed ports taken meanwhile ({e:#}); trying others");
                     attempt += 1;
                 }
@@ -529,24 +529,7 @@ pub fn standin_on(addr: SocketAddr) -> Result<SippProcess> {
         .spawn()
 }
 
-/// A TCP port nobody listens on now.
-pub fn free_tcp_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
-/// A port free for both UDP and TCP on 127.0.0.1 (a SIP listener uses both).
-pub fn free_udp_and_tcp_port() -> Result<u16> {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let port = udp.local_addr()?.port();
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no port free for both UDP and TCP")
-}
+pub use crate::ports::{free_tcp_port, free_udp_and_tcp_port};
 
 /// Subscribers for SIPp's injection file: (user, domain, password).
 pub fn users<'a>(list: &'a [(&'a str, &'a str)]) -> Vec<(&'a str, &'a str, &'a str)> {
