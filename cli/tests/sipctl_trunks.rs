@@ -642,6 +642,75 @@ async fn trunks_and_numbers_are_managed_and_tested_number_first() {
         "+4420712399"
     );
 
+    // limits: set, kept when left out, lifted with none; the edge reloads them
+    let t = json(&trunk_change(
+        &tb,
+        &[
+            "set",
+            "trunk-limits",
+            "carrier-a",
+            "--max-calls",
+            "30",
+            "--max-cps",
+            "5",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(
+        (t["maxCalls"].as_i64(), t["maxCps"].as_i64()),
+        (Some(30), Some(5)),
+        "{t:#}"
+    );
+    let text = ok(&trunk_change(
+        &tb,
+        &["set", "trunk-limits", "carrier-a", "--max-cps", "none"],
+    ));
+    assert!(text.contains("limits 30 calls"), "{text}");
+    let t = json(&sipctl(&tb, &["get", "trunk", "carrier-a", "-o", "json"]));
+    assert_eq!(
+        (t["maxCalls"].as_i64(), t["maxCps"].as_i64()),
+        (Some(30), None),
+        "{t:#}"
+    );
+    let (code, err) = fails(&sipctl(
+        &tb,
+        &["set", "trunk-limits", "carrier-a", "--max-calls", "0"],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-calls") && err.contains("none"), "{err}");
+    let (code, err) = fails(&sipctl(
+        &tb,
+        &["set", "trunk-limits", "nope", "--max-calls", "3"],
+    ));
+    assert_eq!(code, 4, "{err}");
+    let text = ok(&trunk_change(
+        &tb,
+        &["set", "call-limit", "alice@example.com", "--max-calls", "2"],
+    ));
+    assert!(text.contains("may place 2 calls at once"), "{text}");
+    let (code, err) = fails(&sipctl(
+        &tb,
+        &[
+            "set",
+            "call-limit",
+            "nobody@example.com",
+            "--max-calls",
+            "2",
+        ],
+    ));
+    assert_eq!(code, 4, "{err}");
+    ok(&trunk_change(
+        &tb,
+        &[
+            "set",
+            "call-limit",
+            "alice@example.com",
+            "--max-calls",
+            "none",
+        ],
+    ));
+
     // a subscriber that a number or a PBX trunk names stays until they go
     let (code, err) = fails(&sipctl(&tb, &["delete", "subscriber", "alice@example.com"]));
     assert_eq!(code, 6, "{err}");

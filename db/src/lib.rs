@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod cdr;
 pub mod dispatcher;
 mod error;
+pub mod limits;
 pub mod media_pool;
 mod migrate;
 pub mod number;

@@ -53,6 +53,11 @@ static MIGRATIONS: &[Migration] = &[
         name: "trunks",
         sql: include_str!("../migrations/0006_trunks.sql"),
     },
+    Migration {
+        version: 7,
+        name: "call_limits",
+        sql: include_str!("../migrations/0007_call_limits.sql"),
+    },
 ];
 
 /// Every migration this binary carries, oldest first.

@@ -536,6 +536,10 @@ pub struct NewTrunk {
     pub description: String,
     pub addresses: Vec<TrunkAddress>,
     pub gateways: Vec<Gateway>,
+    /// Concurrent calls, both directions (`None`: no limit).
+    pub max_calls: Option<i32>,
+    /// New calls per second, both directions (`None`: no limit).
+    pub max_cps: Option<i32>,
 }
 
 /// A stored trunk. Its encrypted password stays in the database: only whether
@@ -554,6 +558,10 @@ pub struct Trunk {
     pub addresses: Vec<TrunkAddress>,
     /// In the order the edge tries them (priority, then the order they were added).
     pub gateways: Vec<Gateway>,
+    /// Concurrent calls, both directions (`None`: no limit).
+    pub max_calls: Option<i32>,
+    /// New calls per second, both directions (`None`: no limit).
+    pub max_cps: Option<i32>,
     pub created_at: Option<SystemTime>,
 }
 
@@ -613,6 +621,8 @@ pub fn validate(trunk: &NewTrunk) -> Result<NewTrunk, DbError> {
         ));
     }
     validate::one_line_text("--description", &trunk.description, 255)?;
+    crate::limits::validate_max_calls("--max-calls", trunk.max_calls)?;
+    crate::limits::validate_max_cps("--max-cps", trunk.max_cps)?;
     let mut addresses = Vec::with_capacity(trunk.addresses.len());
     let mut seen = HashSet::new();
     for a in &trunk.addresses {
@@ -661,7 +671,8 @@ const TRUNK_COLUMNS: &str = "t.id, t.name::text, t.auth_username::text, (t.auth_
      ARRAY(SELECT a.port FROM sipstack_trunk_address AS a WHERE a.trunk_id = t.id ORDER BY a.id), \
      ARRAY(SELECT a.transport::text FROM sipstack_trunk_address AS a WHERE a.trunk_id = t.id ORDER BY a.id), \
      ARRAY(SELECT g.uri::text FROM sipstack_trunk_gateway AS g WHERE g.trunk_id = t.id ORDER BY g.priority, g.id), \
-     ARRAY(SELECT g.priority FROM sipstack_trunk_gateway AS g WHERE g.trunk_id = t.id ORDER BY g.priority, g.id)";
+     ARRAY(SELECT g.priority FROM sipstack_trunk_gateway AS g WHERE g.trunk_id = t.id ORDER BY g.priority, g.id), \
+     t.max_calls, t.max_cps";
 
 /// `host` and `masklen` as sipstack writes an address.
 fn address_from_parts(host: &str, mask: i32) -> String {
@@ -712,6 +723,8 @@ fn trunk_from_row(row: &Row) -> Result<Trunk, DbError> {
         created_at: row.get(9),
         addresses,
         gateways,
+        max_calls: row.get(16),
+        max_cps: row.get(17),
     })
 }
 
@@ -911,8 +924,8 @@ pub async fn add(client: &mut impl GenericClient, trunk: &NewTrunk) -> Result<Tr
     let row = tx
         .query_one(
             "INSERT INTO sipstack_trunk (name, auth_username, auth_password_enc, account_username,
-                 account_domain, strip_digits, prefix, description)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                 account_domain, strip_digits, prefix, description, max_calls, max_cps)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
             &[
                 &t.name,
                 &auth_user,
@@ -922,6 +935,8 @@ pub async fn add(client: &mut impl GenericClient, trunk: &NewTrunk) -> Result<Tr
                 &t.strip_digits,
                 &t.prefix,
                 &t.description,
+                &t.max_calls,
+                &t.max_cps,
             ],
         )
         .await
@@ -987,7 +1002,7 @@ pub async fn get(client: &impl GenericClient, name: &str) -> Result<Trunk, DbErr
 }
 
 /// The id of a trunk, locked against deletion until the transaction ends.
-async fn lock_trunk(client: &impl GenericClient, name: &str) -> Result<i32, DbError> {
+pub(crate) async fn lock_trunk(client: &impl GenericClient, name: &str) -> Result<i32, DbError> {
     validate::name("name", name)?;
     let row = client
         .query_opt(
@@ -1245,6 +1260,8 @@ mod tests {
                 Gateway::parse("sip:198.51.100.10:5060,priority=10").unwrap(),
                 Gateway::parse("sip:gw2.carrier.example;transport=tcp").unwrap(),
             ],
+            max_calls: Some(30),
+            max_cps: Some(5),
         }
     }
 
@@ -1580,6 +1597,20 @@ mod tests {
             ),
             (
                 NewTrunk {
+                    max_calls: Some(0),
+                    ..trunk()
+                },
+                "--max-calls",
+            ),
+            (
+                NewTrunk {
+                    max_cps: Some(-5),
+                    ..trunk()
+                },
+                "--max-cps",
+            ),
+            (
+                NewTrunk {
                     name: String::new(),
                     ..trunk()
                 },
@@ -1813,6 +1844,8 @@ mod tests {
             name: "c".into(),
             auth_username: None,
             has_credentials: false,
+            max_calls: None,
+            max_cps: None,
             account: None,
             strip_digits: 2,
             prefix: "+44".into(),

@@ -2,7 +2,8 @@
 //! calls to the platform's numbers, subscribers' calls go out through a
 //! carrier's gateways (digest credentials towards the carrier, failover to the
 //! next gateway), a registration-based PBX gets its numbers and its calls are
-//! trunk calls, and nothing transits from trunk to trunk without a route. SIPp
+//! trunk calls, nothing transits from trunk to trunk without a route, and the
+//! call over a trunk's or a subscriber's limit is refused. SIPp
 //! plays the carriers, the gateways and the PBX on their own 127.0.0.x addresses.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -36,6 +37,8 @@ fn trunk(name: &str) -> NewTrunk {
         description: String::new(),
         addresses: Vec::new(),
         gateways: Vec::new(),
+        max_calls: None,
+        max_cps: None,
     }
 }
 
@@ -366,6 +369,183 @@ async fn a_registered_pbx_gets_its_numbers_and_its_calls_are_trunk_calls() {
     tb.reload_routes().await.unwrap();
     let out = call_from(tb.edge(), carrier_host, "+15550002222").await;
     assert_eq!(out.unexpected_codes, vec![482], "{}", out.diagnostics());
+
+    tb.down().await.unwrap();
+}
+
+/// `calls` calls from `from` (a carrier's host) to `number`, each held `hold`.
+fn calls_from(
+    edge: SocketAddr,
+    from: SocketAddr,
+    number: &str,
+    calls: u64,
+    hold: Duration,
+) -> SippCommand {
+    SippCommand::scenario("uac_trusted")
+        .remote(edge)
+        .local(from.ip(), from.port())
+        .service(number)
+        .injection(InjectionFile::sequential().line(["carrier", "carrier.test"]))
+        .max_calls(calls)
+        .call_limit(u32::try_from(calls).unwrap_or(u32::MAX))
+        .pause(hold)
+}
+
+/// Waits until `process` logged `n` answered calls.
+async fn until_answered(process: &SippProcess, n: usize, what: &str) {
+    let started = Instant::now();
+    while process
+        .log_lines()
+        .iter()
+        .filter(|l| l.tag == "ANSWERED")
+        .count()
+        < n
+    {
+        // bounds the wait for the call set-up, not the code under test
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{what}: fewer than {n} calls answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_over_a_limit_is_refused_and_the_others_go_on() {
+    let tb = Testbed::up(&TestbedSpec::default()).await.unwrap();
+    tb.add_subscriber("alice", "alice-pw").await.unwrap();
+    tb.add_subscriber("bob", "bob-pw").await.unwrap();
+    let phone_port = free_udp_and_tcp_port().unwrap();
+    register_phone(tb.edge(), "alice", "alice-pw", phone_port)
+        .await
+        .unwrap();
+    // answers for the whole test, which holds calls for a while
+    let _alice = SippCommand::scenario("uas_user")
+        .local("127.0.0.1".parse().unwrap(), phone_port)
+        .deadline(Duration::from_secs(180))
+        .spawn()
+        .unwrap();
+
+    let carrier = free_addr(31);
+    let bursty = free_addr(32);
+    let mut db = tb.db().await.unwrap();
+    let mut a = trunk("carrier-a");
+    a.addresses = vec![address(carrier.ip(), 0, Transport::Any)];
+    a.max_calls = Some(2);
+    sipstack_db::trunk::add(&mut db, &a).await.unwrap();
+    let mut b = trunk("carrier-b");
+    b.addresses = vec![address(bursty.ip(), 0, Transport::Any)];
+    sipstack_db::trunk::add(&mut db, &b).await.unwrap();
+    sipstack_db::number::add(
+        &db,
+        &number(
+            "+442071230001",
+            NumberTarget::User {
+                username: "alice".into(),
+                domain: DOMAIN.into(),
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    sipstack_db::limits::set_subscriber_limit(&db, "bob", DOMAIN, Some(1))
+        .await
+        .unwrap();
+    tb.reload_trunks().await.unwrap();
+
+    // carrier-a's two calls are up; its third is one more than it may carry
+    let held = calls_from(
+        tb.edge(),
+        carrier,
+        "+442071230001",
+        2,
+        Duration::from_secs(10),
+    )
+    .deadline(Duration::from_secs(60))
+    .spawn()
+    .unwrap();
+    until_answered(&held, 2, "carrier-a's held calls").await;
+    let third = free_addr(31);
+    let out = call_from(tb.edge(), third, "+442071230001").await;
+    assert_eq!(out.unexpected_codes, vec![503], "{}", out.diagnostics());
+    assert!(
+        tb.edge_log(100).contains("concurrent calls of trunk"),
+        "{}",
+        tb.edge_log(40)
+    );
+    // another trunk's call and a subscriber's are not the carrier's to count
+    let out = call_from(tb.edge(), bursty, "+442071230001").await;
+    out.ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(40)));
+    // bob may place one call at once (to alice's number): the second while the
+    // first is up is refused
+    let bobs_call = SippCommand::scenario("uac_call")
+        .remote(tb.edge())
+        .service("+442071230001")
+        .injection(InjectionFile::users(&[("bob", DOMAIN, "bob-pw")]))
+        .max_calls(1)
+        .pause(Duration::from_secs(10))
+        .deadline(Duration::from_secs(60))
+        .spawn()
+        .unwrap();
+    until_answered(&bobs_call, 1, "bob's first call").await;
+    let out = call_number(tb.edge(), "bob", "bob-pw", "+442071230001")
+        .await
+        .unwrap();
+    assert_eq!(out.unexpected_codes, vec![486], "{}", out.diagnostics());
+    // the held calls end normally (their BYEs pass), and the count goes down
+    held.wait()
+        .unwrap()
+        .ensure_all_succeeded(2)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(40)));
+    bobs_call.wait().unwrap().ensure_all_succeeded(1).unwrap();
+    let out = call_from(tb.edge(), carrier, "+442071230001").await;
+    out.ensure_all_succeeded(1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.edge_log(40)));
+    let out = call_number(tb.edge(), "bob", "bob-pw", "+442071230001")
+        .await
+        .unwrap();
+    out.ensure_all_succeeded(1).unwrap();
+
+    // calls per second: carrier-b may start 2 a second. A burst of 8 within a
+    // fraction of a second spans at most 3 one-second windows (on a busy machine):
+    // 2 to 6 get through, every other one gets a 503.
+    sipstack_db::limits::set_trunk_limits(
+        &mut db,
+        "carrier-b",
+        sipstack_db::limits::TrunkLimits {
+            max_calls: None,
+            max_cps: Some(2),
+        },
+    )
+    .await
+    .unwrap();
+    tb.reload_trunks().await.unwrap();
+    let out = calls_from(
+        tb.edge(),
+        bursty,
+        "+442071230001",
+        8,
+        Duration::from_millis(0),
+    )
+    .rate(50)
+    .deadline(Duration::from_secs(30))
+    .run_async()
+    .await
+    .unwrap();
+    let passed = out.successful();
+    assert!(
+        (2..=6).contains(&passed),
+        "{passed} passed: {}",
+        out.diagnostics()
+    );
+    assert_eq!(
+        out.unexpected_codes,
+        vec![503; usize::try_from(8 - passed).unwrap()],
+        "{}",
+        out.diagnostics()
+    );
+    assert!(tb.edge_log(200).contains("calls per second of trunk"));
 
     tb.down().await.unwrap();
 }

@@ -6,6 +6,7 @@ mod completion;
 mod config;
 mod db;
 mod dispatcher;
+mod limits;
 mod local;
 mod number;
 mod registration;
@@ -181,6 +182,8 @@ pub enum DeleteCommand {
 #[derive(Debug, Subcommand)]
 pub enum SetCommand {
     Password(subscriber::SetPasswordArgs),
+    TrunkLimits(limits::TrunkLimitsArgs),
+    CallLimit(limits::CallLimitArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -352,6 +355,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(DeleteCommand::TrunkAddress(a)) => trunk::delete_address(&ctx, a).await,
         Command::Delete(DeleteCommand::TrunkGateway(a)) => trunk::delete_gateway(&ctx, a).await,
         Command::Set(SetCommand::Password(a)) => subscriber::set_password(&ctx, a).await,
+        Command::Set(SetCommand::TrunkLimits(a)) => limits::set_trunk_limits(&ctx, a).await,
+        Command::Set(SetCommand::CallLimit(a)) => limits::set_call_limit(&ctx, a).await,
         Command::Import(ImportCommand::Subscribers(a)) => subscriber::import(&ctx, a).await,
         Command::Import(ImportCommand::Numbers(a)) => number::import(&ctx, a).await,
         Command::Export(ExportCommand::Subscribers(a)) => subscriber::export(&ctx, a).await,

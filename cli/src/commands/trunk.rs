@@ -82,6 +82,12 @@ pub struct AddArgs {
     /// Free text shown by `get trunks -o wide`.
     #[arg(long, default_value = "")]
     pub description: String,
+    /// Concurrent calls it may carry, in and out together; the one more gets a 503.
+    #[arg(long, value_name = "N")]
+    pub max_calls: Option<i32>,
+    /// New calls per second it may carry, in and out together; the one more gets a 503.
+    #[arg(long, value_name = "N")]
+    pub max_cps: Option<i32>,
 }
 
 /// List trunks, or show one.
@@ -186,6 +192,10 @@ struct TrunkView {
     account: Option<String>,
     strip_digits: i32,
     prefix: String,
+    /// Concurrent calls it may carry (none: no limit).
+    max_calls: Option<i32>,
+    /// New calls per second it may carry (none: no limit).
+    max_cps: Option<i32>,
     description: String,
     created_at: Option<String>,
 }
@@ -210,6 +220,8 @@ impl From<&Trunk> for TrunkView {
             account: t.account.as_ref().map(|(u, d)| format!("{u}@{d}")),
             strip_digits: t.strip_digits,
             prefix: t.prefix.clone(),
+            max_calls: t.max_calls,
+            max_cps: t.max_cps,
             description: t.description.clone(),
             created_at: t.created_at.map(super::cdr::rfc3339),
         }
@@ -243,12 +255,13 @@ const COLUMNS: Columns = Columns {
         "GATEWAYS",
         "CREDENTIALS",
         "ACCOUNT",
+        "LIMITS",
         "ID",
         "NUMBER-HANDLING",
         "DESCRIPTION",
         "CREATED",
     ],
-    narrow: 5,
+    narrow: 6,
 };
 
 fn row(t: &TrunkView) -> Vec<String> {
@@ -286,11 +299,28 @@ fn row(t: &TrunkView) -> Vec<String> {
             (None, _) => "-".into(),
         },
         t.account.clone().unwrap_or_else(|| "-".into()),
+        limits_text(t.max_calls, t.max_cps),
         t.id.to_string(),
         number_handling(t.strip_digits, &t.prefix),
         t.description.clone(),
         t.created_at.clone().unwrap_or_default(),
     ]
+}
+
+/// A trunk's limits in words: "10 calls, 5/s", "-" for none.
+pub(super) fn limits_text(max_calls: Option<i32>, max_cps: Option<i32>) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = max_calls {
+        parts.push(format!("{n} call{}", if n == 1 { "" } else { "s" }));
+    }
+    if let Some(n) = max_cps {
+        parts.push(format!("{n}/s"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// The command line's name of a field the database layer names.
@@ -397,6 +427,8 @@ fn new_trunk(ctx: &Ctx, args: &AddArgs) -> anyhow::Result<NewTrunk> {
         strip_digits: args.strip_digits,
         prefix: args.prefix.clone(),
         description: args.description.clone(),
+        max_calls: args.max_calls,
+        max_cps: args.max_cps,
         addresses,
         gateways,
     };
@@ -426,10 +458,13 @@ fn summary(t: &TrunkView) -> String {
         "numbers {}",
         number_handling(t.strip_digits, &t.prefix)
     ));
+    if t.max_calls.is_some() || t.max_cps.is_some() {
+        parts.push(format!("limits {}", limits_text(t.max_calls, t.max_cps)));
+    }
     parts.join(", ")
 }
 
-fn print_changed(ctx: &Ctx, t: &Trunk, what: &str) -> anyhow::Result<()> {
+pub(super) fn print_changed(ctx: &Ctx, t: &Trunk, what: &str) -> anyhow::Result<()> {
     let view = TrunkView::from(t);
     ctx.output.object(&view, |out| {
         writeln!(out, "trunk {} {what}: {}", view.name, summary(&view))
