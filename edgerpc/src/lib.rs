@@ -13,6 +13,22 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+/// How often a request is sent before the edge counts as unreachable.
+const SEND_ATTEMPTS: u32 = 3;
+
+/// An HTTP error with its causes ("error sending request" alone hides whether the
+/// connection was refused, reset or timed out).
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
     #[error("edge RPC at {url} is unreachable: {message}")]
@@ -197,6 +213,42 @@ impl EdgeRpc {
         &self.url
     }
 
+    /// Posts one JSON-RPC request; returns the HTTP status and body. A request
+    /// that could not be sent, or whose answer did not arrive, is tried again
+    /// (at most [`SEND_ATTEMPTS`] times, briefly apart): a busy edge may accept
+    /// its control connection late, and every method the platform calls is
+    /// idempotent (reloads, state changes, listings).
+    async fn post(&self, body: &Value) -> Result<(reqwest::StatusCode, String), RpcError> {
+        let mut attempt = 1;
+        loop {
+            let mut request = self.http.post(&self.url).json(body);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let result = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    response.text().await.map(|text| (status, text))
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(e) if attempt < SEND_ATTEMPTS => {
+                    tracing::debug!(url = %self.url, attempt, error = %error_chain(&e), "edge RPC not answered; trying again");
+                    tokio::time::sleep(Duration::from_millis(300 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(RpcError::Unreachable {
+                        url: self.url.clone(),
+                        message: error_chain(&e),
+                    })
+                }
+            }
+        }
+    }
+
     /// Calls `method` with positional `params` and returns its `result`.
     pub async fn call(&self, method: &str, params: &[Value]) -> Result<Value, RpcError> {
         let body = if params.is_empty() {
@@ -204,19 +256,7 @@ impl EdgeRpc {
         } else {
             json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
         };
-        let mut request = self.http.post(&self.url).json(&body);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| RpcError::Unreachable {
-            url: self.url.clone(),
-            message: e.to_string(),
-        })?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| RpcError::Unreachable {
-            url: self.url.clone(),
-            message: e.to_string(),
-        })?;
+        let (status, text) = self.post(&body).await?;
         // Kamailio answers a fault with its code as the HTTP status and a JSON-RPC error body.
         let answer: Option<Answer> = serde_json::from_str(&text).ok();
         if let Some(Answer { error: Some(f), .. }) = answer {
