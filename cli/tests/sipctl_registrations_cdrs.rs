@@ -431,6 +431,8 @@ async fn cdrs_are_filtered_and_exported() {
             "CALL-UUID",
             "SIP-CALL-ID",
             "EDGE",
+            "SOURCE",
+            "DESTINATION",
             "MEDIA",
             "ID"
         ]

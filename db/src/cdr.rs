@@ -1,5 +1,7 @@
-//! Call detail records (`sipstack_cdr`): one row per call, written by the media
-//! nodes when a call ends, read by `sipctl get cdrs`.
+//! Call detail records. The media nodes write theirs (`sipstack_cdr`) when a call
+//! ends; the edges' records (`sipstack_edge_cdr`) come through the call-record
+//! shipper. `sipctl get cdrs` reads both joined by Call-ID (the view
+//! `sipstack_call`): one call through an edge and a media node is one [`Call`].
 
 use std::time::SystemTime;
 
@@ -143,6 +145,157 @@ pub async fn list(client: &impl GenericClient, query: &CdrQuery) -> Result<Vec<C
         .await
         .map_err(DbError::query("cannot read call detail records"))?;
     Ok(rows.iter().map(cdr_from_row).collect())
+}
+
+/// A call as the edge and the media node recorded it (either may be missing):
+/// one row of the view `sipstack_call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub edge_cdr_id: Option<i64>,
+    pub media_cdr_id: Option<i64>,
+    pub sip_call_id: String,
+    pub start_time: SystemTime,
+    pub answer_time: Option<SystemTime>,
+    pub end_time: Option<SystemTime>,
+    pub caller: String,
+    pub callee: String,
+    /// The edge's record: the SipEdge, where the call came from and went.
+    pub edge: Option<EdgeRecord>,
+    /// The media node's record.
+    pub media: Option<MediaRecord>,
+}
+
+/// What the edge recorded of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeRecord {
+    pub edge: String,
+    /// subscriber, trunk or media
+    pub source: String,
+    pub source_subscriber: Option<String>,
+    pub source_trunk: Option<String>,
+    /// user, trunk, pool or uri
+    pub destination_kind: String,
+    pub destination: String,
+    pub destination_trunk: Option<String>,
+    /// The final answer to the INVITE (200 answered), 0 if none came.
+    pub sip_code: i32,
+    /// caller, callee or timeout, for an answered call.
+    pub ended_by: Option<String>,
+}
+
+/// What the media node recorded of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRecord {
+    pub call_uuid: String,
+    /// The address the call came from, as the node saw it (an edge's).
+    pub edge_node: String,
+    pub media_node: String,
+    pub hangup_cause: String,
+    pub codec: String,
+    pub duration: i32,
+    pub billsec: i32,
+}
+
+impl Call {
+    /// Seconds from start to end: the media node's count when it has one.
+    pub fn duration(&self) -> i32 {
+        match &self.media {
+            Some(m) => m.duration,
+            None => seconds_between(Some(self.start_time), self.end_time),
+        }
+    }
+
+    /// Seconds from answer to end.
+    pub fn billsec(&self) -> i32 {
+        match &self.media {
+            Some(m) => m.billsec,
+            None => seconds_between(self.answer_time, self.end_time),
+        }
+    }
+}
+
+fn seconds_between(from: Option<SystemTime>, to: Option<SystemTime>) -> i32 {
+    match (from, to) {
+        (Some(f), Some(t)) => t
+            .duration_since(f)
+            .map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX))
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+const CALL_COLUMNS: &str = "edge_cdr_id, media_cdr_id, COALESCE(sip_call_id, ''), start_time, \
+     answer_time, end_time, caller, callee, edge, source, source_subscriber, source_trunk, \
+     destination_kind, destination, destination_trunk, sip_code, ended_by, call_uuid, media_node, \
+     hangup_cause, codec, media_duration, media_billsec, edge_node";
+
+fn call_from_row(row: &Row) -> Call {
+    let edge_cdr_id: Option<i64> = row.get(0);
+    let media_cdr_id: Option<i64> = row.get(1);
+    let edge = edge_cdr_id.map(|_| EdgeRecord {
+        edge: row.get(8),
+        source: row.get(9),
+        source_subscriber: row.get(10),
+        source_trunk: row.get(11),
+        destination_kind: row.get(12),
+        destination: row.get(13),
+        destination_trunk: row.get(14),
+        sip_code: row.get(15),
+        ended_by: row.get(16),
+    });
+    let media = media_cdr_id.map(|_| MediaRecord {
+        call_uuid: row.get(17),
+        media_node: row.get(18),
+        hangup_cause: row.get(19),
+        codec: row.get(20),
+        duration: row.get(21),
+        billsec: row.get(22),
+        edge_node: row.get(23),
+    });
+    Call {
+        edge_cdr_id,
+        media_cdr_id,
+        sip_call_id: row.get(2),
+        start_time: row.get(3),
+        answer_time: row.get(4),
+        end_time: row.get(5),
+        caller: row.get(6),
+        callee: row.get(7),
+        edge,
+        media,
+    }
+}
+
+/// The calls `query` asks for, newest first: the edges' and the media nodes'
+/// records joined by Call-ID.
+pub async fn list_calls(
+    client: &impl GenericClient,
+    query: &CdrQuery,
+) -> Result<Vec<Call>, DbError> {
+    validate_query(query)?;
+    let sql = format!(
+        "SELECT {CALL_COLUMNS} FROM sipstack_call
+         WHERE ($1::timestamptz IS NULL OR start_time >= $1)
+           AND ($2::timestamptz IS NULL OR start_time < $2)
+           AND ($3::text IS NULL OR starts_with(caller, $3))
+           AND ($4::text IS NULL OR starts_with(callee, $4))
+         ORDER BY start_time DESC, COALESCE(media_cdr_id, edge_cdr_id) DESC
+         LIMIT $5::bigint"
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &query.since,
+                &query.until,
+                &query.from_prefix,
+                &query.to_prefix,
+                &query.limit,
+            ],
+        )
+        .await
+        .map_err(DbError::query("cannot read call detail records"))?;
+    Ok(rows.iter().map(call_from_row).collect())
 }
 
 /// Records one call.

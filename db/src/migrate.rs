@@ -58,6 +58,11 @@ static MIGRATIONS: &[Migration] = &[
         name: "call_limits",
         sql: include_str!("../migrations/0007_call_limits.sql"),
     },
+    Migration {
+        version: 8,
+        name: "edge_cdr",
+        sql: include_str!("../migrations/0008_edge_cdr.sql"),
+    },
 ];
 
 /// Every migration this binary carries, oldest first.

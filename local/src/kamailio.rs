@@ -108,6 +108,10 @@ impl LocalKamailio {
     fn fingerprint_path(&self) -> PathBuf {
         self.dir.join("kamailio.run")
     }
+    /// The edge's call records until sipstack-cdr-shipper moves them into the database.
+    pub fn cdr_spool_dir(&self) -> PathBuf {
+        self.dir.join("cdr-spool")
+    }
     /// Directory of the ctl socket: `kamcmd -s unix:DIR/kamailio_ctl`.
     pub fn runtime_dir(&self) -> &Path {
         &self.dir
@@ -128,6 +132,8 @@ impl LocalKamailio {
         rpc: &EdgeRpc,
     ) -> Result<(i32, EdgeChange), LocalError> {
         fs::create_dir_all(&self.dir).map_err(|e| LocalError::io(&self.dir, e))?;
+        let spool = self.cdr_spool_dir();
+        fs::create_dir_all(&spool).map_err(|e| LocalError::io(&spool, e))?;
         let binary = kamailio_binary()?;
         let env = environment(secrets);
         let candidate = self.dir.join("kamailio.cfg.new");

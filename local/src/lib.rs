@@ -7,6 +7,7 @@
 //! the subscribers and registrations again. Everything lives under one state
 //! directory; `state.json` there records what runs where.
 
+pub mod cdr_shipper;
 pub mod freeswitch;
 pub mod kamailio;
 pub mod patroni;
@@ -401,6 +402,7 @@ async fn up_edges(
         let options = KamailioRenderOptions {
             runtime_dir: kam.runtime_dir().display().to_string(),
             tls_files: None,
+            cdr_spool_dir: kam.cdr_spool_dir().display().to_string(),
             ..Default::default()
         };
         let rendered = render_kamailio(edge, &platform.pools_of(edge), &options)?;
@@ -443,6 +445,25 @@ async fn up_edges(
             kam.config_path().display(),
             kam.log_path().display()
         ));
+        let shipper = cdr_shipper::LocalShipper::new(&kam.dir, &edge.name_any());
+        match cdr_shipper::find_shipper() {
+            Some(program) => {
+                let pid = shipper.ensure(&program, rpc.url(), secrets.db_url, secrets.rpc_token)?;
+                report.line(format!(
+                    "edge       SipEdge/{}: call records shipped from {} (sipstack-cdr-shipper pid {pid}, log {})",
+                    edge.name_any(),
+                    shipper.spool_dir().display(),
+                    shipper.log_path().display()
+                ));
+            }
+            None => report.line(format!(
+                "edge       SipEdge/{}: {} not found ({} or next to sipctl): call records stay in {}",
+                edge.name_any(),
+                cdr_shipper::PROGRAM,
+                cdr_shipper::PROGRAM_ENV,
+                shipper.spool_dir().display()
+            )),
+        }
         edges.push(EdgeState {
             name: edge.name_any(),
             sip: sockets,
@@ -582,10 +603,34 @@ pub async fn down(state_dir: &Path) -> Result<Report, LocalError> {
     let _lock = state::StateLock::acquire(state_dir, "down")?;
     let mut report = Report::default();
     // the edges first (they hold database connections), then the media, then PostgreSQL
+    let known = LocalState::load(state_dir).ok();
     for (name, _) in &entries {
         if let Some(edge) = name.strip_prefix("edge-") {
-            if LocalKamailio::new(state_dir, edge).stop().await? {
+            let kam = LocalKamailio::new(state_dir, edge);
+            let shipper = cdr_shipper::LocalShipper::new(&kam.dir, edge);
+            shipper.stop().await?;
+            if kam.stop().await? {
                 report.line(format!("edge       SipEdge/{edge} stopped"));
+            }
+            // nothing writes the spool now: what is left goes to the database while it runs
+            let ship = (
+                cdr_shipper::find_shipper(),
+                known
+                    .as_ref()
+                    .and_then(|k| k.edges.iter().find(|e| e.name == edge)),
+                known.as_ref().and_then(|k| k.db_url().ok()),
+                std::fs::read_to_string(state::rpc_token_file(state_dir)).ok(),
+            );
+            if let (Some(program), Some(edge_state), Some(db_url), Some(token)) = ship {
+                let spooled = std::fs::read_dir(shipper.spool_dir())
+                    .map(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+                    .unwrap_or(false);
+                if spooled {
+                    let what = shipper
+                        .ship_remaining(&program, &edge_state.rpc_url, &db_url, token.trim())
+                        .await?;
+                    report.line(format!("edge       SipEdge/{edge}: {what}"));
+                }
             }
         }
     }

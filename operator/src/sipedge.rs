@@ -36,6 +36,8 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/kamailio/kamailio-ci:5.6.3-bookworm";
 pub const CONFIG_DIR: &str = "/etc/sipstack/kamailio";
 /// Kamailio's control socket directory (`kamcmd -s unix:/run/kamailio/kamailio_ctl`).
 pub const RUNTIME_DIR: &str = "/run/kamailio";
+/// Where the edge spools its call records (an emptyDir).
+pub const CDR_SPOOL_DIR: &str = sipstack_render::DEFAULT_CDR_SPOOL_DIR;
 /// Where the TLS Secret (`tls.crt`, `tls.key`) is mounted.
 pub const TLS_DIR: &str = "/etc/sipstack/tls";
 /// Environment variables kamailio.cfg reads (`#!defenvs`), and the one the URL is built from.
@@ -86,6 +88,7 @@ pub fn build(
         runtime_dir: RUNTIME_DIR.into(),
         tls_files: tls_secret.map(|_| (format!("{TLS_DIR}/tls.crt"), format!("{TLS_DIR}/tls.key"))),
         runtime: sipstack_crds::Runtime::Kubernetes,
+        cdr_spool_dir: CDR_SPOOL_DIR.into(),
     };
     let rendered = sipstack_render::render_kamailio(edge, pools, &options).map_err(|source| {
         BuildError::Render {
@@ -277,11 +280,22 @@ fn pod_template(
             mount_path: RUNTIME_DIR.into(),
             ..Default::default()
         },
+        VolumeMount {
+            name: "cdr-spool".into(),
+            mount_path: CDR_SPOOL_DIR.into(),
+            ..Default::default()
+        },
     ];
     let mut volumes = vec![
         config_volume("config", &names::edge_config(&name), &["kamailio.cfg"]),
         Volume {
             name: "runtime".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        // the call records Kamailio spools until they are shipped to the database
+        Volume {
+            name: "cdr-spool".into(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
         },

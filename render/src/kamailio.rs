@@ -24,6 +24,9 @@ pub struct KamailioRenderOptions {
     pub tls_files: Option<(String, String)>,
     /// Where the edge runs: the control-plane sockets' defaults depend on it.
     pub runtime: Runtime,
+    /// The directory of the edge's call records (db_flatstore spool files), which
+    /// sipstack-cdr-shipper moves into the database.
+    pub cdr_spool_dir: String,
 }
 
 impl Default for KamailioRenderOptions {
@@ -32,9 +35,14 @@ impl Default for KamailioRenderOptions {
             runtime_dir: "/run/kamailio".into(),
             tls_files: None,
             runtime: Runtime::Local,
+            cdr_spool_dir: DEFAULT_CDR_SPOOL_DIR.into(),
         }
     }
 }
+
+/// Where an edge's call records are spooled unless the render options say otherwise
+/// (the operator mounts a volume here that the shipper shares).
+pub const DEFAULT_CDR_SPOOL_DIR: &str = "/var/spool/sipstack/cdr";
 
 /// User-Agent fragments of well-known SIP scanners.
 /// How long a trunk's gateway has to send any reply before the call moves on to
@@ -70,6 +78,7 @@ struct KamailioCfg {
     rpc_allow_from: String,
     metrics_allow_from: String,
     runtime_dir: String,
+    cdr_spool_dir: String,
     tls: Option<TlsModel>,
     metrics: bool,
     registrar: RegistrarModel,
@@ -161,6 +170,7 @@ pub fn render_kamailio(
         edge.spec.validate_for_kubernetes(&mut v);
     }
     v.path("(render option) runtimeDir", &options.runtime_dir);
+    v.path("(render option) cdrSpoolDir", &options.cdr_spool_dir);
     if let Some((cert, key)) = &options.tls_files {
         v.path("(render option) tls certificate", cert);
         v.path("(render option) tls private key", key);
@@ -366,6 +376,7 @@ pub fn render_kamailio(
         rpc_allow_from: spec.rpc.allow_from_on(options.runtime).join(","),
         metrics_allow_from: spec.metrics.allow_from_on(options.runtime).join(","),
         runtime_dir: options.runtime_dir.trim_end_matches('/').to_string(),
+        cdr_spool_dir: options.cdr_spool_dir.trim_end_matches('/').to_string(),
         tls,
         metrics: spec.metrics.enabled,
         registrar: RegistrarModel {
@@ -416,6 +427,7 @@ impl KamailioCfg {
             ("rpc allowFrom", &self.rpc_allow_from),
             ("metrics allowFrom", &self.metrics_allow_from),
             ("runtime dir", &self.runtime_dir),
+            ("cdr spool dir", &self.cdr_spool_dir),
             ("alive codes", &self.dispatcher.alive_codes),
         ];
         strings.extend(self.domains.iter().map(|d| ("domain", d.as_str())));

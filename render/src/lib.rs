@@ -10,7 +10,7 @@ pub mod pgbouncer;
 
 pub use freeswitch::{render_freeswitch, CdrDatabase, FreeswitchRenderOptions};
 pub use haproxy::render_haproxy;
-pub use kamailio::{render_kamailio, KamailioRenderOptions};
+pub use kamailio::{render_kamailio, KamailioRenderOptions, DEFAULT_CDR_SPOOL_DIR};
 pub use patroni::{render_patroni, PatroniTarget};
 pub use pgbouncer::{render_pgbouncer, PgbouncerTarget};
 

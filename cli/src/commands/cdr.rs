@@ -1,4 +1,5 @@
-//! Call detail records: `get cdrs`.
+//! Call detail records: `get cdrs`, one line per call, the edge's record and the
+//! media node's joined by Call-ID.
 
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -6,12 +7,14 @@ use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use serde::Serialize;
-use sipstack_db::cdr::{self, Cdr, CdrQuery};
+use sipstack_db::cdr::{self, Call, CdrQuery};
 
 use super::{CliError, Ctx};
 use crate::output::Columns;
 
-/// List call detail records, newest first (`-o csv` to export).
+/// List call detail records, newest first (`-o csv` to export): one per call, with
+/// what the edge recorded (where it came from and went, the SIP answer, who hung
+/// up) and what the media node recorded (cause, codec), joined by Call-ID.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Times are RFC 3339 (2026-11-01T08:00:00Z, or with an offset), a date (2026-11-01: \
@@ -35,11 +38,14 @@ pub struct GetArgs {
     pub limit: i64,
 }
 
-/// One record as sipctl prints it; the JSON/YAML field names are stable.
+/// One call as sipctl prints it; the JSON/YAML field names are stable.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct CdrView {
+    /// The media node's record's id, else the edge's.
     id: i64,
+    edge_cdr_id: Option<i64>,
+    media_cdr_id: Option<i64>,
     call_uuid: String,
     caller_number: String,
     callee_number: String,
@@ -53,27 +59,76 @@ struct CdrView {
     hangup_cause: String,
     codec: String,
     sip_call_id: String,
+    /// The address the media node saw the call come from.
     edge_node: String,
     media_node: String,
+    /// The SipEdge that relayed the call (empty: no record of the edge's).
+    sip_edge: String,
+    /// subscriber, trunk or media.
+    source: Option<String>,
+    /// The subscriber (user@domain) or the trunk the call came from.
+    source_name: Option<String>,
+    /// user, trunk, pool or uri.
+    destination_kind: Option<String>,
+    /// Where the edge relayed it last (a contact, a gateway, a media node).
+    destination: Option<String>,
+    destination_trunk: Option<String>,
+    /// The final answer to the INVITE as the edge saw it (200: answered).
+    sip_code: Option<i32>,
+    /// caller, callee or timeout, for an answered call.
+    ended_by: Option<String>,
 }
 
-impl From<Cdr> for CdrView {
-    fn from(c: Cdr) -> Self {
+impl From<Call> for CdrView {
+    fn from(c: Call) -> Self {
+        let (duration, billsec) = (c.duration(), c.billsec());
+        let media = c.media.unwrap_or(cdr::MediaRecord {
+            call_uuid: String::new(),
+            edge_node: String::new(),
+            media_node: String::new(),
+            hangup_cause: String::new(),
+            codec: String::new(),
+            duration,
+            billsec,
+        });
+        let edge = c.edge;
+        // a call the media node did not see: its cause is the edge's SIP answer
+        let hangup_cause = match (&edge, media.hangup_cause.is_empty()) {
+            (Some(e), true) => match &e.ended_by {
+                Some(by) => format!("SIP {}, ended by {by}", e.sip_code),
+                None => format!("SIP {}", e.sip_code),
+            },
+            _ => media.hangup_cause,
+        };
         Self {
-            id: c.id,
-            call_uuid: c.call_uuid,
-            caller_number: c.caller_number,
-            callee_number: c.callee_number,
+            id: c.media_cdr_id.or(c.edge_cdr_id).unwrap_or_default(),
+            edge_cdr_id: c.edge_cdr_id,
+            media_cdr_id: c.media_cdr_id,
+            call_uuid: media.call_uuid,
+            caller_number: c.caller,
+            callee_number: c.callee,
             start_time: rfc3339(c.start_time),
             answer_time: c.answer_time.map(rfc3339),
             end_time: c.end_time.map(rfc3339),
-            duration: c.duration,
-            billsec: c.billsec,
-            hangup_cause: c.hangup_cause,
-            codec: c.codec,
+            duration,
+            billsec,
+            hangup_cause,
+            codec: media.codec,
             sip_call_id: c.sip_call_id,
-            edge_node: c.edge_node,
-            media_node: c.media_node,
+            edge_node: media.edge_node,
+            media_node: media.media_node,
+            sip_edge: edge.as_ref().map(|e| e.edge.clone()).unwrap_or_default(),
+            source: edge.as_ref().map(|e| e.source.clone()),
+            source_name: edge.as_ref().and_then(|e| {
+                e.source_subscriber
+                    .clone()
+                    .or_else(|| e.source_trunk.clone())
+            }),
+            destination_kind: edge.as_ref().map(|e| e.destination_kind.clone()),
+            destination: edge.as_ref().map(|e| e.destination.clone()),
+            destination_trunk: edge.as_ref().and_then(|e| e.destination_trunk.clone()),
+            sip_code: edge.as_ref().map(|e| e.sip_code),
+            ended_by: edge.and_then(|e| e.ended_by),
         }
     }
 }
@@ -92,6 +147,8 @@ const COLUMNS: Columns = Columns {
         "CALL-UUID",
         "SIP-CALL-ID",
         "EDGE",
+        "SOURCE",
+        "DESTINATION",
         "MEDIA",
         "ID",
     ],
@@ -111,7 +168,20 @@ fn row(c: &CdrView) -> Vec<String> {
         c.end_time.clone().unwrap_or_default(),
         c.call_uuid.clone(),
         c.sip_call_id.clone(),
-        c.edge_node.clone(),
+        if c.sip_edge.is_empty() {
+            c.edge_node.clone()
+        } else {
+            c.sip_edge.clone()
+        },
+        match (&c.source, &c.source_name) {
+            (Some(s), Some(n)) if !n.is_empty() => format!("{s} {n}"),
+            (Some(s), _) => s.clone(),
+            _ => String::new(),
+        },
+        match (&c.destination_kind, &c.destination) {
+            (Some(k), Some(d)) => format!("{k} {d}"),
+            _ => String::new(),
+        },
         c.media_node.clone(),
         c.id.to_string(),
     ]
@@ -154,7 +224,7 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
         limit: (args.limit > 0).then_some(args.limit),
     };
     let db = ctx.db().await?;
-    let records = cdr::list(&db, &query).await.map_err(flag_error)?;
+    let records = cdr::list_calls(&db, &query).await.map_err(flag_error)?;
     let views: Vec<CdrView> = records.into_iter().map(CdrView::from).collect();
     ctx.output.list(&views, &COLUMNS, row)?;
     if ctx.output.is_human() {
