@@ -120,30 +120,14 @@ fn cdr_from_row(row: &Row) -> Cdr {
 
 /// The records `query` asks for, newest first.
 pub async fn list(client: &impl GenericClient, query: &CdrQuery) -> Result<Vec<Cdr>, DbError> {
-    validate_query(query)?;
-    // LIMIT NULL is no limit.
-    let sql = format!(
-        "SELECT {CDR_COLUMNS} FROM sipstack_cdr
-         WHERE ($1::timestamptz IS NULL OR start_time >= $1)
-           AND ($2::timestamptz IS NULL OR start_time < $2)
-           AND ($3::text IS NULL OR starts_with(caller_number, $3))
-           AND ($4::text IS NULL OR starts_with(callee_number, $4))
-         ORDER BY start_time DESC, id DESC
-         LIMIT $5::bigint"
-    );
-    let rows = client
-        .query(
-            &sql,
-            &[
-                &query.since,
-                &query.until,
-                &query.from_prefix,
-                &query.to_prefix,
-                &query.limit,
-            ],
-        )
-        .await
-        .map_err(DbError::query("cannot read call detail records"))?;
+    let rows = filtered(
+        client,
+        &format!("SELECT {CDR_COLUMNS} FROM sipstack_cdr"),
+        ("caller_number", "callee_number"),
+        "start_time DESC, id DESC",
+        query,
+    )
+    .await?;
     Ok(rows.iter().map(cdr_from_row).collect())
 }
 
@@ -272,17 +256,40 @@ pub async fn list_calls(
     client: &impl GenericClient,
     query: &CdrQuery,
 ) -> Result<Vec<Call>, DbError> {
+    let rows = filtered(
+        client,
+        &format!("SELECT {CALL_COLUMNS} FROM sipstack_call"),
+        ("caller", "callee"),
+        "start_time DESC, COALESCE(media_cdr_id, edge_cdr_id) DESC",
+        query,
+    )
+    .await?;
+    Ok(rows.iter().map(call_from_row).collect())
+}
+
+/// The rows of `select` that `query` asks for, in `order`; `numbers` names the
+/// caller and callee columns the prefixes filter. The names are this module's
+/// constants, never input.
+async fn filtered(
+    client: &impl GenericClient,
+    select: &str,
+    numbers: (&str, &str),
+    order: &str,
+    query: &CdrQuery,
+) -> Result<Vec<Row>, DbError> {
     validate_query(query)?;
+    let (caller, callee) = numbers;
+    // LIMIT NULL is no limit.
     let sql = format!(
-        "SELECT {CALL_COLUMNS} FROM sipstack_call
+        "{select}
          WHERE ($1::timestamptz IS NULL OR start_time >= $1)
            AND ($2::timestamptz IS NULL OR start_time < $2)
-           AND ($3::text IS NULL OR starts_with(caller, $3))
-           AND ($4::text IS NULL OR starts_with(callee, $4))
-         ORDER BY start_time DESC, COALESCE(media_cdr_id, edge_cdr_id) DESC
+           AND ($3::text IS NULL OR starts_with({caller}, $3))
+           AND ($4::text IS NULL OR starts_with({callee}, $4))
+         ORDER BY {order}
          LIMIT $5::bigint"
     );
-    let rows = client
+    client
         .query(
             &sql,
             &[
@@ -294,8 +301,7 @@ pub async fn list_calls(
             ],
         )
         .await
-        .map_err(DbError::query("cannot read call detail records"))?;
-    Ok(rows.iter().map(call_from_row).collect())
+        .map_err(DbError::query("cannot read call detail records"))
 }
 
 /// Records one call.
