@@ -470,3 +470,81 @@ async fn cdrs_are_filtered_and_exported() {
         assert!(err.contains(message), "{args:?}: {err}");
     }
 }
+
+/// `sipctl get|export|delete voicemail` on messages stored the way a media node
+/// stores them (the recording itself is e2e's media_freeswitch voicemail test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voicemail_is_listed_exported_and_deleted() {
+    let member = SocketAddr::new(media_ip(0), free_udp_port_on(media_ip(0)).unwrap());
+    let spec = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").member(member, 1, 0)],
+        ..Default::default()
+    };
+    let tb = Testbed::up(&spec).await.unwrap();
+    tb.add_subscriber("bob", "bob-pw").await.unwrap();
+    tb.add_subscriber("carol", "carol-pw").await.unwrap();
+    let db = tb.db().await.unwrap();
+    let audio: Vec<u8> = (0..=255u8).cycle().take(4000).collect();
+    for (user, caller, heard) in [
+        ("bob", "alice", false),
+        ("bob", "+4930111", true),
+        ("carol", "bob", false),
+    ] {
+        db.execute(
+            "INSERT INTO sipstack_voicemail (username, domain, caller, sip_call_id, media_node, duration_ms, audio, heard_at)
+             VALUES ($1, 'example.com', $2, $5, '127.1.1.1', 2500, $3, CASE WHEN $4 THEN now() END)",
+            &[&user, &caller, &audio, &heard, &format!("c-{caller}")],
+        )
+        .await
+        .unwrap();
+    }
+
+    let bob = json(&sipctl(
+        &tb,
+        &["get", "voicemail", "bob@example.com", "-o", "json"],
+    ));
+    let bob = bob.as_array().unwrap();
+    assert_eq!(bob.len(), 2, "{bob:?}");
+    assert_eq!(bob[0]["caller"], "alice");
+    assert_eq!(bob[0]["mailbox"], "bob@example.com");
+    assert_eq!(bob[0]["durationMs"], 2500);
+    assert_eq!(bob[0]["audioBytes"], 4000);
+    assert!(bob[0]["heardAt"].is_null());
+    assert!(bob[1]["heardAt"].is_string());
+    let all = json(&sipctl(&tb, &["get", "vm", "-o", "json"]));
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let table = ok(&sipctl(&tb, &["get", "voicemail"]));
+    assert!(
+        table.contains("MAILBOX") && table.contains("carol@example.com") && table.contains("new"),
+        "{table}"
+    );
+
+    let id = bob[0]["id"].as_i64().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.wav");
+    ok(&sipctl(
+        &tb,
+        &["export", "voicemail", &id, "--out", file.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::read(&file).unwrap(), audio);
+
+    ok(&sipctl(&tb, &["delete", "voicemail", &id]));
+    let (_, err) = fails(&sipctl(&tb, &["delete", "voicemail", &id]));
+    assert!(
+        err.contains("voicemail message \"") && err.contains("does not exist"),
+        "{err}"
+    );
+    let bob = json(&sipctl(
+        &tb,
+        &["get", "voicemail", "bob@example.com", "-o", "json"],
+    ));
+    assert_eq!(bob.as_array().unwrap().len(), 1);
+    let (_, err) = fails(&sipctl(&tb, &["get", "voicemail", "bob"]));
+    assert!(err.contains("user@domain"), "{err}");
+
+    // deleting the subscriber deletes the mailbox
+    ok(&sipctl(&tb, &["delete", "subscriber", "carol@example.com"]));
+    let all = json(&sipctl(&tb, &["get", "voicemail", "-o", "json"]));
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    tb.down().await.unwrap();
+}

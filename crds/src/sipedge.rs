@@ -309,7 +309,7 @@ pub struct ProbingSpec {
 }
 
 /// Routing fallbacks.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoutingSpec {
     /// MediaPool that gets calls no routing rule matches. Unset: such calls are answered
@@ -317,6 +317,31 @@ pub struct RoutingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(val::NAME_PATTERN))]
     pub default_media_pool: Option<String>,
+    /// MediaPool that takes a message for a subscriber who does not answer: calls
+    /// to a subscriber who is not registered, is busy, declines or has not answered
+    /// within `voicemailAfterSeconds` go to this pool's voicemail. The pool needs
+    /// its database (`spec.cdr`). Unset: such calls fail with the phone's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(val::NAME_PATTERN))]
+    pub voicemail_media_pool: Option<String>,
+    /// Seconds a subscriber's phones ring before the call goes to voicemail.
+    #[serde(default = "default_voicemail_after")]
+    #[schemars(range(min = 5, max = 300))]
+    pub voicemail_after_seconds: u32,
+}
+
+fn default_voicemail_after() -> u32 {
+    20
+}
+
+impl Default for RoutingSpec {
+    fn default() -> Self {
+        Self {
+            default_media_pool: None,
+            voicemail_media_pool: None,
+            voicemail_after_seconds: default_voicemail_after(),
+        }
+    }
 }
 
 /// NAT traversal.
@@ -974,16 +999,32 @@ impl SipEdgeSpec {
             }
         }
 
-        if let Some(p) = &self.routing.default_media_pool {
-            v.name("spec.routing.defaultMediaPool", p);
+        for (field, pool) in [
+            (
+                "spec.routing.defaultMediaPool",
+                &self.routing.default_media_pool,
+            ),
+            (
+                "spec.routing.voicemailMediaPool",
+                &self.routing.voicemail_media_pool,
+            ),
+        ] {
+            let Some(p) = pool else { continue };
+            v.name(field, p);
             if !self.media_pools.contains(p) {
                 v.error(
-                    "spec.routing.defaultMediaPool",
+                    field,
                     format!("{} is not one of spec.mediaPools", val::shown(p)),
                     "add the pool to spec.mediaPools or name one that is there",
                 );
             }
         }
+        v.range(
+            "spec.routing.voicemailAfterSeconds",
+            self.routing.voicemail_after_seconds,
+            5,
+            300,
+        );
 
         v.range(
             "spec.nat.keepaliveIntervalSeconds",

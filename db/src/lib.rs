@@ -18,6 +18,7 @@ pub mod route;
 pub mod subscriber;
 pub mod trunk;
 pub mod validate;
+pub mod voicemail;
 
 use std::time::Duration;
 

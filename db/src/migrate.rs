@@ -63,6 +63,11 @@ static MIGRATIONS: &[Migration] = &[
         name: "edge_cdr",
         sql: include_str!("../migrations/0008_edge_cdr.sql"),
     },
+    Migration {
+        version: 9,
+        name: "voicemail",
+        sql: include_str!("../migrations/0009_voicemail.sql"),
+    },
 ];
 
 /// Every migration this binary carries, oldest first.

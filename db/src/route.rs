@@ -174,6 +174,14 @@ pub const SERVICES: &[(&str, &str)] = &[
         "ivr",
         "a menu (RFC 2833 keys): 1 the conference room \"ivr\", 2 echo, 3 tone",
     ),
+    (
+        "voicemail",
+        "records a message for the dialled subscriber (user@the dialled domain)",
+    ),
+    (
+        "voicemail-inbox",
+        "plays the calling subscriber's messages; 7 after one deletes it",
+    ),
 ];
 
 /// A stored route.

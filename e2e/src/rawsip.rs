@@ -110,9 +110,10 @@ impl SipSocket {
         Ok(())
     }
 
-    /// The next message within `timeout`, None when nothing came.
+    /// The next message within `timeout`, None when nothing came. A zero timeout
+    /// still takes a message that is already waiting.
     pub fn recv(&self, timeout: Duration) -> Result<Option<SipMessage>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
         let mut buf = vec![0u8; 65_536];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -104,6 +104,8 @@ impl PoolSpec {
 pub struct TestbedSpec {
     pub pools: Vec<PoolSpec>,
     pub default_pool: Option<String>,
+    /// `routing.voicemailMediaPool` and `voicemailAfterSeconds`.
+    pub voicemail: Option<(String, u32)>,
     pub probe_interval_seconds: u32,
     pub inactive_threshold: u32,
     pub failover_timeout_ms: u32,
@@ -120,6 +122,7 @@ impl Default for TestbedSpec {
         Self {
             pools: Vec::new(),
             default_pool: None,
+            voicemail: None,
             probe_interval_seconds: 1,
             inactive_threshold: 2,
             failover_timeout_ms: 1000,
@@ -192,8 +195,17 @@ impl TestbedSpec {
             "---\napiVersion: sipstack.io/v1alpha1\nkind: SipEdge\nmetadata: {{name: edge}}\nspec:\n  domains: [{DOMAIN}]\n  database: {{pgCluster: pg}}\n  mediaPools: [{}]\n",
             pools.join(", ")
         );
+        let mut routing = Vec::new();
         if let Some(d) = &self.default_pool {
-            let _ = writeln!(y, "  routing: {{defaultMediaPool: {d}}}");
+            routing.push(format!("defaultMediaPool: {d}"));
+        }
+        if let Some((pool, after)) = &self.voicemail {
+            routing.push(format!(
+                "voicemailMediaPool: {pool}, voicemailAfterSeconds: {after}"
+            ));
+        }
+        if !routing.is_empty() {
+            let _ = writeln!(y, "  routing: {{{}}}", routing.join(", "));
         }
         let _ = write!(
             y,

@@ -78,6 +78,12 @@ pub struct VoiceCall {
     pub extra_headers: Vec<String>,
     /// Keys pressed (RFC 2833 events, 100 ms each) this long after the answer.
     pub dtmf: Vec<(Duration, char)>,
+    /// Send a sine at this frequency instead of noise (a voice a test can recognise
+    /// when it is played back later).
+    pub tone_hz: Option<f64>,
+    /// Measure how much of what is heard is a sine at this frequency
+    /// ([`VoiceCallReport::tone_share`]).
+    pub listen_hz: Option<f64>,
 }
 
 /// What the call did.
@@ -100,8 +106,14 @@ pub struct VoiceCallReport {
     pub sent_rms: f64,
     /// The final status of the BYE.
     pub bye_status: Option<u16>,
+    /// The far end sent a BYE before the phone had done talking (answered 200).
+    pub far_end_hung_up: bool,
     /// Time from the (authenticated) INVITE to its 200.
     pub setup: Duration,
+    /// With [`VoiceCall::listen_hz`]: in the half second of audio that holds most
+    /// of it, the share of the energy at that frequency (1.0 a pure tone, near 0
+    /// noise, speech or silence).
+    pub tone_share: f64,
 }
 
 impl VoiceCall {
@@ -119,6 +131,8 @@ impl VoiceCall {
             local_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             extra_headers: Vec::new(),
             dtmf: Vec::new(),
+            tone_hz: None,
+            listen_hz: None,
         }
     }
 }
@@ -269,6 +283,7 @@ impl VoiceCall {
         let packets = (self.talk.as_millis() / 20).max(1) as u32;
         let mut sum_sq = 0f64;
         let t0 = Instant::now();
+        let mut sent_packets = 0u32;
         // packet index → (event, packets into the event)
         let dtmf_at: Vec<(u32, u8)> = self
             .dtmf
@@ -302,9 +317,15 @@ impl VoiceCall {
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
                 continue;
             }
-            let payload: Vec<u8> = (0..160)
-                .map(|_| {
-                    let s = noise.sample(0.3);
+            let payload: Vec<u8> = (0..160u32)
+                .map(|k| {
+                    let s = match self.tone_hz {
+                        Some(hz) => {
+                            let t = f64::from(i * 160 + k) / 8000.0;
+                            (0.3 * 32767.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+                        }
+                        None => noise.sample(0.3),
+                    };
                     sum_sq += (f64::from(s) / 32768.0).powi(2);
                     codec.encode(s)
                 })
@@ -318,12 +339,18 @@ impl VoiceCall {
             packet.extend_from_slice(&payload);
             rtp.send_to(&packet, remote)?;
             sent.insert(payload);
-            // while audio flows, answer retransmitted 200s (our ACK may have been lost)
+            sent_packets += 1;
+            // while audio flows, answer retransmitted 200s (our ACK may have been lost),
+            // and a BYE: the far end may end the call
             if let Ok(Some(m)) = sip.recv(Duration::ZERO) {
                 if m.status() == Some(200)
                     && m.header("CSeq").is_some_and(|c| c.ends_with("INVITE"))
                 {
                     sip.send(self.edge, &ack)?;
+                } else if m.method() == Some("BYE") {
+                    sip.send(self.edge, &m.reply(200, "OK", None, &[]))?;
+                    report.far_end_hung_up = true;
+                    break;
                 }
             }
             let next = t0 + Duration::from_millis(20 * u64::from(i + 1));
@@ -335,8 +362,8 @@ impl VoiceCall {
         let received = receiver
             .join()
             .map_err(|_| anyhow::anyhow!("RTP receiver panicked"))?;
-        report.packets_sent = packets as usize;
-        report.sent_rms = (sum_sq / f64::from(packets * 160)).sqrt();
+        report.packets_sent = sent_packets as usize;
+        report.sent_rms = (sum_sq / f64::from(sent_packets.max(1) * 160)).sqrt();
         report.packets_received = received.len();
         let mut heard_sq = 0f64;
         let mut heard_n = 0usize;
@@ -358,6 +385,19 @@ impl VoiceCall {
             .iter()
             .filter_map(|(rpt, p)| Some((G711::from_payload_type(*rpt)?, p)))
             .collect();
+        if let Some(hz) = self.listen_hz {
+            report.tone_share = audio
+                .chunks(25)
+                .filter(|w| w.len() == 25)
+                .map(|w| {
+                    let samples: Vec<f64> = w
+                        .iter()
+                        .flat_map(|(c, p)| p.iter().map(|b| f64::from(c.decode(*b)) / 32768.0))
+                        .collect();
+                    tone_share(&samples, hz, 8000.0)
+                })
+                .fold(0.0, f64::max);
+        }
         let tail = &audio[audio.len().saturating_sub(50)..];
         let (mut sq, mut n) = (0f64, 0usize);
         for (c, p) in tail {
@@ -370,6 +410,9 @@ impl VoiceCall {
             report.received_rms_tail = (sq / n as f64).sqrt();
         }
 
+        if report.far_end_hung_up {
+            return Ok(report);
+        }
         // BYE along the route set, retransmitted like UDP wants
         dialog.cseq += 1;
         let bye = self.in_dialog(&dialog, "BYE", local, &format!("z9hG4bK-{seed:x}-bye"));
@@ -631,6 +674,25 @@ fn now_nanos() -> u64 {
 }
 
 /// Reproducible noise.
+/// The share of the energy of `samples` that is a sine at `hz` (Goertzel): 1.0
+/// for a pure tone, near 0 for anything else. Near-silence counts as 0.
+pub fn tone_share(samples: &[f64], hz: f64, rate: f64) -> f64 {
+    let energy: f64 = samples.iter().map(|x| x * x).sum();
+    let n = samples.len() as f64;
+    if n == 0.0 || (energy / n).sqrt() < 0.01 {
+        return 0.0;
+    }
+    let coeff = 2.0 * (2.0 * std::f64::consts::PI * hz / rate).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for x in samples {
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    power / (n / 2.0 * energy)
+}
+
 struct Lcg(u64);
 
 impl Lcg {
@@ -719,6 +781,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_tone_is_told_from_another_tone_and_from_noise() {
+        let sine = |hz: f64| -> Vec<f64> {
+            (0..4000)
+                .map(|k| 0.3 * (2.0 * std::f64::consts::PI * hz * f64::from(k) / 8000.0).sin())
+                .collect()
+        };
+        assert!(tone_share(&sine(1200.0), 1200.0, 8000.0) > 0.95);
+        assert!(tone_share(&sine(440.0), 1200.0, 8000.0) < 0.01);
+        let mut noise = Lcg(7);
+        let n: Vec<f64> = (0..4000)
+            .map(|_| f64::from(noise.sample(0.3)) / 32768.0)
+            .collect();
+        assert!(tone_share(&n, 1200.0, 8000.0) < 0.01);
+        assert_eq!(tone_share(&[0.0; 4000], 1200.0, 8000.0), 0.0);
     }
 
     #[test]

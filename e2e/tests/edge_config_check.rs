@@ -25,6 +25,12 @@ fn platform(algorithm: &str, tls: bool, nat: bool, flood: bool, cert_dir: &Path)
     } else {
         String::new()
     };
+    // voicemail on unanswered calls rides along with NAT traversal: both halves are checked
+    let voicemail = if nat {
+        ", voicemailMediaPool: media"
+    } else {
+        ""
+    };
     format!(
         r#"apiVersion: sipstack.io/v1alpha1
 kind: PgCluster
@@ -47,7 +53,7 @@ spec:
   domains: [example.com, example.org]
   database: {{pgCluster: pg}}
   mediaPools: [media]
-  routing: {{defaultMediaPool: media}}
+  routing: {{defaultMediaPool: media{voicemail}}}
   listen:
     - {{transport: udp, address: 127.0.0.1, port: 5060, advertise: {{address: 203.0.113.7}}}}
     - {{transport: tcp, address: lo, port: 5060}}{tls_listener}{tls_spec}
@@ -129,6 +135,7 @@ fn every_option_combination_passes_kamailio_check() {
                     assert_eq!(rendered.text.contains("#!define WITH_TLS"), tls);
                     assert_eq!(rendered.text.contains("#!define WITH_NAT"), nat);
                     assert_eq!(rendered.text.contains("#!define WITH_ANTIFLOOD"), flood);
+                    assert_eq!(rendered.text.contains("route(TO_VOICEMAIL)"), nat);
                     checked += 1;
                 }
             }

@@ -660,3 +660,164 @@ async fn the_ivr_transfers_by_key_to_the_conference_and_the_echo() -> Result<()>
     assert!(echo.packets_echoed > 30, "key 2 gives the echo: {echo:?}");
     bed.down().await
 }
+
+/// Voicemail on two nodes: a call to a subscriber who is not registered, and one to
+/// a subscriber whose phone never answers, each leave a message (a 1200 Hz tone the
+/// caller sends). The messages are rows of the database with their audio, so the
+/// subscriber hears them through the other node while the one that recorded them
+/// takes no calls. A caller who names another subscriber in an X-Sipstack-*
+/// header of its own hears only its own (empty) inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voicemail_left_through_one_node_is_heard_through_the_other() -> Result<()> {
+    use sipstack_db::route::{MatchKind, NewRoute, Target};
+    if !freeswitch_present("voicemail_left_through_one_node_is_heard_through_the_other") {
+        return Ok(());
+    }
+    let spec = TestbedSpec {
+        pools: vec![PoolSpec::new("media", 1, "roundRobin").freeswitch(2)?],
+        default_pool: Some("media".into()),
+        voicemail: Some(("media".into(), 5)),
+        ..Default::default()
+    };
+    let bed = Testbed::up(&spec).await?;
+    bed.add_subscriber("alice", "alice-secret").await?;
+    bed.add_subscriber("bob", "bob-secret").await?;
+    bed.wait_for_destinations(Duration::from_secs(20), |d| {
+        d.iter().filter(|x| x.is_active()).count() == 2
+    })
+    .await?;
+    let db = bed.db().await?;
+    sipstack_db::route::add(
+        &db,
+        &NewRoute {
+            name: "inbox".into(),
+            priority: 10,
+            match_kind: MatchKind::Exact,
+            match_value: "*98".into(),
+            source_domain: None,
+            source: Default::default(),
+            target: Target::Pool("media".into()),
+            service: Some("voicemail-inbox".into()),
+            description: String::new(),
+        },
+    )
+    .await?;
+    sipstack_db::route::add(
+        &db,
+        &NewRoute {
+            name: "subscribers".into(),
+            priority: 20,
+            match_kind: MatchKind::Regex,
+            match_value: "^(alice|bob)$".into(),
+            source_domain: None,
+            source: Default::default(),
+            target: Target::User,
+            service: None,
+            description: String::new(),
+        },
+    )
+    .await?;
+    bed.reload_routes().await?;
+    let bob = format!("bob@{DOMAIN}");
+    let messages_for_bob = |n: usize| {
+        let db = &db;
+        let bob = &bob;
+        async move {
+            for _ in 0..40 {
+                let all = sipstack_db::voicemail::list(db, Some(bob)).await?;
+                if all.len() >= n {
+                    return Ok(all);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            anyhow::bail!("bob has fewer than {n} messages after 10 s")
+        }
+    };
+    let leave_message = |talk: u64| VoiceCall {
+        tone_hz: Some(1200.0),
+        ..call(&bed, "bob", vec![G711::Pcmu], Duration::from_secs(talk))
+    };
+
+    // bob is not registered: the call goes to voicemail at once
+    let first = place(leave_message(9)).await?;
+    eprintln!("{first:?}");
+    assert_eq!(first.bye_status, Some(200), "{first:?}");
+    let recorded_on = first.remote_rtp.context("no answer SDP")?.ip();
+    let left = messages_for_bob(1).await?;
+    eprintln!("{left:?}");
+    assert_eq!(left[0].media_node, recorded_on.to_string());
+    assert!(left[0].caller.contains("alice"), "{left:?}");
+    // the prompt and the tone take about 4 s of the 9 s
+    assert!((2000..=9000).contains(&left[0].duration_ms), "{left:?}");
+    assert!(left[0].audio_bytes > 30_000, "{left:?}");
+    assert!(left[0].heard_at.is_none());
+
+    // bob's phone registers at a port where nothing answers: after the 5 s the
+    // spec gives a silent phone, the caller gets voicemail
+    // (the phone is SIPp, which leaves the port once registered)
+    let silent_port = sipstack_e2e::ports::free_udp_and_tcp_port()?;
+    sipstack_e2e::testbed::register_phone(bed.edge(), "bob", "bob-secret", silent_port).await?;
+    let second = place(leave_message(9)).await?;
+    assert_eq!(second.bye_status, Some(200), "{second:?}");
+    assert!(second.setup >= Duration::from_secs(4), "{second:?}");
+    let left = messages_for_bob(2).await?;
+
+    // the node that recorded the first message takes no new calls
+    let (_, password) = node(&bed, 0)?;
+    let nodes = [node(&bed, 0)?.0, node(&bed, 1)?.0];
+    let recorder = nodes
+        .iter()
+        .find(|n| n.uri().contains(&recorded_on.to_string()))
+        .context("the recording node")?;
+    recorder
+        .api(&password, "fsctl pause inbound")
+        .await
+        .map_err(anyhow::Error::msg)?;
+
+    // alice names bob in headers of her own: her inbox is empty, bob's is untouched
+    let mut forged = VoiceCall {
+        listen_hz: Some(1200.0),
+        ..call(&bed, "*98", vec![G711::Pcmu], Duration::from_secs(8))
+    };
+    forged.extra_headers = vec![
+        format!("X-Sipstack-Subscriber: {bob}"),
+        format!("x-sipstack-subscriber: {bob}"),
+        format!("X-Sipstack-Mailbox: {bob}"),
+    ];
+    let forged = place(forged).await?;
+    eprintln!("forged: {forged:?}");
+    assert!(
+        forged.tone_share < 0.5,
+        "alice heard bob's message: {forged:?}"
+    );
+    let after_forgery = sipstack_db::voicemail::list(&db, Some(&bob)).await?;
+    assert!(
+        after_forgery.iter().all(|m| m.heard_at.is_none()),
+        "{after_forgery:?}"
+    );
+
+    // bob hears his messages through the other node
+    let inbox = VoiceCall {
+        listen_hz: Some(1200.0),
+        ..VoiceCall::new(bed.edge(), "bob", "bob-secret", DOMAIN, "*98")
+    };
+    let inbox = VoiceCall {
+        talk: Duration::from_secs(16),
+        ..inbox
+    };
+    let heard = place(inbox).await?;
+    eprintln!("inbox: {heard:?}");
+    assert_ne!(
+        heard.remote_rtp.map(|a| a.ip()),
+        Some(recorded_on),
+        "{heard:?}"
+    );
+    assert!(
+        heard.tone_share > 0.8,
+        "bob did not hear the tone: {heard:?}"
+    );
+    let after = sipstack_db::voicemail::list(&db, Some(&bob)).await?;
+    assert!(after[0].heard_at.is_some(), "{after:?}");
+    assert_eq!(after.len(), left.len());
+    bed.down().await
+}

@@ -202,6 +202,19 @@ file_templates!(
     DialplanXml => "freeswitch/dialplan/sipstack.xml",
 );
 
+/// The voicemail script: Lua, not XML, so askama escapes nothing in it. Every
+/// value it prints passed [`Model::ensure_inert`].
+#[derive(Template)]
+#[template(path = "freeswitch/scripts/sipstack_voicemail.lua", escape = "none")]
+struct VoicemailLua<'a> {
+    pool_name: &'a str,
+    db: &'a CdrDatabase,
+    voicemail_max_seconds: u32,
+}
+
+/// Longest voicemail message, in seconds (about 16 kB of audio a second).
+pub const VOICEMAIL_MAX_SECONDS: u32 = 180;
+
 /// FreeSWITCH's name of a codec and the module that provides it (`None`: built in).
 fn codec_name_and_module(codec: Codec) -> (&'static str, Option<&'static str>) {
     match codec {
@@ -214,7 +227,7 @@ fn codec_name_and_module(codec: Codec) -> (&'static str, Option<&'static str>) {
 }
 
 /// Renders the configuration directory of the media nodes of `pool`: `(relative
-/// path, file)` pairs, `freeswitch.xml` first. `cdr_pg_csv.conf.xml` is present only
+/// path, file)` pairs, `freeswitch.xml` first. `cdr_pg_csv.conf.xml` and the voicemail script are present only
 /// when the pool writes CDRs.
 pub fn render_freeswitch(
     pool: &MediaPool,
@@ -250,10 +263,19 @@ pub fn render_freeswitch(
             ConferenceConf(&model).render(),
         ),
     ];
-    if model.cdr.is_some() {
+    if let Some(db) = &model.cdr {
         files.push((
             "autoload_configs/cdr_pg_csv.conf.xml",
             CdrPgCsvConf(&model).render(),
+        ));
+        files.push((
+            "scripts/sipstack_voicemail.lua",
+            VoicemailLua {
+                pool_name: &model.pool_name,
+                db,
+                voicemail_max_seconds: VOICEMAIL_MAX_SECONDS,
+            }
+            .render(),
         ));
     }
     if model.log_file {
@@ -513,6 +535,9 @@ mod tests {
             let mut platform = example();
             platform.media_pools[0].spec.cdr.enabled = options.cdr_database.is_some();
             for (path, rendered) in render_freeswitch(&platform.media_pools[0], &options).unwrap() {
+                if !path.ends_with(".xml") {
+                    continue;
+                }
                 if let Err(e) = roxmltree::Document::parse(&rendered.text) {
                     panic!("{path} is not well-formed XML: {e}\n{}", rendered.text);
                 }

@@ -87,6 +87,7 @@ struct KamailioCfg {
     dispatcher: DispatcherModel,
     pools: Vec<PoolModel>,
     default_pool_set: Option<i32>,
+    voicemail: Option<VoicemailModel>,
     nat: Option<()>,
     nat_keepalive_interval: u32,
     flood: Option<FloodModel>,
@@ -135,6 +136,12 @@ struct DispatcherModel {
     alive_codes: String,
     failover_timeout_ms: u32,
     max_attempts: u32,
+}
+
+/// Where calls to subscribers who do not answer go (spec.routing.voicemailMediaPool).
+struct VoicemailModel {
+    set_id: i32,
+    after_ms: u32,
 }
 
 struct PoolModel {
@@ -325,6 +332,16 @@ pub fn render_kamailio(
             .map(|p| p.set_id)
     });
 
+    let voicemail = spec.routing.voicemail_media_pool.as_ref().and_then(|name| {
+        pool_models
+            .iter()
+            .find(|p| &p.name == name)
+            .map(|p| VoicemailModel {
+                set_id: p.set_id,
+                after_ms: spec.routing.voicemail_after_seconds * 1000,
+            })
+    });
+
     let flood = spec.flood_protection.enabled.then(|| FloodModel {
         window_seconds: spec.flood_protection.window_seconds,
         requests_per_window: spec.flood_protection.requests_per_window,
@@ -398,6 +415,7 @@ pub fn render_kamailio(
         },
         pools: pool_models,
         default_pool_set,
+        voicemail,
         nat: spec.nat.enabled.then_some(()),
         nat_keepalive_interval: spec.nat.keepalive_interval_seconds,
         flood,

@@ -15,6 +15,7 @@ mod route;
 mod status;
 mod subscriber;
 mod trunk;
+mod voicemail;
 
 use std::time::Duration;
 
@@ -85,10 +86,10 @@ pub enum Command {
     /// Add a subscriber, a route, a trunk or a number.
     #[command(subcommand)]
     Add(AddCommand),
-    /// List subscribers, routes, trunks, numbers, dispatchers, registrations or CDRs.
+    /// List subscribers, routes, trunks, numbers, dispatchers, registrations, CDRs or voicemail.
     #[command(subcommand)]
     Get(GetCommand),
-    /// Delete subscribers, routes, trunks or numbers.
+    /// Delete subscribers, routes, trunks, numbers or voicemail messages.
     #[command(subcommand)]
     Delete(DeleteCommand),
     /// Change a subscriber's password.
@@ -164,6 +165,8 @@ pub enum GetCommand {
     Registrations(registration::GetArgs),
     #[command(visible_alias = "cdr")]
     Cdrs(cdr::GetArgs),
+    #[command(visible_aliases = ["vm"])]
+    Voicemail(voicemail::GetArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +180,8 @@ pub enum DeleteCommand {
     Number(number::DeleteArgs),
     TrunkAddress(trunk::DeleteAddressArgs),
     TrunkGateway(trunk::DeleteGatewayArgs),
+    #[command(visible_aliases = ["vm"])]
+    Voicemail(voicemail::DeleteArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,6 +203,8 @@ pub enum ImportCommand {
 pub enum ExportCommand {
     #[command(visible_aliases = ["subscriber", "sub"])]
     Subscribers(subscriber::ExportArgs),
+    #[command(visible_aliases = ["vm"])]
+    Voicemail(voicemail::ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -348,18 +355,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(GetCommand::Dispatchers(a)) => dispatcher::get(&ctx, a).await,
         Command::Get(GetCommand::Registrations(a)) => registration::get(&ctx, a).await,
         Command::Get(GetCommand::Cdrs(a)) => cdr::get(&ctx, a).await,
+        Command::Get(GetCommand::Voicemail(a)) => voicemail::get(&ctx, a).await,
         Command::Delete(DeleteCommand::Subscriber(a)) => subscriber::delete(&ctx, a).await,
         Command::Delete(DeleteCommand::Route(a)) => route::delete(&ctx, a).await,
         Command::Delete(DeleteCommand::Trunk(a)) => trunk::delete(&ctx, a).await,
         Command::Delete(DeleteCommand::Number(a)) => number::delete(&ctx, a).await,
         Command::Delete(DeleteCommand::TrunkAddress(a)) => trunk::delete_address(&ctx, a).await,
         Command::Delete(DeleteCommand::TrunkGateway(a)) => trunk::delete_gateway(&ctx, a).await,
+        Command::Delete(DeleteCommand::Voicemail(a)) => voicemail::delete(&ctx, a).await,
         Command::Set(SetCommand::Password(a)) => subscriber::set_password(&ctx, a).await,
         Command::Set(SetCommand::TrunkLimits(a)) => limits::set_trunk_limits(&ctx, a).await,
         Command::Set(SetCommand::CallLimit(a)) => limits::set_call_limit(&ctx, a).await,
         Command::Import(ImportCommand::Subscribers(a)) => subscriber::import(&ctx, a).await,
         Command::Import(ImportCommand::Numbers(a)) => number::import(&ctx, a).await,
         Command::Export(ExportCommand::Subscribers(a)) => subscriber::export(&ctx, a).await,
+        Command::Export(ExportCommand::Voicemail(a)) => voicemail::export(&ctx, a).await,
         Command::Test(TestCommand::Route(a)) => route::test(&ctx, a).await,
         Command::Drain(DrainCommand::Dispatcher(a)) => dispatcher::drain(&ctx, a).await,
         Command::Enable(EnableCommand::Dispatcher(a)) => dispatcher::enable(&ctx, a).await,

@@ -359,6 +359,7 @@ async fn run(args: &Args) -> Result<()> {
             .member(standin_addrs[0], 1, 0)
             .member(standin_addrs[1], 1, 0)],
         default_pool: Some("media".into()),
+        voicemail: None,
         // the product defaults, not the tests' fast timers
         probe_interval_seconds: 10,
         inactive_threshold: 2,
